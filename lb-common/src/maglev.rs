@@ -1,0 +1,1 @@
+//! Weighted Maglev table (placeholder: being written).

@@ -1,0 +1,292 @@
+//! Map keys and values. See the crate docs for the byte-order convention.
+
+/// Address family tags used in keys (values of `family` fields).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers used in keys (values of `proto` fields).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Highest service id + 1: size of the per-service arrays (stats, Maglev outer map).
+pub const MAX_SERVICES: u32 = 1024;
+/// Highest backend id + 1: size of the per-backend stats array. Backend id 0 means "none".
+pub const MAX_BACKENDS: u32 = 65536;
+/// Maglev table size used when the config does not say (a prime, as Maglev requires).
+pub const DEFAULT_MAGLEV_SIZE: u32 = 65537;
+/// Largest Maglev table size the agent accepts (a prime).
+pub const MAX_MAGLEV_SIZE: u32 = 1_000_003;
+
+/// Service flags (`ServiceValue::flags`).
+pub const SVC_FLAG_NAT: u32 = 1;
+
+/// An IPv4 or IPv6 address in wire order. IPv4 uses `words[0]`; the other words are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub words: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<Addr>() == 16);
+
+impl Addr {
+    pub const fn v4(wire: u32) -> Self {
+        Self {
+            words: [wire, 0, 0, 0],
+        }
+    }
+    pub const fn v6(words: [u32; 4]) -> Self {
+        Self { words }
+    }
+}
+
+/// Key of the `SERVICES` map: which packets belong to a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Virtual IP, wire order.
+    pub vip: Addr,
+    /// Virtual port, network byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+
+impl ServiceKey {
+    pub const fn new(vip: Addr, port_be: u16, proto: u8, family: u8) -> Self {
+        Self {
+            vip,
+            port: port_be,
+            proto,
+            family,
+        }
+    }
+}
+
+/// Value of the `SERVICES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index into the per-service arrays (`MAGLEV` outer map, `SERVICE_STATS`). Host order.
+    pub id: u32,
+    /// `SVC_FLAG_*` bits. Host order.
+    pub flags: u32,
+    /// Number of entries of this service's Maglev table (a prime). Host order.
+    pub maglev_size: u32,
+    pub _pad0: u32,
+    /// Per-source token bucket refill rate in packets per second; 0 disables the limit.
+    pub rate_pps: u64,
+    /// Per-source bucket depth in packets.
+    pub burst: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
+
+/// One MAC address plus padding to keep the containing structs aligned.
+pub type Mac = [u8; 6];
+
+/// Key of the `CONNTRACK` and `NAT_REVERSE` maps: one direction of a flow as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    pub const fn new(
+        src: Addr,
+        dst: Addr,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+        family: u8,
+    ) -> Self {
+        Self {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Connection-tracking states (`CtEntry::state`, `NatEntry::state`).
+pub const CT_SYN_SENT: u8 = 1;
+pub const CT_ESTABLISHED: u8 = 2;
+pub const CT_CLOSING: u8 = 3;
+/// UDP flows have one state.
+pub const CT_UDP: u8 = 4;
+
+/// Value of `CONNTRACK`, keyed by the client's packet (client -> VIP). Everything the
+/// established-flow path needs is here, so it never reads the backend or routing state again:
+/// that is what keeps a flow on its backend whatever happens to the tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Backend address and port, wire order.
+    pub backend: Addr,
+    /// Our source address toward the backend (SNAT), wire order.
+    pub snat: Addr,
+    pub backend_port: u16,
+    pub snat_port: u16,
+    /// Egress interface toward the backend (host order).
+    pub egress_ifindex: u32,
+    /// Next-hop MAC toward the backend and our MAC on that interface.
+    pub egress_dmac: Mac,
+    pub egress_smac: Mac,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `CT_*`.
+    pub state: u8,
+    pub _pad: [u8; 7],
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most every `CT_TOUCH_NS`).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
+
+/// Value of `NAT_REVERSE`, keyed by the backend's reply (backend -> SNAT address/port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    /// The client tuple to restore: the reply goes from `orig.dst` (VIP) to `orig.src` (client).
+    pub orig: FlowKey,
+    /// Interface the client's packets arrived on; replies leave through it.
+    pub client_ifindex: u32,
+    /// MAC the client's packets came from (next hop back) and the MAC they were sent to (ours).
+    pub client_mac: Mac,
+    pub local_mac: Mac,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub state: u8,
+    pub _pad: [u8; 3],
+    pub _pad1: u32,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 80);
+
+/// Key of the `RATE_LIMIT` map: one source (a /32, or a /64 for IPv6) toward one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    /// Source address, wire order; IPv6 keeps only the /64 prefix (low words zero).
+    pub src: Addr,
+    pub service_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
+
+/// Value of the `RATE_LIMIT` map; see [`crate::token_bucket`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Tokens in units of 1e-9 packet (so refill is `elapsed_ns * rate`).
+    pub nano_tokens: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
+
+/// Per-service and per-backend counters (per-CPU arrays; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Packets of this service dropped (rate limit, no backend, ...).
+    pub drops: u64,
+}
+const _: () = assert!(core::mem::size_of::<Stats>() == 32);
+
+/// Our addresses on one interface, used as SNAT source toward backends (`SNAT_ADDRS`,
+/// keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfAddrs {
+    pub v4: Addr,
+    pub v6: Addr,
+    /// Bit 0: `v4` is set; bit 1: `v6` is set.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IfAddrs>() == 40);
+pub const IFADDR_HAS_V4: u32 = 1;
+pub const IFADDR_HAS_V6: u32 = 2;
+
+/// Global data-plane settings (`SETTINGS`, an array of one), host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// SNAT source ports are allocated from `[snat_port_min, snat_port_max]`.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: u32,
+    pub tcp_syn_timeout_ns: u64,
+    pub tcp_established_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+
+const SEC: u64 = 1_000_000_000;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            snat_port_min: 40000,
+            snat_port_max: 59999,
+            _pad: 0,
+            tcp_syn_timeout_ns: 60 * SEC,
+            tcp_established_timeout_ns: 3600 * SEC,
+            tcp_closing_timeout_ns: 10 * SEC,
+            udp_timeout_ns: 60 * SEC,
+        }
+    }
+}
+
+impl Settings {
+    /// Idle timeout for a flow in `state`.
+    #[inline(always)]
+    pub fn timeout_ns(&self, state: u8) -> u64 {
+        match state {
+            CT_ESTABLISHED => self.tcp_established_timeout_ns,
+            CT_CLOSING => self.tcp_closing_timeout_ns,
+            CT_UDP => self.udp_timeout_ns,
+            _ => self.tcp_syn_timeout_ns,
+        }
+    }
+}
+
+/// Conntrack entries refresh `last_seen_ns` at most this often, to keep the established path
+/// from writing a shared cache line on every packet.
+pub const CT_TOUCH_NS: u64 = SEC;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), made only of integers, with explicit padding fields.
+    unsafe impl aya::Pod for Addr {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for RateKey {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for IfAddrs {}
+    unsafe impl aya::Pod for Settings {}
+}

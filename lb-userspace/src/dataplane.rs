@@ -1,0 +1,1 @@
+//! Data plane loader (being written).

@@ -1,0 +1,5 @@
+//! The load balancer's agent: loads the XDP programs and keeps their maps in step with the
+//! configuration.
+
+pub mod config;
+pub mod dataplane;
