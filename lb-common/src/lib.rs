@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod addr;
 pub mod csum;
+pub mod flow_state;
 pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;

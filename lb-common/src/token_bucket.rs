@@ -8,12 +8,17 @@ use crate::Bucket;
 
 /// Nano-tokens one packet costs.
 pub const NANO: u64 = 1_000_000_000;
+/// Largest rate and burst honoured (packets/s, packets). With both at most 1e9 every product
+/// below stays under 2^63, so plain multiplication is safe: BPF has no 128-bit multiply, and
+/// `saturating_mul` would need one. The config rejects larger values.
+pub const MAX_RATE: u64 = 1_000_000_000;
+pub const MAX_BURST: u64 = 1_000_000_000;
 
 /// A new bucket for a source first seen at `now_ns`: full, minus the packet that created it.
 #[inline(always)]
 pub fn first_packet(now_ns: u64, burst: u64) -> Bucket {
     Bucket {
-        nano_tokens: burst.saturating_mul(NANO).saturating_sub(NANO),
+        nano_tokens: clamp(burst, 1, MAX_BURST) * NANO - NANO,
         last_ns: now_ns,
     }
 }
@@ -21,16 +26,18 @@ pub fn first_packet(now_ns: u64, burst: u64) -> Bucket {
 /// Refills `b` up to `now_ns` and takes one packet's token. Returns `true` if the packet
 /// conforms (and the bucket was charged), `false` if it is over the limit.
 ///
-/// `burst` of 0 is treated as 1 (a bucket must hold at least one packet).
+/// `burst` of 0 is treated as 1 (a bucket must hold at least one packet); rate and burst are
+/// capped at [`MAX_RATE`] and [`MAX_BURST`].
 #[inline(always)]
 pub fn admit(b: &mut Bucket, now_ns: u64, rate_pps: u64, burst: u64) -> bool {
-    let burst = if burst == 0 { 1 } else { burst };
-    let cap = burst.saturating_mul(NANO);
+    let cap = clamp(burst, 1, MAX_BURST) * NANO;
+    let rate = clamp(rate_pps, 1, MAX_RATE);
     let elapsed = now_ns.saturating_sub(b.last_ns);
     // Time to refill an empty bucket; beyond it the bucket is full anyway.
-    let full_after = cap / rate_pps.max(1) + 1;
+    let full_after = cap / rate + 1;
     let elapsed = if elapsed > full_after { full_after } else { elapsed };
-    let mut tokens = b.nano_tokens.saturating_add(elapsed.saturating_mul(rate_pps));
+    let nano_tokens = if b.nano_tokens > cap { cap } else { b.nano_tokens };
+    let mut tokens = nano_tokens + elapsed * rate;
     if tokens > cap {
         tokens = cap;
     }
@@ -41,6 +48,17 @@ pub fn admit(b: &mut Bucket, now_ns: u64, rate_pps: u64, burst: u64) -> bool {
     } else {
         b.nano_tokens = tokens;
         false
+    }
+}
+
+#[inline(always)]
+const fn clamp(v: u64, lo: u64, hi: u64) -> u64 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
     }
 }
 
@@ -84,7 +102,7 @@ mod tests {
     fn long_idle_does_not_overflow_or_exceed_burst() {
         let mut b = first_packet(0, 3);
         let t = u64::MAX / 2;
-        let n = (0..10).filter(|_| admit(&mut b, t, u64::MAX / 4, 3)).count();
+        let n = (0..10).filter(|_| admit(&mut b, t, u64::MAX, 3)).count();
         assert_eq!(n, 3);
     }
 

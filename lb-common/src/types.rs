@@ -83,6 +83,42 @@ pub struct ServiceValue {
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
 
+/// Value of the `BACKENDS` array, indexed by backend id (the ids in Maglev tables).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    /// Backend address, wire order.
+    pub addr: Addr,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: u8,
+    pub _pad1: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
+
+/// Key of `VIP_ADDRS`: every VIP address, whatever its ports. Consulted only for packets the
+/// fast path does not handle, to decide between drop (to a VIP) and pass (anything else).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
+
+impl VipAddrKey {
+    pub const fn new(addr: Addr, family: u8) -> Self {
+        Self {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// One MAC address plus padding to keep the containing structs aligned.
 pub type Mac = [u8; 6];
 
@@ -289,4 +325,6 @@ mod pod {
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for IfAddrs {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for VipAddrKey {}
 }

@@ -1,5 +1,9 @@
 //! The load balancer's agent: loads the XDP programs and keeps their maps in step with the
 //! configuration.
 
+pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod neighbour;
+pub mod report;
+pub mod sync;

@@ -1,1 +1,143 @@
-fn main() {}
+//! `lb`: the load balancer agent.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lb_userspace::{
+    agent::{Agent, AgentOptions},
+    config,
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "lb", version, about = "XDP L4 load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the data plane, apply the config, reload on SIGHUP or file change.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Use generic (SKB) XDP instead of native, whatever the config says.
+        #[arg(long)]
+        generic: bool,
+        /// Print the counters table every N seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        stats_interval: u64,
+    },
+    /// Validate a config file; every error names the file, line and field.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run {
+            config,
+            generic,
+            stats_interval,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")
+            .and_then(|rt| rt.block_on(run(config, generic, stats_interval))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    match config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} services, {} backends)",
+                file.display(),
+                c.services.len(),
+                c.services.iter().map(|s| s.backends.len()).sum::<usize>()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            print!("{errors}");
+            anyhow::bail!("{} error(s) in {}", errors.0.len(), file.display())
+        }
+    }
+}
+
+/// Fingerprint of the config file, to notice edits (mtime alone misses same-second writes).
+fn file_fingerprint(path: &std::path::Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+async fn run(path: PathBuf, generic: bool, stats_interval: u64) -> anyhow::Result<()> {
+    let mut agent = Agent::start(
+        path.clone(),
+        AgentOptions {
+            force_generic: generic,
+        },
+    )?;
+    info!(config = %path.display(), "running");
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    let mut stats = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+    let mut seen = file_fingerprint(&path);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                reload(&mut agent);
+                seen = file_fingerprint(&path);
+            }
+            _ = poll.tick() => {
+                let now = file_fingerprint(&path);
+                if now.is_some() && now != seen {
+                    info!("config file changed: reloading");
+                    reload(&mut agent);
+                    seen = now;
+                }
+            }
+            _ = stats.tick(), if stats_interval > 0 => {
+                println!("{}", agent.counters_table());
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("shutting down");
+    if stats_interval > 0 {
+        println!("{}", agent.counters_table());
+    }
+    agent.shutdown();
+    Ok(())
+}
+
+fn reload(agent: &mut Agent) {
+    if let Err(e) = agent.reload() {
+        error!(
+            generation = agent.generation(),
+            "reload rejected, generation {} keeps running:\n{e}",
+            agent.generation()
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! Harness for end-to-end tests of the load balancer and for `lb-demo`.
+//!
+//! Everything runs in network namespaces this process creates (addresses in 10.200.0.0/16 and
+//! fd00:200::/32, never the host's), and everything is removed again by RAII guards, on panic
+//! too, and by a signal handler on Ctrl-C/SIGTERM (see [`cleanup`]). Needs root.
+//!
+//! - [`netns`]: `Netns` guard, commands and threads inside a namespace, `NsChild` process guard.
+//! - [`topology`]: client / LB / backends wired with veths (two-arm) or a bridge (one-arm).
+//! - [`servers`]: TCP/UDP servers that answer with their backend's name, and clients for them.
+//! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
+
+pub mod cleanup;
+pub mod netns;
+pub mod servers;
+pub mod topology;
+pub mod xdp;
+
+pub use netns::{Netns, NsChild};
+pub use servers::{
+    DEFAULT_TIMEOUT, Spread, TcpNameServer, UdpNameServer, tcp_connect_name, tcp_echo,
+    tcp_name_spread, udp_ask_name, udp_name_spread, wait_for_tcp,
+};
+pub use topology::{PeerMode, Topology, VIP4, VIP6};

@@ -1,0 +1,126 @@
+//! The packet path: parse -> service lookup -> rate limit -> conntrack -> (new flow: Maglev,
+//! FIB, SNAT) -> NAT rewrite -> XDP_TX / XDP_REDIRECT. Replies from backends take the reverse
+//! path back to the client.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{Reason, ServiceKey, ServiceValue, Settings};
+
+use crate::{
+    conntrack::{self, ClientSide},
+    headers::EthHdr,
+    maps::{DEVMAP, SERVICES, SETTINGS},
+    nat::{self, Rewrite},
+    parse::{self, Packet, ptr_at},
+    ratelimit,
+    stats::{self, count, service_drop},
+};
+
+#[inline(always)]
+pub fn process(ctx: &XdpContext) -> u32 {
+    let pkt = match parse::parse(ctx) {
+        Ok(p) => p,
+        Err(verdict) => return verdict,
+    };
+    let Some(settings) = SETTINGS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let k = &pkt.key;
+    let skey = ServiceKey::new(k.dst, k.dst_port, k.proto, k.family);
+    // SAFETY: read-only use of the map value within this run.
+    if let Some(svc) = unsafe { SERVICES.get(&skey) } {
+        return to_backend(ctx, &pkt, svc, settings);
+    }
+    // Replies come back to our SNAT ports; skip the lookup for everything else.
+    let dport = u16::from_be(k.dst_port);
+    if dport >= settings.snat_port_min && dport <= settings.snat_port_max {
+        if let Some(v) = to_client(ctx, &pkt) {
+            return v;
+        }
+    }
+    count(Reason::NoService);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !ratelimit::admit(svc, &pkt.key, now) {
+        service_drop(svc.id, Reason::RateLimited);
+        return xdp_action::XDP_DROP;
+    }
+    let (ct, new_flow) = match conntrack::established(&pkt.key, pkt.tcp_flags, now, settings) {
+        Some(ct) => (ct, false),
+        None => {
+            let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+                return xdp_action::XDP_DROP;
+            };
+            // SAFETY: bounds-checked.
+            let client = unsafe {
+                ClientSide {
+                    ifindex: ctx.ingress_ifindex() as u32,
+                    mac: (*eth).src,
+                    local_mac: (*eth).dst,
+                }
+            };
+            match conntrack::create(ctx, &pkt.key, pkt.tcp_flags, svc, settings, &client, now) {
+                Ok(ct) => (ct, true),
+                Err(reason) => {
+                    service_drop(svc.id, reason);
+                    return xdp_action::XDP_DROP;
+                }
+            }
+        }
+    };
+    let rw = Rewrite {
+        src: &ct.snat,
+        src_port: ct.snat_port,
+        dst: &ct.backend,
+        dst_port: ct.backend_port,
+        smac: &ct.egress_smac,
+        dmac: &ct.egress_dmac,
+    };
+    if nat::rewrite(ctx, pkt, &rw).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    stats::forwarded(svc.id, ct.backend_id, pkt.len, new_flow);
+    count(Reason::Forwarded);
+    send(ctx, ct.egress_ifindex)
+}
+
+/// Translates a backend's reply back to client <- VIP. `None` if it is not one of ours.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let nat = conntrack::reply(&pkt.key, pkt.tcp_flags, now)?;
+    let rw = Rewrite {
+        src: &nat.orig.dst,
+        src_port: nat.orig.dst_port,
+        dst: &nat.orig.src,
+        dst_port: nat.orig.src_port,
+        smac: &nat.local_mac,
+        dmac: &nat.client_mac,
+    };
+    if nat::rewrite(ctx, pkt, &rw).is_none() {
+        return Some(xdp_action::XDP_DROP);
+    }
+    stats::forwarded(nat.service_id, nat.backend_id, pkt.len, false);
+    count(Reason::ReplyForwarded);
+    Some(send(ctx, nat.client_ifindex))
+}
+
+/// Out the way it came (one-arm) or through the devmap to another interface (two-arm).
+#[inline(always)]
+fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        return xdp_action::XDP_TX;
+    }
+    match DEVMAP.redirect(ifindex, xdp_action::XDP_DROP as u64) {
+        Ok(v) => v,
+        Err(_) => {
+            count(Reason::RedirectFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}

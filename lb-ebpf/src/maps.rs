@@ -1,0 +1,77 @@
+//! Every map the packet path uses. Sizes here are defaults; the agent resizes the conntrack
+//! maps at load time from the config.
+
+use aya_ebpf::{
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
+    macros::{btf_map, map},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    BackendValue, Bucket, CtEntry, FlowKey, MAX_BACKENDS, MAX_SERVICES, NatEntry, RateKey,
+    ServiceKey, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
+};
+
+/// `BPF_F_INNER_MAP`: inner maps may differ in `max_entries` (each service has its own table
+/// size).
+const BPF_F_INNER_MAP: usize = 0x1000;
+
+/// (VIP, port, protocol) -> service.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Every VIP address (any port); see `Reason`'s drop-or-pass rule.
+#[map]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Service id -> Maglev table (slot -> backend id). The agent builds a new inner array and
+/// swaps it in with one update, so a packet sees either the old table or the new one.
+#[btf_map]
+pub static MAGLEV: ArrayOfMaps<BtfArray<u32, 1, BPF_F_INNER_MAP>, { MAX_SERVICES as usize }> =
+    ArrayOfMaps::new();
+
+/// Backend id -> address. Read only when a flow is created.
+#[map]
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Client-side tuple -> flow state and cached forwarding decision.
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Backend reply tuple -> client tuple to restore.
+#[map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, NatEntry> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Per-source token buckets.
+#[map]
+pub static RATE_LIMIT: LruHashMap<RateKey, Bucket> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Global settings (one entry).
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Interfaces we may redirect to, keyed by ifindex.
+#[map]
+pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Packets by `Reason`.
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Per-CPU scratch space for building a new flow's entries: the BPF stack (512 bytes) cannot
+/// hold them next to everything else.
+#[repr(C)]
+pub struct Scratch {
+    pub ct: CtEntry,
+    pub nat: NatEntry,
+    pub rev: FlowKey,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,79 @@
+//! Rewrites a parsed packet's MACs, addresses and ports, patching checksums incrementally.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Addr, FAMILY_V4, Mac, PROTO_TCP, csum::Delta};
+
+use crate::{
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr},
+    parse::{Packet, ptr_at},
+};
+
+/// The new headers of a translated packet.
+pub struct Rewrite<'a> {
+    pub src: &'a Addr,
+    pub src_port: u16,
+    pub dst: &'a Addr,
+    pub dst_port: u16,
+    pub smac: &'a Mac,
+    pub dmac: &'a Mac,
+}
+
+/// Applies `rw` to the packet. `None` only if the frame shrank under us (cannot happen: the
+/// offsets were bounds-checked at parse time, but the verifier needs the checks again).
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
+    let k = &pkt.key;
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: bounds-checked pointers into the frame.
+    unsafe {
+        (*eth).dst = *rw.dmac;
+        (*eth).src = *rw.smac;
+    }
+
+    let mut l4 = Delta::new()
+        .replace16(k.src_port, rw.src_port)
+        .replace16(k.dst_port, rw.dst_port);
+    if k.family == FAMILY_V4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
+        let addrs = Delta::new()
+            .replace32(k.src.words[0], rw.src.words[0])
+            .replace32(k.dst.words[0], rw.dst.words[0]);
+        unsafe {
+            (*ip).check = addrs.apply((*ip).check);
+            (*ip).src = rw.src.words[0];
+            (*ip).dst = rw.dst.words[0];
+        }
+        // The pseudo-header covers the addresses: the same delta applies to L4.
+        l4 = l4
+            .replace32(k.src.words[0], rw.src.words[0])
+            .replace32(k.dst.words[0], rw.dst.words[0]);
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
+        unsafe {
+            (*ip).src = rw.src.words;
+            (*ip).dst = rw.dst.words;
+        }
+        l4 = l4
+            .replace_addr(&k.src.words, &rw.src.words)
+            .replace_addr(&k.dst.words, &rw.dst.words);
+    }
+
+    if k.proto == PROTO_TCP {
+        let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off)?;
+        unsafe {
+            (*tcp).sport = rw.src_port;
+            (*tcp).dport = rw.dst_port;
+            (*tcp).check = l4.apply((*tcp).check);
+        }
+    } else {
+        let udp = ptr_at::<UdpHdr>(ctx, pkt.l4_off)?;
+        unsafe {
+            (*udp).sport = rw.src_port;
+            (*udp).dport = rw.dst_port;
+            // IPv4 UDP may carry no checksum (0); IPv6 UDP always does, and must never
+            // send 0 (RFC 8200 section 8.1), which apply_udp4 also guarantees.
+            (*udp).check = l4.apply_udp4((*udp).check);
+        }
+    }
+    Some(())
+}

@@ -1,0 +1,329 @@
+//! Checks the values of a [`RawConfig`] and builds the plain [`Config`]: the global settings
+//! here, services in `services`.
+//!
+//! A value that is missing or wrong is reported and replaced by its default so checking goes
+//! on; the config built then is thrown away by `parse`, which returns the errors instead.
+
+use super::diag::Diag;
+use super::doc::Sp;
+use super::prime::{is_prime, next_prime};
+use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit};
+use super::{
+    Config, Conntrack, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE, MIN_SNAT_PORT, RateLimit,
+    XdpMode, services,
+};
+use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
+    let global = raw.global.as_ref().map(|g| global(g, d)).unwrap_or(Global {
+        interfaces: Vec::new(),
+        xdp_mode: XdpMode::default(),
+        maglev_table_size: DEFAULT_MAGLEV_SIZE,
+        snat_port_min: Settings::default().snat_port_min,
+        snat_port_max: Settings::default().snat_port_max,
+        rate_limit: RateLimit::UNLIMITED,
+        conntrack: Conntrack::default(),
+    });
+    let services = services::services(&raw.services, &global, d);
+    Config { global, services }
+}
+
+fn global(raw: &RawGlobal, d: &mut Diag) -> Global {
+    let defaults = Settings::default();
+    let (snat_port_min, snat_port_max) = raw
+        .snat_ports
+        .as_ref()
+        .and_then(|p| snat_ports(p, d))
+        .unwrap_or((defaults.snat_port_min, defaults.snat_port_max));
+    Global {
+        interfaces: raw
+            .interfaces
+            .as_ref()
+            .map(|i| interfaces(i, d))
+            .unwrap_or_default(),
+        xdp_mode: raw
+            .xdp_mode
+            .as_ref()
+            .and_then(|m| xdp_mode(m, d))
+            .unwrap_or_default(),
+        maglev_table_size: raw
+            .maglev_table_size
+            .as_ref()
+            .and_then(|s| table_size(s, "global.maglev_table_size", d))
+            .unwrap_or(DEFAULT_MAGLEV_SIZE),
+        snat_port_min,
+        snat_port_max,
+        rate_limit: raw
+            .rate_limit
+            .as_ref()
+            .map(|r| rate_limit(r, d))
+            .unwrap_or(RateLimit::UNLIMITED),
+        conntrack: raw
+            .conntrack
+            .as_ref()
+            .map(|c| conntrack(c, d))
+            .unwrap_or_default(),
+    }
+}
+
+fn interfaces(raw: &Sp<Vec<Option<Sp<String>>>>, d: &mut Diag) -> Vec<String> {
+    if raw.val.is_empty() {
+        d.error(
+            &raw.span,
+            "global.interfaces",
+            "no interface listed: name at least one interface to attach to",
+        );
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, name) in raw.val.iter().enumerate() {
+        let Some(name) = name else { continue };
+        let field = format!("global.interfaces[{i}]");
+        if let Err(why) = check_ifname(&name.val) {
+            d.error(
+                &name.span,
+                &field,
+                format!("invalid interface name `{}`: {why}", name.val),
+            );
+        } else if let Some(first) = seen.get(name.val.as_str()) {
+            d.error(
+                &name.span,
+                &field,
+                format!("interface `{}` is listed twice (first at line {first})", name.val),
+            );
+        } else {
+            seen.insert(&name.val, d.line(&name.span));
+            out.push(name.val.clone());
+        }
+    }
+    out
+}
+
+/// The kernel's rule for interface names (`dev_valid_name`): 1 to 15 bytes (`IFNAMSIZ` - 1),
+/// not `.` or `..`, no `/`, `:` or whitespace.
+fn check_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("it is empty")
+    } else if name.len() > 15 {
+        Err("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Err("`.` and `..` are not allowed")
+    } else if name.contains(['/', ':']) {
+        Err("it contains `/` or `:`")
+    } else if name.chars().any(char::is_whitespace) {
+        Err("it contains whitespace")
+    } else {
+        Ok(())
+    }
+}
+
+fn xdp_mode(raw: &Sp<String>, d: &mut Diag) -> Option<XdpMode> {
+    match raw.val.as_str() {
+        "native" => Some(XdpMode::Native),
+        "generic" => Some(XdpMode::Generic),
+        other => {
+            d.error(
+                &raw.span,
+                "global.xdp_mode",
+                format!("unknown xdp_mode `{other}`; expected `native` or `generic`"),
+            );
+            None
+        }
+    }
+}
+
+/// A Maglev table size: prime, in `MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE`.
+pub(super) fn table_size(raw: &Sp<i64>, field: &str, d: &mut Diag) -> Option<u32> {
+    let range = MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE;
+    let size = u32::try_from(raw.val).ok().filter(|s| range.contains(s));
+    let Some(size) = size else {
+        d.error(
+            &raw.span,
+            field,
+            format!(
+                "maglev_table_size {} is out of range {MIN_MAGLEV_SIZE}..={MAX_MAGLEV_SIZE} \
+                 (default {DEFAULT_MAGLEV_SIZE})",
+                raw.val
+            ),
+        );
+        return None;
+    };
+    if !is_prime(size) {
+        d.error(
+            &raw.span,
+            field,
+            format!(
+                "maglev_table_size {size} is not prime (Maglev needs a prime); the next prime is {}",
+                next_prime(size)
+            ),
+        );
+        return None;
+    }
+    Some(size)
+}
+
+/// `[min, max]`: two ports, `MIN_SNAT_PORT <= min <= max <= 65535`.
+fn snat_ports(raw: &Sp<Vec<Option<Sp<i64>>>>, d: &mut Diag) -> Option<(u16, u16)> {
+    const FIELD: &str = "global.snat_ports";
+    let [min, max] = raw.val.as_slice() else {
+        d.error(
+            &raw.span,
+            FIELD,
+            format!(
+                "expected two ports `[min, max]`, found {} values",
+                raw.val.len()
+            ),
+        );
+        return None;
+    };
+    // Elements of the wrong type were reported already.
+    let (min, max) = (min.as_ref()?, max.as_ref()?);
+    let mut ok = true;
+    for port in [min, max] {
+        if port.val > i64::from(u16::MAX) {
+            d.error(
+                &port.span,
+                FIELD,
+                format!("port {} is above 65535", port.val),
+            );
+            ok = false;
+        }
+    }
+    if min.val < i64::from(MIN_SNAT_PORT) {
+        d.error(
+            &min.span,
+            FIELD,
+            format!(
+                "minimum port {} is below {MIN_SNAT_PORT}: ports under {MIN_SNAT_PORT} are \
+                 privileged and may collide with local services",
+                min.val
+            ),
+        );
+        ok = false;
+    }
+    if min.val > max.val {
+        d.error(
+            &raw.span,
+            FIELD,
+            format!(
+                "range [{}, {}] is empty: the minimum is above the maximum",
+                min.val, max.val
+            ),
+        );
+        ok = false;
+    }
+    // Both fit u16 when `ok`.
+    ok.then(|| (min.val as u16, max.val as u16))
+}
+
+/// A `rate_limit` table; `burst` defaults to `rate`.
+pub(super) fn rate_limit(raw: &RawRateLimit, d: &mut Diag) -> RateLimit {
+    let non_negative = |v: &Sp<i64>, key: &str, d: &mut Diag| match u64::try_from(v.val) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            d.error(
+                &v.span,
+                &format!("{}.{key}", raw.path),
+                format!("{key} must not be negative (found {})", v.val),
+            );
+            None
+        }
+    };
+    let rate = raw
+        .rate
+        .as_ref()
+        .and_then(|r| non_negative(r, "rate", d))
+        .unwrap_or(0);
+    let burst = match &raw.burst {
+        None => rate,
+        Some(b) => non_negative(b, "burst", d).unwrap_or(rate),
+    };
+    if let Some(b) = &raw.burst
+        && rate > 0
+        && b.val == 0
+    {
+        d.error(
+            &b.span,
+            &format!("{}.burst", raw.path),
+            format!(
+                "burst must be at least 1 when rate is {rate} (a bucket must hold a packet); \
+                 omit it to default to the rate"
+            ),
+        );
+    }
+    RateLimit { rate, burst }
+}
+
+fn conntrack(raw: &RawConntrack, d: &mut Diag) -> Conntrack {
+    let defaults = Conntrack::default();
+    let max_entries = raw.max_entries.as_ref().and_then(|m| {
+        let n = u32::try_from(m.val)
+            .ok()
+            .filter(|&n| n >= MIN_CT_MAX_ENTRIES);
+        if n.is_none() {
+            d.error(
+                &m.span,
+                "global.conntrack.max_entries",
+                format!(
+                    "max_entries {} is out of range {MIN_CT_MAX_ENTRIES}..={} (default {})",
+                    m.val,
+                    u32::MAX,
+                    defaults.max_entries
+                ),
+            );
+        }
+        n
+    });
+    let mut timeout = |raw: &Option<Sp<i64>>, key: &str, default: Duration| {
+        let Some(t) = raw else { return default };
+        if t.val < 1 {
+            d.error(
+                &t.span,
+                &format!("global.conntrack.{key}"),
+                format!(
+                    "{key} must be at least 1 second (found {}; default {})",
+                    t.val,
+                    default.as_secs()
+                ),
+            );
+            return default;
+        }
+        Duration::from_secs(t.val as u64)
+    };
+    Conntrack {
+        max_entries: max_entries.unwrap_or(defaults.max_entries),
+        tcp_syn_timeout: timeout(&raw.tcp_syn_timeout, "tcp_syn_timeout", defaults.tcp_syn_timeout),
+        tcp_established_timeout: timeout(
+            &raw.tcp_established_timeout,
+            "tcp_established_timeout",
+            defaults.tcp_established_timeout,
+        ),
+        tcp_closing_timeout: timeout(
+            &raw.tcp_closing_timeout,
+            "tcp_closing_timeout",
+            defaults.tcp_closing_timeout,
+        ),
+        udp_timeout: timeout(&raw.udp_timeout, "udp_timeout", defaults.udp_timeout),
+    }
+}
+
+/// A port that must be in `1..=65535`.
+pub(super) fn port(raw: &Sp<i64>, field: &str, d: &mut Diag) -> Option<u16> {
+    match u16::try_from(raw.val) {
+        Ok(0) => {
+            d.error(&raw.span, field, "port must not be 0");
+            None
+        }
+        Ok(p) => Some(p),
+        Err(_) => {
+            d.error(
+                &raw.span,
+                field,
+                format!("port {} is out of range 1..=65535", raw.val),
+            );
+            None
+        }
+    }
+}

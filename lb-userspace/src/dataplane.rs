@@ -1,1 +1,0 @@
-//! Data plane loader (being written).

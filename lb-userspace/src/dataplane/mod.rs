@@ -1,0 +1,294 @@
+//! The kernel side as the agent sees it: loads the XDP object, attaches it to interfaces and
+//! owns typed handles to every map. Nothing here decides *what* to write (that is `sync`).
+
+mod counters;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    BackendValue, CtEntry, FlowKey, ServiceKey, ServiceValue, Settings, Stats, VipAddrKey,
+};
+
+pub use counters::Counters;
+
+/// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// `BPF_F_INNER_MAP`: inner Maglev arrays may differ in size (must match the eBPF side).
+const BPF_F_INNER_MAP: u32 = 0x1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild normally")]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("devmap: {0}")]
+    Devmap(#[from] aya::maps::xdp::XdpMapError),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("interface `{0}` not found")]
+    NoInterface(String),
+    #[error("attaching XDP ({mode:?}) to `{iface}`: {source}")]
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// Sizes fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Entries of each conntrack map (`CONNTRACK`, `NAT_REVERSE`).
+    pub conntrack_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            conntrack_entries: 262_144,
+        }
+    }
+}
+
+/// The loaded programs and their maps. Dropping it detaches every XDP link it made.
+pub struct Dataplane {
+    // Declared first so links are detached before the maps go (drop order = declaration).
+    ebpf: Ebpf,
+    attached: BTreeMap<String, (u32, XdpLinkId)>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    backends: Array<MapData, BackendValue>,
+    settings: Array<MapData, Settings>,
+    devmap: DevMapHash<MapData>,
+    conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    counters: Counters,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl Dataplane {
+    /// Loads the object and verifies both programs. Attaches nothing yet.
+    pub fn load(opts: LoadOptions) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("CONNTRACK", opts.conntrack_entries)
+            .map_max_entries("NAT_REVERSE", opts.conntrack_entries)
+            .load(EBPF_OBJECT)?;
+        for name in ["xdp_lb", "xdp_pass"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Program {
+                    name,
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let mut dp = Self {
+            services: take(&mut ebpf, "SERVICES")?,
+            vip_addrs: take(&mut ebpf, "VIP_ADDRS")?,
+            maglev: take(&mut ebpf, "MAGLEV")?,
+            backends: take(&mut ebpf, "BACKENDS")?,
+            settings: take(&mut ebpf, "SETTINGS")?,
+            devmap: take(&mut ebpf, "DEVMAP")?,
+            conntrack: take(&mut ebpf, "CONNTRACK")?,
+            counters: Counters::take(&mut ebpf)?,
+            attached: BTreeMap::new(),
+            ebpf,
+        };
+        dp.set_settings(&Settings::default())?;
+        Ok(dp)
+    }
+
+    /// The load-balancing program (for `BPF_PROG_TEST_RUN` in tests and benchmarks).
+    pub fn lb_program(&mut self) -> &mut Xdp {
+        self.program("xdp_lb")
+    }
+
+    /// The do-nothing program: the floor in benchmarks.
+    pub fn pass_program(&mut self) -> &mut Xdp {
+        self.program("xdp_pass")
+    }
+
+    fn program(&mut self, name: &str) -> &mut Xdp {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("programs were loaded and checked in Dataplane::load")
+    }
+
+    /// Attaches the load balancer to `iface` and allows redirects to it.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        if self.attached.contains_key(iface) {
+            return Ok(());
+        }
+        let ifindex = ifindex(iface)?;
+        let link = self
+            .lb_program()
+            .attach(iface, mode)
+            .map_err(|source| DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode,
+                source,
+            })?;
+        self.attached.insert(iface.to_string(), (ifindex, link));
+        self.allow_redirect_to(ifindex)
+    }
+
+    /// Detaches from `iface` (no-op if not attached).
+    pub fn detach(&mut self, iface: &str) -> Result<()> {
+        let Some((ifindex, link)) = self.attached.remove(iface) else {
+            return Ok(());
+        };
+        let _ = self.devmap.remove(ifindex);
+        self.lb_program()
+            .detach(link)
+            .map_err(|source| DataplaneError::Program {
+                name: "xdp_lb",
+                source,
+            })
+    }
+
+    /// Interfaces the program is attached to.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.attached.keys().map(String::as_str)
+    }
+
+    /// Makes `iface` a redirect target without attaching the LB to it (tests use this).
+    pub fn allow_redirect_to(&mut self, ifindex: u32) -> Result<()> {
+        Ok(self.devmap.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    pub fn set_settings(&mut self, s: &Settings) -> Result<()> {
+        self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
+    }
+
+    pub fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_err("SERVICES"))
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        ignore_missing(self.services.remove(key)).map_err(map_err("SERVICES"))
+    }
+
+    pub fn put_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
+        self.vip_addrs
+            .insert(key, 1, 0)
+            .map_err(map_err("VIP_ADDRS"))
+    }
+
+    pub fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
+        ignore_missing(self.vip_addrs.remove(key)).map_err(map_err("VIP_ADDRS"))
+    }
+
+    pub fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
+        self.backends.set(id, value, 0).map_err(map_err("BACKENDS"))
+    }
+
+    /// Installs `table` as service `id`'s Maglev table: a new inner array is filled
+    /// completely, then swapped in with one update of the outer map, so packets see either
+    /// the old table or the new one, never a mix. The kernel frees the old array once no
+    /// program run can still hold it.
+    pub fn install_table(&mut self, id: u32, table: &[u32]) -> Result<()> {
+        let mut inner: Array<MapData, u32> =
+            Array::create(table.len() as u32, BPF_F_INNER_MAP).map_err(map_err("MAGLEV inner"))?;
+        for (slot, backend) in table.iter().enumerate() {
+            inner
+                .set(slot as u32, backend, 0)
+                .map_err(map_err("MAGLEV inner"))?;
+        }
+        self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
+    }
+
+    /// Live conntrack entries (walks the map: for status, not for hot paths).
+    pub fn conntrack_entries(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// The conntrack entry of a client tuple, if any.
+    pub fn conntrack_get(&self, key: &FlowKey) -> Option<CtEntry> {
+        self.conntrack.get(key, 0).ok()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// A removal of something already gone is not an error for a reconciler.
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.into()))?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DataplaneError::NoInterface(iface.into())),
+        i => Ok(i),
+    }
+}
+
+/// Sum of a per-CPU `Stats` slot.
+pub(crate) fn sum_stats(values: &[Stats]) -> Stats {
+    values.iter().fold(Stats::default(), |a, s| Stats {
+        packets: a.packets + s.packets,
+        bytes: a.bytes + s.bytes,
+        new_flows: a.new_flows + s.new_flows,
+        drops: a.drops + s.drops,
+    })
+}
+
+pub(crate) fn take_percpu<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, V>> {
+    take(ebpf, name)
+}

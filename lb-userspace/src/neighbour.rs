@@ -1,0 +1,143 @@
+//! Keeps the next hops toward backends resolved.
+//!
+//! XDP forwards without the kernel's help, so nothing would ever resolve a backend's MAC:
+//! `bpf_fib_lookup` would report "no neighbour" and new flows would be dropped. For each
+//! backend the agent adds a *managed* neighbour entry on the route's next hop (kernel 5.16+):
+//! the kernel resolves it and keeps it fresh. Entries are removed on shutdown.
+//!
+//! This shells out to iproute2 for now; netlink would avoid the process spawns.
+
+use std::{collections::BTreeSet, net::IpAddr, process::Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NeighbourError {
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("running `ip`: {0}")]
+    Spawn(#[from] std::io::Error),
+    #[error("no route to {0}")]
+    NoRoute(IpAddr),
+}
+
+/// A next hop on a device.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NextHop {
+    pub addr: IpAddr,
+    pub dev: String,
+}
+
+#[derive(Default)]
+pub struct Neighbours {
+    managed: BTreeSet<NextHop>,
+}
+
+fn ip(args: &[&str]) -> Result<String, NeighbourError> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(NeighbourError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The next hop the kernel would use for `dst`.
+pub fn route_to(dst: IpAddr) -> Result<NextHop, NeighbourError> {
+    let out = ip(&["route", "get", &dst.to_string()])?;
+    parse_route_get(&out, dst).ok_or(NeighbourError::NoRoute(dst))
+}
+
+/// Parses `ip route get` output: "10.0.2.2 dev eth1 src 10.0.2.1 uid 0" or
+/// "10.9.0.1 via 10.0.2.254 dev eth1 src ...".
+fn parse_route_get(out: &str, dst: IpAddr) -> Option<NextHop> {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let after = |w: &str| {
+        words
+            .iter()
+            .position(|x| *x == w)
+            .and_then(|i| words.get(i + 1))
+    };
+    let dev = after("dev")?.to_string();
+    let addr = match after("via") {
+        Some(v) => v.parse().ok()?,
+        None => dst,
+    };
+    Some(NextHop { addr, dev })
+}
+
+impl Neighbours {
+    /// Makes sure every backend's next hop has a managed neighbour entry, and removes the
+    /// entries no backend needs any more. Errors are per backend and do not stop the others.
+    pub fn ensure(&mut self, backends: impl IntoIterator<Item = IpAddr>) -> Vec<NeighbourError> {
+        let mut errors = Vec::new();
+        let mut wanted = BTreeSet::new();
+        for b in backends {
+            match route_to(b) {
+                Ok(hop) => {
+                    wanted.insert(hop);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for hop in wanted.difference(&self.managed.clone()) {
+            let addr = hop.addr.to_string();
+            match ip(&[
+                "neigh",
+                "replace",
+                &addr,
+                "dev",
+                &hop.dev,
+                "managed",
+                "extern_learn",
+            ]) {
+                Ok(_) => {
+                    self.managed.insert(hop.clone());
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let stale: Vec<NextHop> = self.managed.difference(&wanted).cloned().collect();
+        for hop in stale {
+            self.remove(&hop);
+        }
+        errors
+    }
+
+    fn remove(&mut self, hop: &NextHop) {
+        let _ = ip(&["neigh", "del", &hop.addr.to_string(), "dev", &hop.dev]);
+        self.managed.remove(hop);
+    }
+
+    /// Removes every entry this agent added.
+    pub fn clear(&mut self) {
+        for hop in self.managed.clone() {
+            self.remove(&hop);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_direct_and_via() {
+        let d: IpAddr = "10.0.2.2".parse().unwrap();
+        assert_eq!(
+            parse_route_get("10.0.2.2 dev lb-b1 src 10.0.2.1 uid 0 \n    cache \n", d),
+            Some(NextHop {
+                addr: d,
+                dev: "lb-b1".into()
+            })
+        );
+        assert_eq!(
+            parse_route_get("10.9.0.1 via 10.0.2.254 dev eth1 src 10.0.2.1 uid 0", d),
+            Some(NextHop {
+                addr: "10.0.2.254".parse().unwrap(),
+                dev: "eth1".into()
+            })
+        );
+        assert_eq!(parse_route_get("garbage", d), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! The desired data-plane state: what every map should hold, derived from the config (and,
+//! later, merged registries). Sorted deterministically so the same inputs in any order give
+//! the same tables and the same checksum.
+
+use std::net::IpAddr;
+
+use lb_common::{
+    Addr, BackendValue, SVC_FLAG_NAT, ServiceKey, ServiceValue, addr::family_of,
+    maglev::{MaglevBackend, build_table},
+};
+
+use crate::config::{Config, Service};
+
+/// A backend's identity: its address and port. Equal identities share one backend id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl BackendKey {
+    pub fn value(&self) -> BackendValue {
+        BackendValue {
+            addr: Addr::from(self.addr),
+            port: self.port.to_be(),
+            family: family_of(&self.addr),
+            _pad: 0,
+            _pad1: 0,
+        }
+    }
+
+    /// Bytes that seed this backend's Maglev permutation.
+    pub fn maglev_key(&self) -> Vec<u8> {
+        format!("{}:{}", self.addr, self.port).into_bytes()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredBackend {
+    pub key: BackendKey,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    pub name: String,
+    pub key: ServiceKey,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub table_size: u32,
+    pub rate_pps: u64,
+    pub burst: u64,
+    /// Sorted by key.
+    pub backends: Vec<DesiredBackend>,
+}
+
+impl DesiredService {
+    fn from_config(s: &Service) -> Self {
+        let mut backends: Vec<_> = s
+            .backends
+            .iter()
+            .map(|b| DesiredBackend {
+                key: BackendKey {
+                    addr: b.address,
+                    port: b.port,
+                },
+                weight: b.weight,
+            })
+            .collect();
+        backends.sort_by_key(|b| b.key);
+        Self {
+            name: s.name.clone(),
+            key: ServiceKey::new(
+                Addr::from(s.vip),
+                s.port.to_be(),
+                s.protocol.number(),
+                family_of(&s.vip),
+            ),
+            vip: s.vip,
+            port: s.port,
+            table_size: s.maglev_table_size,
+            rate_pps: s.rate_limit.rate,
+            burst: s.rate_limit.burst,
+            backends,
+        }
+    }
+
+    /// The kernel's service record for service id `id`.
+    pub fn value(&self, id: u32) -> ServiceValue {
+        ServiceValue {
+            id,
+            flags: SVC_FLAG_NAT,
+            maglev_size: self.table_size,
+            _pad0: 0,
+            rate_pps: self.rate_pps,
+            burst: self.burst,
+        }
+    }
+
+    /// The Maglev table, given each backend's id.
+    pub fn table(&self, id_of: impl Fn(&BackendKey) -> u32) -> Vec<u32> {
+        let keys: Vec<Vec<u8>> = self.backends.iter().map(|b| b.key.maglev_key()).collect();
+        let mb: Vec<MaglevBackend> = self
+            .backends
+            .iter()
+            .zip(&keys)
+            .map(|(b, k)| MaglevBackend {
+                key: k,
+                id: id_of(&b.key),
+                weight: b.weight,
+            })
+            .collect();
+        build_table(&mb, self.table_size)
+    }
+}
+
+/// Everything the data plane should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Sorted by service key.
+    pub services: Vec<DesiredService>,
+}
+
+impl DesiredState {
+    pub fn from_config(c: &Config) -> Self {
+        let mut services: Vec<_> = c.services.iter().map(DesiredService::from_config).collect();
+        services.sort_by_key(|s| sort_key(&s.key));
+        Self { services }
+    }
+}
+
+fn sort_key(k: &ServiceKey) -> ([u32; 4], u16, u8, u8) {
+    (
+        k.vip.words.map(u32::from_be),
+        u16::from_be(k.port),
+        k.proto,
+        k.family,
+    )
+}
