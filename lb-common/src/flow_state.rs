@@ -91,7 +91,13 @@ mod tests {
         assert!(!is_stale(CT_ESTABLISHED, 0, 3000 * sec, TCP_ACK, &s));
         assert!(is_stale(CT_ESTABLISHED, 0, 3601 * sec, TCP_ACK, &s));
         assert!(is_stale(CT_CLOSING, 0, 11 * sec, TCP_ACK, &s));
-        assert!(is_stale(CT_CLOSING, 0, 1, TCP_SYN, &s), "port reuse after close");
-        assert!(!is_stale(CT_SYN_SENT, 0, 1, TCP_SYN, &s), "SYN retransmission");
+        assert!(
+            is_stale(CT_CLOSING, 0, 1, TCP_SYN, &s),
+            "port reuse after close"
+        );
+        assert!(
+            !is_stale(CT_SYN_SENT, 0, 1, TCP_SYN, &s),
+            "SYN retransmission"
+        );
     }
 }

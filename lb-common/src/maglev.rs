@@ -144,8 +144,7 @@ fn first_free(used: &[u64], mut p: u32, skips: [u32; 4], size: u32) -> u32 {
         let q1 = advance(p, skips[0], size);
         let q2 = advance(p, skips[1], size);
         let q3 = advance(p, skips[2], size);
-        let all_used =
-            is_used(used, p) & is_used(used, q1) & is_used(used, q2) & is_used(used, q3);
+        let all_used = is_used(used, p) & is_used(used, q1) & is_used(used, q2) & is_used(used, q3);
         if !all_used {
             return if !is_used(used, p) {
                 p
@@ -261,10 +260,7 @@ pub const LARGEST_U32_PRIME: u32 = 4_294_967_291;
 ///
 /// If `n > LARGEST_U32_PRIME` (no such prime fits a `u32`).
 pub fn next_prime(n: u32) -> u32 {
-    assert!(
-        n <= LARGEST_U32_PRIME,
-        "no prime >= {n} fits in a u32"
-    );
+    assert!(n <= LARGEST_U32_PRIME, "no prime >= {n} fits in a u32");
     let mut n = n.max(2);
     while !is_prime(n) {
         n += 1;
@@ -489,7 +485,11 @@ mod tests {
         assert_eq!(c[0], 0);
         for (i, want) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0].iter().enumerate() {
             let got = c[10 + i] as f64 / M as f64;
-            assert!((got - want).abs() < 0.01, "weight {}: {got} vs {want}", i + 1);
+            assert!(
+                (got - want).abs() < 0.01,
+                "weight {}: {got} vs {want}",
+                i + 1
+            );
         }
     }
 
@@ -603,7 +603,15 @@ mod tests {
 
     #[test]
     fn every_slot_holds_a_weighted_backend() {
-        for (n, size) in [(1usize, 7u32), (2, 2), (3, 3), (5, 101), (10, 7), (37, 4099), (7, M)] {
+        for (n, size) in [
+            (1usize, 7u32),
+            (2, 2),
+            (3, 3),
+            (5, 101),
+            (10, 7),
+            (37, 4099),
+            (7, M),
+        ] {
             let k = keys(n);
             let mut bs = equal(&k);
             if n > 2 {
@@ -673,7 +681,13 @@ mod tests {
     #[test]
     fn advance_wraps_without_overflow() {
         let m = LARGEST_U32_PRIME;
-        for (p, s) in [(m - 1, m - 1), (m - 1, 1), (0, m - 1), (m / 2, m / 2 + 1), (5, 7)] {
+        for (p, s) in [
+            (m - 1, m - 1),
+            (m - 1, 1),
+            (0, m - 1),
+            (m / 2, m / 2 + 1),
+            (5, 7),
+        ] {
             let want = ((p as u64 + s as u64) % m as u64) as u32;
             assert_eq!(advance(p, s, m), want, "p={p} s={s}");
         }
@@ -727,7 +741,10 @@ mod tests {
         let mut b2 = [0u32; 64];
         let mut same_low_bit = 0u32;
         for key in &k {
-            let (h1, h2) = (siphash24(H1_KEY, key.as_bytes()), siphash24(H2_KEY, key.as_bytes()));
+            let (h1, h2) = (
+                siphash24(H1_KEY, key.as_bytes()),
+                siphash24(H2_KEY, key.as_bytes()),
+            );
             b1[(h1 % 64) as usize] += 1;
             b2[(h2 % 64) as usize] += 1;
             same_low_bit += ((h1 ^ h2) & 1 == 0) as u32;

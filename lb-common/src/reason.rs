@@ -52,10 +52,13 @@ pub enum Reason {
     NoFlow = 19,
     /// Redirect to the egress interface failed (not in the devmap): drop.
     RedirectFailed = 20,
+    /// FIB lookup refused because forwarding is off on the ingress interface: drop. The
+    /// agent turns forwarding on for the interfaces it attaches to.
+    ForwardingDisabled = 21,
 }
 
 /// Number of reasons (size of `REASONS`).
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -80,6 +83,7 @@ impl Reason {
         Reason::CtInsertFailed,
         Reason::NoFlow,
         Reason::RedirectFailed,
+        Reason::ForwardingDisabled,
     ];
 
     /// Stable snake_case name, used in metrics labels and `lb status`.
@@ -106,6 +110,7 @@ impl Reason {
             Reason::CtInsertFailed => "ct_insert_failed",
             Reason::NoFlow => "no_flow",
             Reason::RedirectFailed => "redirect_failed",
+            Reason::ForwardingDisabled => "forwarding_disabled",
         }
     }
 }

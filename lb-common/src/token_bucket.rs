@@ -35,8 +35,16 @@ pub fn admit(b: &mut Bucket, now_ns: u64, rate_pps: u64, burst: u64) -> bool {
     let elapsed = now_ns.saturating_sub(b.last_ns);
     // Time to refill an empty bucket; beyond it the bucket is full anyway.
     let full_after = cap / rate + 1;
-    let elapsed = if elapsed > full_after { full_after } else { elapsed };
-    let nano_tokens = if b.nano_tokens > cap { cap } else { b.nano_tokens };
+    let elapsed = if elapsed > full_after {
+        full_after
+    } else {
+        elapsed
+    };
+    let nano_tokens = if b.nano_tokens > cap {
+        cap
+    } else {
+        b.nano_tokens
+    };
     let mut tokens = nano_tokens + elapsed * rate;
     if tokens > cap {
         tokens = cap;
@@ -72,7 +80,10 @@ mod tests {
     fn burst_then_limit() {
         let mut b = first_packet(0, 10);
         let admitted = (0..100).filter(|_| admit(&mut b, 0, 100, 10)).count();
-        assert_eq!(admitted, 9, "10-packet burst, one spent by the first packet");
+        assert_eq!(
+            admitted, 9,
+            "10-packet burst, one spent by the first packet"
+        );
     }
 
     #[test]

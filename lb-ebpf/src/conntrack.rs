@@ -109,7 +109,14 @@ pub fn create(
     nat._pad = [0; 3];
     nat._pad1 = 0;
     nat.last_seen_ns = now;
-    *rev = FlowKey::new(backend.addr, hop.src, backend.port, 0, key.proto, key.family);
+    *rev = FlowKey::new(
+        backend.addr,
+        hop.src,
+        backend.port,
+        0,
+        key.proto,
+        key.family,
+    );
     let snat_port = allocate_port(rev, nat, key, settings, now)?;
 
     ct.backend = backend.addr;

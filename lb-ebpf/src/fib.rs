@@ -3,8 +3,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -50,6 +50,7 @@ pub fn lookup(ctx: &XdpContext, family: u8, proto: u8, dst: &Addr) -> Result<Nex
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::NoNeighbour),
         BPF_FIB_LKUP_RET_NO_SRC_ADDR => return Err(Reason::NoSnatAddr),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::ForwardingDisabled),
         _ => return Err(Reason::FibFailed),
     }
     // SAFETY: the helper filled the union member matching `family`.

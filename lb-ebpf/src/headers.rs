@@ -59,7 +59,6 @@ pub struct TcpHdr {
     pub urg: u16,
 }
 
-
 #[repr(C)]
 pub struct UdpHdr {
     pub sport: u16,
@@ -67,7 +66,6 @@ pub struct UdpHdr {
     pub len: u16,
     pub check: u16,
 }
-
 
 const _: () = assert!(core::mem::size_of::<EthHdr>() == 14);
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);

@@ -17,8 +17,7 @@ const BPF_F_INNER_MAP: usize = 0x1000;
 
 /// (VIP, port, protocol) -> service.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Every VIP address (any port); see `Reason`'s drop-or-pass rule.
 #[map]

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use crate::{
     config::{self, Config, ConfigErrors},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
+    forwarding::Forwarding,
     neighbour::Neighbours,
     report,
     sync::{DesiredState, Reconciler, SyncError},
@@ -21,6 +22,12 @@ pub enum AgentError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Sync(#[from] SyncError),
+    #[error("enabling forwarding on `{iface}`: {source}")]
+    Forwarding {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Options from the command line that override the config.
@@ -38,6 +45,7 @@ pub struct Agent {
     dp: Dataplane,
     reconciler: Reconciler,
     neighbours: Neighbours,
+    forwarding: Forwarding,
 }
 
 impl Agent {
@@ -55,6 +63,7 @@ impl Agent {
             dp,
             reconciler: Reconciler::new(),
             neighbours: Neighbours::default(),
+            forwarding: Forwarding::default(),
         };
         agent.apply(&config)?;
         Ok(agent)
@@ -129,17 +138,28 @@ impl Agent {
         let wanted: BTreeSet<String> = c.global.interfaces.iter().cloned().collect();
         let mut added: Vec<String> = Vec::new();
         for iface in wanted.difference(&current) {
-            if let Err(e) = self.dp.attach(iface, mode) {
+            let attached = self
+                .forwarding
+                .enable(iface)
+                .map_err(|source| AgentError::Forwarding {
+                    iface: iface.clone(),
+                    source,
+                })
+                .and_then(|()| Ok(self.dp.attach(iface, mode)?));
+            if let Err(e) = attached {
+                self.forwarding.restore(iface);
                 for a in &added {
                     let _ = self.dp.detach(a);
+                    self.forwarding.restore(a);
                 }
-                return Err(e.into());
+                return Err(e);
             }
             info!(iface, ?mode, "XDP attached");
             added.push(iface.to_string());
         }
         for iface in current.difference(&wanted) {
             self.dp.detach(iface)?;
+            self.forwarding.restore(iface);
             info!(iface, "XDP detached");
         }
         Ok(())
@@ -162,6 +182,7 @@ impl Agent {
                 Ok(()) => info!(iface, "XDP detached"),
                 Err(e) => warn!(iface, error = %e, "detach failed"),
             }
+            self.forwarding.restore(&iface);
         }
         self.neighbours.clear();
     }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod forwarding;
 pub mod neighbour;
 pub mod report;
 pub mod sync;

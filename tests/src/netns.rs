@@ -61,6 +61,15 @@ pub fn run_checked(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// The file name of a program, for log names and messages.
+fn program_label(program: &OsStr) -> String {
+    std::path::Path::new(program)
+        .file_name()
+        .unwrap_or(program)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A named network namespace (`ip netns add`), deleted with the processes in it on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -127,9 +136,10 @@ impl Netns {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let label = program_label(program.as_ref());
         let mut cmd = self.command(program);
         cmd.args(args);
-        NsChild::spawn(cmd, &self.name)
+        NsChild::spawn(cmd, &label)
     }
 
     /// Like [`Netns::spawn`], with a fresh bpffs mounted on `/sys/fs/bpf` first.
@@ -143,6 +153,7 @@ impl Netns {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let label = program_label(program.as_ref());
         let mut cmd = self.command("sh");
         cmd.arg("-c")
             .arg(
@@ -151,7 +162,7 @@ impl Netns {
             )
             .arg(program)
             .args(args);
-        NsChild::spawn(cmd, &self.name)
+        NsChild::spawn(cmd, &label)
     }
 
     /// Writes a sysctl of this namespace (`key` in dotted form, e.g. `net.ipv4.ip_forward`).
@@ -236,13 +247,16 @@ impl NsChild {
     /// Spawns any command under the guard (stdin null, stdout+stderr to the log file).
     pub fn spawn(mut cmd: Command, label: &str) -> Result<NsChild> {
         cleanup::init();
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name(&format!("lb-tests-{label}"))));
+        let log =
+            std::env::temp_dir().join(format!("{}.log", unique_name(&format!("lb-tests-{label}"))));
         let file = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .process_group(0);
-        let child = cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
         cleanup::register_pid(child.id());
         Ok(NsChild {
             child,
@@ -327,14 +341,16 @@ impl Drop for NsChild {
         }
         cleanup::unregister_pid(self.child.id());
         if std::thread::panicking() {
-            eprintln!(
-                "lb-tests: output of {} (pid {}) kept in {}",
-                self.label,
-                self.id(),
-                self.log.display()
-            );
-        } else {
-            let _ = std::fs::remove_file(&self.log);
+            // A failing test: show what the process said (the test harness captures stderr and
+            // prints it with the failure), keeping the end where the error usually is.
+            let out = self.output();
+            let tail: Vec<&str> = out.lines().rev().take(200).collect();
+            eprintln!("--- last output of {} (pid {}) ---", self.label, self.id());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            eprintln!("--- end of output of {} ---", self.label);
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }

@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Result, ensure};
 
 use crate::netns::Netns;
-use crate::xdp::{XdpPassLink, attach_xdp_pass};
+use crate::xdp::{XdpLink, attach_xdp_pass};
 
 /// The IPv4 service address the demo and tests use.
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 1);
@@ -141,7 +141,7 @@ impl Host {
 #[derive(Debug)]
 pub struct Topology {
     // Field order is drop order: detach XDP programs first, then delete the namespaces.
-    xdp_links: Vec<XdpPassLink>,
+    xdp_links: Vec<XdpLink>,
     /// Which shape this is.
     pub shape: Shape,
     /// The client.
@@ -169,7 +169,10 @@ impl Topology {
 
     /// Two-arm topology with an explicit [`PeerMode`].
     pub fn two_arm_with(n_backends: usize, peer_mode: PeerMode) -> Result<Topology> {
-        ensure!((1..=9).contains(&n_backends), "1..=9 backends, not {n_backends}");
+        ensure!(
+            (1..=9).contains(&n_backends),
+            "1..=9 backends, not {n_backends}"
+        );
         // Each guard is a local until the end: an error half-way drops (deletes) what exists.
         let client_ns = new_ns("cl")?;
         let lb = new_ns("lb")?;
@@ -224,10 +227,21 @@ impl Topology {
 
     /// One-arm topology with an explicit [`PeerMode`].
     pub fn one_arm_with(n_backends: usize, peer_mode: PeerMode) -> Result<Topology> {
-        ensure!((1..=9).contains(&n_backends), "1..=9 backends, not {n_backends}");
+        ensure!(
+            (1..=9).contains(&n_backends),
+            "1..=9 backends, not {n_backends}"
+        );
         const SUBNET: u8 = 50;
         let sw = new_ns("sw")?;
-        sw.ip(["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        sw.ip([
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         sw.ip(["link", "set", "br0", "up"])?;
 
         let client_ns = new_ns("cl")?;
@@ -418,7 +432,16 @@ fn new_ns(role: &str) -> Result<Netns> {
 /// both ends, every frame carries a full checksum and every receiver checks it.
 fn veth(a_ns: &Netns, a: &Iface, b_ns: &Netns, b: &Iface) -> Result<()> {
     a_ns.ip([
-        "link", "add", &a.name, "type", "veth", "peer", "name", &b.name, "netns", b_ns.name(),
+        "link",
+        "add",
+        &a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b.name,
+        "netns",
+        b_ns.name(),
     ])?;
     configure(a_ns, a)?;
     configure(b_ns, b)?;
@@ -454,7 +477,15 @@ fn configure(ns: &Netns, i: &Iface) -> Result<()> {
 /// A bridge port `port` on `br0` in `sw` whose peer is `host_if` in `host_ns`.
 fn bridge_port(sw: &Netns, port: &str, host_ns: &Netns, host_if: &Iface) -> Result<()> {
     sw.ip([
-        "link", "add", port, "type", "veth", "peer", "name", &host_if.name, "netns",
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &host_if.name,
+        "netns",
         host_ns.name(),
     ])?;
     let mut args = vec!["-K", port];

@@ -107,7 +107,10 @@ fn backend_servers_answer_the_lb_namespace_directly() {
             b.name
         );
         let (name, echo) = tcp_echo(&t.lb, b.ip4().into(), 8080, b"hello\n", T).unwrap();
-        assert_eq!((name.as_str(), echo.as_slice()), (b.name.as_str(), &b"hello\n"[..]));
+        assert_eq!(
+            (name.as_str(), echo.as_slice()),
+            (b.name.as_str(), &b"hello\n"[..])
+        );
         assert_eq!(
             udp_ask_name(&t.lb, b.ip6().into(), 5353, 40000).unwrap(),
             b.name
@@ -116,7 +119,12 @@ fn backend_servers_answer_the_lb_namespace_directly() {
     // IPv4 server got 2 connections (name + echo), the IPv6 one 1; peers are the LB's address.
     assert_eq!(servers[0].connections(), 2);
     assert_eq!(servers[1].connections(), 1);
-    assert!(servers[0].peers().iter().all(|p| p.ip() == t.lb_ifaces[1].ip4));
+    assert!(
+        servers[0]
+            .peers()
+            .iter()
+            .all(|p| p.ip() == t.lb_ifaces[1].ip4)
+    );
 
     let spread = tcp_name_spread(&t.lb, t.backends[1].ip4().into(), 8080, 50, T).unwrap();
     assert_eq!(spread.count("b2"), 50, "{spread}");
@@ -134,7 +142,12 @@ fn lb_namespace_does_not_forward_without_xdp() {
     let b = &t.backends[0];
     let _s = TcpNameServer::start(&b.ns, "0.0.0.0:8080".parse().unwrap(), "b1").unwrap();
     // The client's route to b1 goes through the LB namespace, whose kernel must not forward.
-    let r = tcp_connect_name(&t.client.ns, b.ip4().into(), 8080, Duration::from_millis(500));
+    let r = tcp_connect_name(
+        &t.client.ns,
+        b.ip4().into(),
+        8080,
+        Duration::from_millis(500),
+    );
     assert!(r.is_err(), "kernel forwarded: {r:?}");
     let r = udp_ask_name_timeout(
         &t.client.ns,
@@ -175,12 +188,8 @@ fn teardown_happens_on_panic() {
     let captured = std::sync::Mutex::new(Vec::new());
     let result = std::panic::catch_unwind(|| {
         let t = Topology::two_arm(2).unwrap();
-        let _s = TcpNameServer::start(
-            &t.backends[0].ns,
-            "0.0.0.0:8080".parse().unwrap(),
-            "b1",
-        )
-        .unwrap();
+        let _s =
+            TcpNameServer::start(&t.backends[0].ns, "0.0.0.0:8080".parse().unwrap(), "b1").unwrap();
         let _p = t.lb.spawn("sleep", ["30"]).unwrap();
         *captured.lock().unwrap() = names(&t);
         panic!("deliberate panic with a live topology");
@@ -195,7 +204,10 @@ fn teardown_happens_on_panic() {
 fn spawned_process_is_stopped_on_drop_and_output_kept() {
     let ns = Netns::new("t").unwrap();
     let mut child = ns
-        .spawn("sh", ["-c", "echo started; ip -br link show lo; exec sleep 30"])
+        .spawn(
+            "sh",
+            ["-c", "echo started; ip -br link show lo; exec sleep 30"],
+        )
         .unwrap();
     let pid = child.id() as i32;
     std::thread::sleep(Duration::from_millis(300));
@@ -243,9 +255,141 @@ fn parallel_topologies_do_not_collide() {
     let b = Topology::two_arm(1).unwrap();
     let (na, nb) = (names(&a), names(&b));
     assert!(na.iter().all(|n| !nb.contains(n)));
-    let _sa = TcpNameServer::start(&a.backends[0].ns, "0.0.0.0:8080".parse().unwrap(), "a").unwrap();
-    let _sb = TcpNameServer::start(&b.backends[0].ns, "0.0.0.0:8080".parse().unwrap(), "b").unwrap();
+    let _sa =
+        TcpNameServer::start(&a.backends[0].ns, "0.0.0.0:8080".parse().unwrap(), "a").unwrap();
+    let _sb =
+        TcpNameServer::start(&b.backends[0].ns, "0.0.0.0:8080".parse().unwrap(), "b").unwrap();
     let ip = a.backends[0].ip4().into();
     assert_eq!(tcp_connect_name(&a.lb, ip, 8080, T).unwrap(), "a");
     assert_eq!(tcp_connect_name(&b.lb, ip, 8080, T).unwrap(), "b");
+}
+
+/// Sends 10 datagrams from the client to the LB's `lb-c`, where a program bounces every frame
+/// with `XDP_TX`, and returns how many of them came back to the client's `cl0`.
+///
+/// Counted with a packet socket: the bounced frames still carry `lb-c`'s MAC as destination, so
+/// the client's IP stack drops them (and veth's counters do not see frames taken on the GRO
+/// path), but packet sockets see every frame the interface receives.
+fn reflected_frames(t: &Topology) -> usize {
+    let lbc = &t.lb_ifaces[0];
+    // No ARP needed (the reflector would bounce the request back).
+    t.client
+        .ns
+        .ip([
+            "neigh",
+            "replace",
+            &lbc.ip4.to_string(),
+            "lladdr",
+            &lbc.mac_string(),
+            "dev",
+            "cl0",
+        ])
+        .unwrap();
+    let _tx = lb_tests::xdp::attach_xdp_action(&t.lb, "lb-c", lb_tests::xdp::XDP_TX).unwrap();
+    t.client.ns.enter(|| {
+        let tap = PacketTap::open("cl0");
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..10 {
+            s.send_to(b"bounce-me", (lbc.ip4, 9)).unwrap();
+        }
+        tap.count_incoming(b"bounce-me", Duration::from_millis(300))
+    })
+}
+
+/// An `AF_PACKET` socket on one interface (test-only helper).
+struct PacketTap(std::os::fd::OwnedFd);
+
+impl PacketTap {
+    fn open(dev: &str) -> PacketTap {
+        use std::os::fd::FromRawFd;
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket/bind calls with valid arguments; the fd is owned right away.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let name = std::ffi::CString::new(dev).unwrap();
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            let rc = libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&raw const sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            PacketTap(fd)
+        }
+    }
+
+    /// Frames received (not sent) containing `needle`, until `quiet` passes with none.
+    fn count_incoming(&self, needle: &[u8], quiet: Duration) -> usize {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.as_raw_fd();
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: quiet.as_micros() as libc::suseconds_t,
+        };
+        let mut n = 0;
+        // SAFETY: setsockopt/recvfrom with buffers that outlive the calls.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let mut buf = [0u8; 2048];
+            loop {
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let got = libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut sll).cast(),
+                    &mut len,
+                );
+                if got < 0 {
+                    return n;
+                }
+                let frame = &buf[..got as usize];
+                if sll.sll_pkttype != libc::PACKET_OUTGOING as u8
+                    && frame.windows(needle.len()).any(|w| w == needle)
+                {
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn peers_receive_xdp_tx_frames_in_both_peer_modes() {
+    for mode in [PeerMode::Gro, PeerMode::XdpPass] {
+        let t = Topology::two_arm_with(1, mode).unwrap();
+        assert_eq!(reflected_frames(&t), 10, "{mode:?}");
+    }
+}
+
+#[test]
+fn stale_namespaces_of_dead_processes_are_reaped() {
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    dead.wait().unwrap();
+    let name = format!("lbt-stale-{pid}-0");
+    std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
+    let reaped = lb_tests::cleanup::reap_stale();
+    assert!(reaped.contains(&name), "{reaped:?}");
+    assert_gone(&[name]);
 }

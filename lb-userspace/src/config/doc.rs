@@ -214,32 +214,31 @@ impl<'a> Node<'a> {
     }
 
     /// The tables of `[[name]]` sections (or of an inline array of inline tables), each with
-    /// the path `path[i]`. Elements that are not tables are reported and skipped, so indices
-    /// stay those of the file.
-    pub(super) fn tables(&self, what: &str, d: &mut Diag) -> Vec<(usize, Table<'a>)> {
+    /// the path `path[i]`; `None` (reported) if this is not an array, and `None` elements
+    /// (reported) for elements that are not tables, so indices stay those of the file.
+    pub(super) fn tables(&self, what: &str, d: &mut Diag) -> Option<Vec<Option<Table<'a>>>> {
         match self.val {
-            Ref::Tables(aot) => aot
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let table = Table {
-                        inner: t,
-                        path: format!("{}[{i}]", self.path),
-                        span: t.span().unwrap_or_else(|| self.span.clone()),
-                    };
-                    (i, table)
-                })
-                .collect(),
-            Ref::Value(Value::Array(_)) => self
-                .array(d)
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, node)| node.table(d).map(|t| (i, t)))
-                .collect(),
+            Ref::Tables(aot) => Some(
+                aot.iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        Some(Table {
+                            inner: t,
+                            path: format!("{}[{i}]", self.path),
+                            span: t.span().unwrap_or_else(|| self.span.clone()),
+                        })
+                    })
+                    .collect(),
+            ),
+            Ref::Value(Value::Array(_)) => Some(
+                self.array(d)?
+                    .into_iter()
+                    .map(|node| node.table(d))
+                    .collect(),
+            ),
             _ => {
                 self.wrong_type(what, d);
-                Vec::new()
+                None
             }
         }
     }

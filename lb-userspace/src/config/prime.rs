@@ -6,7 +6,7 @@ pub(super) fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let n = u64::from(n);
@@ -18,9 +18,7 @@ pub(super) fn is_prime(n: u32) -> bool {
 
 /// The smallest prime `>= n`, for "did you mean" hints.
 pub(super) fn next_prime(n: u32) -> u32 {
-    (n..=u32::MAX)
-        .find(|&p| is_prime(p))
-        .unwrap_or(u32::MAX)
+    (n..=u32::MAX).find(|&p| is_prime(p)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

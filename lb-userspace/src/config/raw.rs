@@ -48,6 +48,9 @@ pub(super) struct RawService {
     pub maglev_table_size: Option<Sp<i64>>,
     pub rate_limit: Option<RawRateLimit>,
     pub backends: Vec<RawBackend>,
+    /// False if an entry of `backend` (or `backend` itself) was not a table: then the
+    /// backends are not all known.
+    pub backends_complete: bool,
 }
 
 pub(super) struct RawBackend {
@@ -68,10 +71,11 @@ pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
         .map(|t| global(&t, d));
     let services = root
         .get("service")
-        .map(|n| n.tables("an array of tables (`[[service]]`)", d))
+        .and_then(|n| n.tables("an array of tables (`[[service]]`)", d))
         .unwrap_or_default()
         .into_iter()
-        .map(|(index, t)| service(index, &t, d))
+        .enumerate()
+        .filter_map(|(index, t)| Some(service(index, &t?, d)))
         .collect();
     RawConfig { global, services }
 }
@@ -174,12 +178,21 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         ],
         d,
     );
-    let backends = t
+    let tables = t
         .get("backend")
-        .map(|n| n.tables("an array of tables (`[[service.backend]]`)", d))
+        .map(|n| n.tables("an array of tables (`[[service.backend]]`)", d));
+    // `backend = 5` or `backend = [5]` was reported; don't also report "no backend".
+    let backends_complete = match &tables {
+        None => true,
+        Some(None) => false,
+        Some(Some(v)) => v.iter().all(Option::is_some),
+    };
+    let backends = tables
+        .flatten()
         .unwrap_or_default()
         .into_iter()
-        .map(|(index, b)| backend(index, &b, d))
+        .enumerate()
+        .filter_map(|(index, b)| Some(backend(index, &b?, d)))
         .collect();
     RawService {
         index,
@@ -200,6 +213,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         maglev_table_size: int(t, "maglev_table_size", d),
         rate_limit: rate_limit(t, d),
         backends,
+        backends_complete,
     }
 }
 

@@ -74,10 +74,7 @@ fn limits(raw: &[RawService], d: &mut Diag) {
         d.error(
             &over.span,
             &format!("service[{}]", over.index),
-            format!(
-                "too many services: {} (at most {MAX_SERVICES})",
-                raw.len()
-            ),
+            format!("too many services: {} (at most {MAX_SERVICES})", raw.len()),
         );
     }
     let total: usize = raw.iter().map(|s| s.backends.len()).sum();
@@ -178,8 +175,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
 fn check_name(name: &Sp<String>, field: &str, d: &mut Diag) -> bool {
     let n = &name.val;
     let ok = (1..=63).contains(&n.len())
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if !ok {
         d.error(
@@ -207,18 +203,18 @@ fn address(raw: &Sp<String>, field: &str, what: &str, d: &mut Diag) -> Option<Ip
     };
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     let kind = if ip.is_unspecified() {
-        "unspecified"
+        "an unspecified"
     } else if ip.is_multicast() {
-        "multicast"
+        "a multicast"
     } else if broadcast {
-        "broadcast"
+        "the broadcast"
     } else {
         return Some(ip);
     };
     d.error(
         &raw.span,
         field,
-        format!("invalid IP address `{ip}`: a {what} cannot be a {kind} address"),
+        format!("invalid IP address `{ip}`: a {what} cannot be {kind} address"),
     );
     None
 }
@@ -259,8 +255,8 @@ fn mode(raw: &Sp<String>, field: &str, d: &mut Diag) -> Option<Mode> {
 fn backends(raw: &RawService, vip: Option<IpAddr>, d: &mut Diag) -> Option<Vec<Backend>> {
     let p = format!("service[{}]", raw.index);
     let mut seen: HashMap<(IpAddr, u16), usize> = HashMap::new();
-    let mut all_valid = true;
-    let mut weights_known = true;
+    let mut all_valid = raw.backends_complete;
+    let mut weights_known = raw.backends_complete;
     let mut out = Vec::new();
     for b in &raw.backends {
         let bp = format!("{p}.backend[{}]", b.index);
@@ -380,7 +376,10 @@ fn weight(raw: &Sp<i64>, field: &str, d: &mut Diag) -> Option<u32> {
             d.error(
                 &raw.span,
                 field,
-                format!("weight must not be negative (found {}); 0 drains the backend", raw.val),
+                format!(
+                    "weight must not be negative (found {}); 0 drains the backend",
+                    raw.val
+                ),
             );
             None
         }

@@ -91,7 +91,10 @@ fn interfaces(raw: &Sp<Vec<Option<Sp<String>>>>, d: &mut Diag) -> Vec<String> {
             d.error(
                 &name.span,
                 &field,
-                format!("interface `{}` is listed twice (first at line {first})", name.val),
+                format!(
+                    "interface `{}` is listed twice (first at line {first})",
+                    name.val
+                ),
             );
         } else {
             seen.insert(&name.val, d.line(&name.span));
@@ -215,7 +218,7 @@ fn snat_ports(raw: &Sp<Vec<Option<Sp<i64>>>>, d: &mut Diag) -> Option<(u16, u16)
         ok = false;
     }
     // Both fit u16 when `ok`.
-    ok.then(|| (min.val as u16, max.val as u16))
+    ok.then_some((min.val as u16, max.val as u16))
 }
 
 /// A `rate_limit` table; `burst` defaults to `rate`.
@@ -294,7 +297,11 @@ fn conntrack(raw: &RawConntrack, d: &mut Diag) -> Conntrack {
     };
     Conntrack {
         max_entries: max_entries.unwrap_or(defaults.max_entries),
-        tcp_syn_timeout: timeout(&raw.tcp_syn_timeout, "tcp_syn_timeout", defaults.tcp_syn_timeout),
+        tcp_syn_timeout: timeout(
+            &raw.tcp_syn_timeout,
+            "tcp_syn_timeout",
+            defaults.tcp_syn_timeout,
+        ),
         tcp_established_timeout: timeout(
             &raw.tcp_established_timeout,
             "tcp_established_timeout",

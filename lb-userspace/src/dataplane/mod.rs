@@ -162,14 +162,14 @@ impl Dataplane {
             return Ok(());
         }
         let ifindex = ifindex(iface)?;
-        let link = self
-            .lb_program()
-            .attach(iface, mode)
-            .map_err(|source| DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode,
-                source,
-            })?;
+        let link =
+            self.lb_program()
+                .attach(iface, mode)
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    mode,
+                    source,
+                })?;
         self.attached.insert(iface.to_string(), (ifindex, link));
         self.allow_redirect_to(ifindex)
     }
@@ -260,9 +260,7 @@ impl Dataplane {
 fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
 }

@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_NAT, ServiceKey, ServiceValue, addr::family_of,
+    Addr, BackendValue, SVC_FLAG_NAT, ServiceKey, ServiceValue,
+    addr::family_of,
     maglev::{MaglevBackend, build_table},
 };
 

@@ -7,8 +7,17 @@ use super::{GLOBAL, WEB, errors, one_error};
 #[test]
 fn syntax_error_reports_the_parser_position() {
     // The unclosed array is noticed where the next key starts.
-    let e = one_error("[global]\ninterfaces = [\"eth0\"\nx = 1\n", 3, "syntax", "expected `]`");
-    assert!(!e.message.contains('\n'), "one line per error: {:?}", e.message);
+    let e = one_error(
+        "[global]\ninterfaces = [\"eth0\"\nx = 1\n",
+        3,
+        "syntax",
+        "expected `]`",
+    );
+    assert!(
+        !e.message.contains('\n'),
+        "one line per error: {:?}",
+        e.message
+    );
 }
 
 #[test]
@@ -40,45 +49,82 @@ fn unknown_field_in_rate_limit() {
 #[test]
 fn unknown_field_in_service_rate_limit() {
     let text = format!("{WEB}[service.rate_limit]\nrate = 10\nper = \"ip\"\n");
-    one_error(&text, 13, "service[0].rate_limit.per", "unknown field `per`");
+    one_error(
+        &text,
+        13,
+        "service[0].rate_limit.per",
+        "unknown field `per`",
+    );
 }
 
 #[test]
 fn unknown_field_in_conntrack() {
     let text = format!("{GLOBAL}[global.conntrack]\nmax_entrys = 5000\n");
-    one_error(&text, 4, "global.conntrack.max_entrys", "unknown field `max_entrys`");
+    one_error(
+        &text,
+        4,
+        "global.conntrack.max_entrys",
+        "unknown field `max_entrys`",
+    );
 }
 
 #[test]
 fn unknown_field_in_service() {
-    let text = format!("{WEB}");
-    let text = text.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nscheduler = \"rr\"\n");
-    one_error(&text, 8, "service[0].scheduler", "unknown field `scheduler`");
+    let text = WEB.replace(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nscheduler = \"rr\"\n",
+    );
+    one_error(
+        &text,
+        8,
+        "service[0].scheduler",
+        "unknown field `scheduler`",
+    );
 }
 
 #[test]
 fn unknown_field_in_backend() {
     let text = format!("{WEB}wieght = 3\n");
-    one_error(&text, 11, "service[0].backend[0].wieght", "unknown field `wieght`");
+    one_error(
+        &text,
+        11,
+        "service[0].backend[0].wieght",
+        "unknown field `wieght`",
+    );
 }
 
 #[test]
 fn wrong_type_string_for_integer() {
     let text = WEB.replace("port = 80\n", "port = \"80\"\n");
-    let e = one_error(&text, 6, "service[0].port", "expected an integer, found a string");
+    let e = one_error(
+        &text,
+        6,
+        "service[0].port",
+        "expected an integer, found a string",
+    );
     assert_eq!(e.column, 8, "points at the value");
 }
 
 #[test]
 fn wrong_type_string_for_array() {
     let text = "[global]\ninterfaces = \"eth0\"\n";
-    one_error(text, 2, "global.interfaces", "expected an array, found a string");
+    one_error(
+        text,
+        2,
+        "global.interfaces",
+        "expected an array, found a string",
+    );
 }
 
 #[test]
 fn wrong_type_in_array_element() {
     let text = "[global]\ninterfaces = [\"eth0\", 7]\n";
-    one_error(text, 2, "global.interfaces[1]", "expected a string, found an integer");
+    one_error(
+        text,
+        2,
+        "global.interfaces[1]",
+        "expected a string, found an integer",
+    );
 }
 
 #[test]
@@ -100,7 +146,12 @@ fn missing_global() {
 
 #[test]
 fn missing_interfaces() {
-    one_error("[global]\nxdp_mode = \"generic\"\n", 1, "global.interfaces", "missing required field `interfaces`");
+    one_error(
+        "[global]\nxdp_mode = \"generic\"\n",
+        1,
+        "global.interfaces",
+        "missing required field `interfaces`",
+    );
 }
 
 #[test]
@@ -112,13 +163,23 @@ fn missing_service_field_points_at_the_header() {
 #[test]
 fn missing_backend_port() {
     let text = WEB.replace("port = 8080\n", "");
-    one_error(&text, 8, "service[0].backend[0].port", "missing required field `port`");
+    one_error(
+        &text,
+        8,
+        "service[0].backend[0].port",
+        "missing required field `port`",
+    );
 }
 
 #[test]
 fn missing_rate_limit_rate() {
     let text = format!("{GLOBAL}[global.rate_limit]\nburst = 5\n");
-    one_error(&text, 3, "global.rate_limit.rate", "missing required field `rate`");
+    one_error(
+        &text,
+        3,
+        "global.rate_limit.rate",
+        "missing required field `rate`",
+    );
 }
 
 // ---- values ----
@@ -126,13 +187,23 @@ fn missing_rate_limit_rate() {
 #[test]
 fn bad_vip_address() {
     let text = WEB.replace("10.0.0.1", "10.0.0.256");
-    one_error(&text, 5, "service[0].vip", "invalid IP address `10.0.0.256`");
+    one_error(
+        &text,
+        5,
+        "service[0].vip",
+        "invalid IP address `10.0.0.256`",
+    );
 }
 
 #[test]
 fn bad_backend_address() {
     let text = WEB.replace("10.0.1.1", "10.0.1.1:8080");
-    one_error(&text, 9, "service[0].backend[0].address", "invalid IP address");
+    one_error(
+        &text,
+        9,
+        "service[0].backend[0].address",
+        "invalid IP address",
+    );
 }
 
 #[test]
@@ -150,7 +221,12 @@ fn bad_protocol() {
 #[test]
 fn unsupported_mode() {
     let text = WEB.replace("port = 80\n", "port = 80\nmode = \"dsr\"\n");
-    one_error(&text, 7, "service[0].mode", "mode `dsr` is not supported yet (only `nat`)");
+    one_error(
+        &text,
+        7,
+        "service[0].mode",
+        "mode `dsr` is not supported yet (only `nat`)",
+    );
 }
 
 #[test]
@@ -174,7 +250,12 @@ fn service_port_zero() {
 #[test]
 fn backend_port_zero() {
     let text = WEB.replace("port = 8080\n", "port = 0\n");
-    one_error(&text, 10, "service[0].backend[0].port", "port must not be 0");
+    one_error(
+        &text,
+        10,
+        "service[0].backend[0].port",
+        "port must not be 0",
+    );
 }
 
 #[test]
@@ -195,7 +276,12 @@ fn duplicate_service_name() {
         "{WEB}[[service]]\nname = \"web\"\nvip = \"10.0.0.2\"\nport = 80\nprotocol = \"tcp\"\n\
          [[service.backend]]\naddress = \"10.0.1.1\"\nport = 8080\n"
     );
-    one_error(&text, 12, "service[1].name", "duplicate service name `web` (first defined at line 4)");
+    one_error(
+        &text,
+        12,
+        "service[1].name",
+        "duplicate service name `web` (first defined at line 4)",
+    );
 }
 
 #[test]
@@ -204,8 +290,17 @@ fn duplicate_service_vip_port_protocol() {
         "{WEB}[[service]]\nname = \"web2\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
          [[service.backend]]\naddress = \"10.0.1.1\"\nport = 8080\n"
     );
-    let e = one_error(&text, 13, "service[1].vip", "same vip, port and protocol (10.0.0.1:80/tcp)");
-    assert!(e.message.contains("service `web` at line 5"), "{}", e.message);
+    let e = one_error(
+        &text,
+        13,
+        "service[1].vip",
+        "same vip, port and protocol (10.0.0.1:80/tcp)",
+    );
+    assert!(
+        e.message.contains("service `web` at line 5"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -219,7 +314,8 @@ fn same_vip_and_port_with_other_protocol_is_fine() {
 
 #[test]
 fn duplicate_backend() {
-    let text = format!("{WEB}[[service.backend]]\naddress = \"10.0.1.1\"\nport = 8080\nweight = 2\n");
+    let text =
+        format!("{WEB}[[service.backend]]\naddress = \"10.0.1.1\"\nport = 8080\nweight = 2\n");
     one_error(
         &text,
         12,
@@ -241,44 +337,83 @@ fn backend_family_differs_from_vip() {
 
 #[test]
 fn no_backend_with_positive_weight() {
-    let text = format!("{WEB}weight = 0\n[[service.backend]]\naddress = \"10.0.1.2\"\nport = 8080\nweight = 0\n");
-    one_error(&text, 11, "service[0].backend[0].weight", "no backend with weight > 0 in service `web`");
+    let text = format!(
+        "{WEB}weight = 0\n[[service.backend]]\naddress = \"10.0.1.2\"\nport = 8080\nweight = 0\n"
+    );
+    one_error(
+        &text,
+        11,
+        "service[0].backend[0].weight",
+        "no backend with weight > 0 in service `web`",
+    );
 }
 
 #[test]
 fn no_backends_at_all() {
-    let text = format!("{GLOBAL}[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n");
-    one_error(&text, 4, "service[0].backend", "no backend with weight > 0 in service `web`");
+    let text = format!(
+        "{GLOBAL}[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n"
+    );
+    one_error(
+        &text,
+        4,
+        "service[0].backend",
+        "no backend with weight > 0 in service `web`",
+    );
 }
 
 #[test]
 fn weight_above_maximum() {
     let text = format!("{WEB}weight = 65536\n");
-    one_error(&text, 11, "service[0].backend[0].weight", "weight 65536 is above the maximum 65535");
+    one_error(
+        &text,
+        11,
+        "service[0].backend[0].weight",
+        "weight 65536 is above the maximum 65535",
+    );
 }
 
 #[test]
 fn negative_weight() {
     let text = format!("{WEB}weight = -1\n");
-    one_error(&text, 11, "service[0].backend[0].weight", "must not be negative");
+    one_error(
+        &text,
+        11,
+        "service[0].backend[0].weight",
+        "must not be negative",
+    );
 }
 
 #[test]
 fn table_size_not_prime() {
     let text = format!("{GLOBAL}maglev_table_size = 65536\n");
-    one_error(&text, 3, "global.maglev_table_size", "65536 is not prime (Maglev needs a prime); the next prime is 65537");
+    one_error(
+        &text,
+        3,
+        "global.maglev_table_size",
+        "65536 is not prime (Maglev needs a prime); the next prime is 65537",
+    );
 }
 
 #[test]
 fn service_table_size_not_prime() {
     let text = WEB.replace("port = 80\n", "port = 80\nmaglev_table_size = 100\n");
-    one_error(&text, 7, "service[0].maglev_table_size", "the next prime is 101");
+    one_error(
+        &text,
+        7,
+        "service[0].maglev_table_size",
+        "the next prime is 101",
+    );
 }
 
 #[test]
 fn table_size_out_of_range() {
     let text = format!("{GLOBAL}maglev_table_size = 1000033\n");
-    one_error(&text, 3, "global.maglev_table_size", "out of range 3..=1000003");
+    one_error(
+        &text,
+        3,
+        "global.maglev_table_size",
+        "out of range 3..=1000003",
+    );
     let text = format!("{GLOBAL}maglev_table_size = 2\n");
     one_error(&text, 3, "global.maglev_table_size", "out of range");
 }
@@ -287,7 +422,12 @@ fn table_size_out_of_range() {
 fn table_smaller_than_backend_count() {
     let text = format!("{WEB}[[service.backend]]\naddress = \"10.0.1.2\"\nport = 8080\n[[service.backend]]\naddress = \"10.0.1.3\"\nport = 8080\n[[service.backend]]\naddress = \"10.0.1.4\"\nport = 8080\n")
         .replace("port = 80\n", "port = 80\nmaglev_table_size = 3\n");
-    one_error(&text, 7, "service[0].maglev_table_size", "4 backends with weight > 0");
+    one_error(
+        &text,
+        7,
+        "service[0].maglev_table_size",
+        "4 backends with weight > 0",
+    );
 }
 
 #[test]
@@ -302,7 +442,12 @@ fn too_many_services() {
         );
     }
     // Each service is 8 lines after the 2 of GLOBAL: service[1024] starts at line 2 + 8*1024 + 1.
-    one_error(&text, 2 + 8 * 1024 + 1, "service[1024]", "too many services: 1025 (at most 1024)");
+    one_error(
+        &text,
+        2 + 8 * 1024 + 1,
+        "service[1024]",
+        "too many services: 1025 (at most 1024)",
+    );
 }
 
 #[test]
@@ -310,9 +455,16 @@ fn too_many_backends_in_total() {
     // Two services with 32768 backends each (inline tables, to keep the text small): 65536.
     let mut text = GLOBAL.to_owned();
     for s in 0..2 {
-        text += &format!("[[service]]\nname = \"s{s}\"\nvip = \"10.0.0.{s}\"\nport = 80\nprotocol = \"udp\"\nmaglev_table_size = 65537\nbackend = [\n");
+        text += &format!(
+            "[[service]]\nname = \"s{s}\"\nvip = \"10.0.0.{s}\"\nport = 80\nprotocol = \"udp\"\nmaglev_table_size = 65537\nbackend = [\n"
+        );
         for b in 0..32768u32 {
-            text += &format!("{{ address = \"10.{}.{}.{}\", port = 80 }},\n", 1 + b / 65536, (b / 256) % 256, b % 256);
+            text += &format!(
+                "{{ address = \"10.{}.{}.{}\", port = 80 }},\n",
+                1 + b / 65536,
+                (b / 256) % 256,
+                b % 256
+            );
         }
         text += "]\n";
     }
@@ -329,13 +481,23 @@ fn too_many_backends_in_total() {
 #[test]
 fn snat_min_below_1024() {
     let text = format!("{GLOBAL}snat_ports = [80, 2000]\n");
-    one_error(&text, 3, "global.snat_ports", "minimum port 80 is below 1024");
+    one_error(
+        &text,
+        3,
+        "global.snat_ports",
+        "minimum port 80 is below 1024",
+    );
 }
 
 #[test]
 fn snat_min_above_max() {
     let text = format!("{GLOBAL}snat_ports = [50000, 40000]\n");
-    one_error(&text, 3, "global.snat_ports", "range [50000, 40000] is empty");
+    one_error(
+        &text,
+        3,
+        "global.snat_ports",
+        "range [50000, 40000] is empty",
+    );
 }
 
 #[test]
@@ -348,34 +510,74 @@ fn snat_not_two_ports() {
 
 #[test]
 fn empty_interfaces() {
-    one_error("[global]\ninterfaces = []\n", 2, "global.interfaces", "no interface listed");
+    one_error(
+        "[global]\ninterfaces = []\n",
+        2,
+        "global.interfaces",
+        "no interface listed",
+    );
 }
 
 #[test]
 fn bad_interface_name() {
     let text = "[global]\ninterfaces = [\n  \"eth0\",\n  \"a-very-long-ifname\",\n]\n";
-    one_error(text, 4, "global.interfaces[1]", "invalid interface name `a-very-long-ifname`: longer than 15 bytes");
-    one_error("[global]\ninterfaces = [\"eth 0\"]\n", 2, "global.interfaces[0]", "whitespace");
-    one_error("[global]\ninterfaces = [\"a/b\"]\n", 2, "global.interfaces[0]", "`/`");
-    one_error("[global]\ninterfaces = [\"\"]\n", 2, "global.interfaces[0]", "empty");
+    one_error(
+        text,
+        4,
+        "global.interfaces[1]",
+        "invalid interface name `a-very-long-ifname`: longer than 15 bytes",
+    );
+    one_error(
+        "[global]\ninterfaces = [\"eth 0\"]\n",
+        2,
+        "global.interfaces[0]",
+        "whitespace",
+    );
+    one_error(
+        "[global]\ninterfaces = [\"a/b\"]\n",
+        2,
+        "global.interfaces[0]",
+        "`/`",
+    );
+    one_error(
+        "[global]\ninterfaces = [\"\"]\n",
+        2,
+        "global.interfaces[0]",
+        "empty",
+    );
 }
 
 #[test]
 fn duplicate_interface() {
     let text = "[global]\ninterfaces = [\n  \"eth0\",\n  \"eth0\",\n]\n";
-    one_error(text, 4, "global.interfaces[1]", "interface `eth0` is listed twice (first at line 3)");
+    one_error(
+        text,
+        4,
+        "global.interfaces[1]",
+        "interface `eth0` is listed twice (first at line 3)",
+    );
 }
 
 #[test]
 fn rate_limit_burst_zero() {
     let text = format!("{GLOBAL}[global.rate_limit]\nrate = 100\nburst = 0\n");
-    one_error(&text, 5, "global.rate_limit.burst", "burst must be at least 1");
+    one_error(
+        &text,
+        5,
+        "global.rate_limit.burst",
+        "burst must be at least 1",
+    );
 }
 
 #[test]
 fn service_rate_limit_burst_zero() {
     let text = format!("{WEB}[service.rate_limit]\nrate = 100\nburst = 0\n");
-    one_error(&text, 13, "service[0].rate_limit.burst", "burst must be at least 1");
+    one_error(
+        &text,
+        13,
+        "service[0].rate_limit.burst",
+        "burst must be at least 1",
+    );
 }
 
 #[test]
@@ -387,13 +589,23 @@ fn negative_rate() {
 #[test]
 fn timeout_zero() {
     let text = format!("{GLOBAL}[global.conntrack]\ntcp_syn_timeout = 60\nudp_timeout = 0\n");
-    one_error(&text, 5, "global.conntrack.udp_timeout", "udp_timeout must be at least 1 second");
+    one_error(
+        &text,
+        5,
+        "global.conntrack.udp_timeout",
+        "udp_timeout must be at least 1 second",
+    );
 }
 
 #[test]
 fn conntrack_max_entries_too_small() {
     let text = format!("{GLOBAL}[global.conntrack]\nmax_entries = 1000\n");
-    one_error(&text, 4, "global.conntrack.max_entries", "max_entries 1000 is out of range 1024..=");
+    one_error(
+        &text,
+        4,
+        "global.conntrack.max_entries",
+        "max_entries 1000 is out of range 1024..=",
+    );
 }
 
 // ---- reporting ----

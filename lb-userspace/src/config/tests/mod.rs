@@ -22,7 +22,11 @@ fn one_error(text: &str, line: usize, field: &str, message: &str) -> ConfigError
     assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
     let e = errs.into_iter().next().unwrap();
     assert_eq!((e.line, e.field.as_str()), (line, field), "{e:#?}");
-    assert!(e.message.contains(message), "message {:?} lacks {message:?}", e.message);
+    assert!(
+        e.message.contains(message),
+        "message {:?} lacks {message:?}",
+        e.message
+    );
     assert_eq!(e.file, "t.toml");
     assert!(e.column >= 1);
     e

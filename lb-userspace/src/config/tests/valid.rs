@@ -164,7 +164,10 @@ fn example_configs_parse() {
     }
     seen.sort();
     for name in ["demo.toml", "lb.toml"] {
-        assert!(seen.iter().any(|s| s == name), "{name} missing from {dir:?}");
+        assert!(
+            seen.iter().any(|s| s == name),
+            "{name} missing from {dir:?}"
+        );
     }
 }
 
@@ -172,7 +175,10 @@ fn example_configs_parse() {
 fn demo_config_matches_the_demo_topology() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml");
     let config = load(&path).unwrap();
-    assert_eq!(config.global.interfaces, ["lb-c", "lb-b1", "lb-b2", "lb-b3"]);
+    assert_eq!(
+        config.global.interfaces,
+        ["lb-c", "lb-b1", "lb-b2", "lb-b3"]
+    );
     let backends = |port| {
         ["10.200.11.2", "10.200.12.2", "10.200.13.2"]
             .map(|a| Backend {
