@@ -11,6 +11,7 @@
 //! - SIGKILL or a crash: nothing runs. Namespace names embed the creating pid, so the next run
 //!   deletes namespaces whose creator is gone ([`reap_stale`], called once per process).
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
@@ -19,7 +20,8 @@ use std::sync::{Mutex, MutexGuard, Once};
 pub const NS_PREFIX: &str = "lbt-";
 
 static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Child process ids with the log file each writes to.
+static PIDS: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static GRACEFUL: AtomicBool = AtomicBool::new(false);
 static INIT: Once = Once::new();
@@ -37,12 +39,12 @@ pub(crate) fn unregister_ns(name: &str) {
     lock(&NAMESPACES).retain(|n| n != name);
 }
 
-pub(crate) fn register_pid(pid: u32) {
-    lock(&PIDS).push(pid);
+pub(crate) fn register_pid(pid: u32, log: PathBuf) {
+    lock(&PIDS).push((pid, log));
 }
 
 pub(crate) fn unregister_pid(pid: u32) {
-    lock(&PIDS).retain(|p| *p != pid);
+    lock(&PIDS).retain(|(p, _)| *p != pid);
 }
 
 /// Called by every constructor: installs the signal handler and reaps stale namespaces, once.
@@ -96,13 +98,14 @@ fn on_signal() {
 /// creating something new behind its back.
 pub fn emergency_cleanup() {
     let mut pids = lock(&PIDS);
-    for pid in pids.drain(..) {
+    for (pid, log) in pids.drain(..) {
         // Children run in their own process group (see `NsChild`): kill the whole group.
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
             libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
         }
+        let _ = std::fs::remove_file(log);
     }
     let mut names = lock(&NAMESPACES);
     for name in names.drain(..) {

@@ -142,27 +142,34 @@ impl Netns {
         NsChild::spawn(cmd, &label)
     }
 
-    /// Like [`Netns::spawn`], with a fresh bpffs mounted on `/sys/fs/bpf` first.
-    ///
-    /// Why: `ip netns exec` remounts `/sys` for the namespace, which hides the host's bpffs, so a
-    /// program that pins maps (the `lb` agent) would find no bpffs. The mount lives in the private
-    /// mount namespace `ip netns exec` made, so it disappears with the process; pins do not
-    /// outlive it.
+    /// Like [`Netns::spawn`], with a fresh bpffs mounted on `/sys/fs/bpf` first
+    /// (see [`Netns::command_with_bpffs`]).
     pub fn spawn_with_bpffs<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<NsChild>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
         let label = program_label(program.as_ref());
+        let mut cmd = self.command_with_bpffs(program);
+        cmd.args(args);
+        NsChild::spawn(cmd, &label)
+    }
+
+    /// Like [`Netns::command`], but the program starts with a bpffs on `/sys/fs/bpf`.
+    ///
+    /// Why: `ip netns exec` remounts `/sys` for the namespace, which hides the host's bpffs, so a
+    /// program that pins maps (the `lb` agent) would find none. The mount is made in the private
+    /// mount namespace `ip netns exec` creates, so it disappears with the process: pins do not
+    /// outlive it and never touch the host's bpffs.
+    pub fn command_with_bpffs(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = self.command("sh");
         cmd.arg("-c")
             .arg(
                 "mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || exit 125; \
                  exec \"$0\" \"$@\"",
             )
-            .arg(program)
-            .args(args);
-        NsChild::spawn(cmd, &label)
+            .arg(program);
+        cmd
     }
 
     /// Writes a sysctl of this namespace (`key` in dotted form, e.g. `net.ipv4.ip_forward`).
@@ -257,7 +264,7 @@ impl NsChild {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {cmd:?}"))?;
-        cleanup::register_pid(child.id());
+        cleanup::register_pid(child.id(), log.clone());
         Ok(NsChild {
             child,
             label: label.to_owned(),

@@ -407,24 +407,25 @@ pub fn tcp_name_spread(
     n: usize,
     timeout: Duration,
 ) -> Result<Spread> {
-    tcp_name_spread_until(ns, addr, port, n, timeout, &|| false)
+    tcp_name_spread_until(ns, addr, port, n, timeout, &|_| false)
 }
 
-/// [`tcp_name_spread`] that stops early when `stop()` returns true (e.g. on Ctrl-C).
+/// [`tcp_name_spread`] that stops early when `stop(results so far)` returns true (on Ctrl-C,
+/// at the end of a time window, after too many errors...).
 pub fn tcp_name_spread_until(
     ns: &Netns,
     addr: IpAddr,
     port: u16,
     n: usize,
     timeout: Duration,
-    stop: &(dyn Fn() -> bool + Sync),
+    stop: &(dyn Fn(&Spread) -> bool + Sync),
 ) -> Result<Spread> {
     let target = SocketAddr::new(addr, port);
     ns.enter(|| {
         let mut spread = Spread::default();
         let mut ports = HashSet::new();
         for _ in 0..n {
-            if stop() {
+            if stop(&spread) {
                 break;
             }
             let result = connect_and_read_name(target, timeout).and_then(|(stream, name)| {
@@ -504,14 +505,30 @@ pub fn udp_name_spread(
     first_src_port: u16,
     timeout: Duration,
 ) -> Result<Spread> {
+    udp_name_spread_until(ns, addr, port, n, first_src_port, timeout, &|_| false)
+}
+
+/// [`udp_name_spread`] that stops early when `stop(results so far)` returns true.
+pub fn udp_name_spread_until(
+    ns: &Netns,
+    addr: IpAddr,
+    port: u16,
+    n: usize,
+    first_src_port: u16,
+    timeout: Duration,
+    stop: &(dyn Fn(&Spread) -> bool + Sync),
+) -> Result<Spread> {
     ensure_port_range(first_src_port, n)?;
     let target = SocketAddr::new(addr, port);
     ns.enter(|| {
         let mut spread = Spread::default();
         for i in 0..n {
+            if stop(&spread) {
+                break;
+            }
             spread.add(udp_ask(target, first_src_port + i as u16, timeout));
+            spread.source_ports += 1;
         }
-        spread.source_ports = n;
         Ok(spread)
     })
 }

@@ -37,13 +37,21 @@ pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 1);
 /// The IPv6 service address the demo and tests use.
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0x100, 0, 0, 0, 0, 1);
 
-/// How the peers of the LB's interfaces are made able to receive `XDP_TX`/`XDP_REDIRECT` frames.
+/// How the peers of the LB's interfaces are made able to receive `XDP_TX`/`XDP_REDIRECT` frames
+/// (without either, veth drops them; see [`crate::xdp`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerMode {
-    /// `ethtool -K PEER gro on` (enables the peer's NAPI). The default: nothing stays attached.
+    /// `ethtool -K PEER gro on` (enables the peer's NAPI). Enough for `XDP_REDIRECT` (all a
+    /// two-arm LB does), and nothing stays attached: the default of [`Topology::two_arm`].
+    ///
+    /// Not enough for `XDP_TX`: veth wakes the peer after `XDP_TX` only if the peer runs an XDP
+    /// program, so with GRO alone bounced frames wait until other traffic wakes it (measured:
+    /// sometimes all arrive, sometimes none).
     #[default]
     Gro,
     /// A native-mode `XDP_PASS` program on each peer (kept attached while the topology lives).
+    /// Works for `XDP_TX` too: the default of [`Topology::one_arm`], where the LB sends frames
+    /// back out of the interface they came in on.
     XdpPass,
 }
 
@@ -162,7 +170,8 @@ pub struct Topology {
 const NO_OFFLOAD: [&str; 4] = ["tx", "off", "rx", "off"];
 
 impl Topology {
-    /// Two-arm topology with `n_backends` (1..=9) backends, peers made ready with GRO.
+    /// Two-arm topology with `n_backends` (1..=9) backends, peers made ready with GRO
+    /// (the LB only redirects between its interfaces; see [`PeerMode`]).
     pub fn two_arm(n_backends: usize) -> Result<Topology> {
         Self::two_arm_with(n_backends, PeerMode::default())
     }
@@ -220,9 +229,10 @@ impl Topology {
     }
 
     /// One-arm topology: client, LB and `n_backends` (1..=9) backends on bridge `br0`
-    /// (in namespace `switch`), peers made ready with GRO.
+    /// (in namespace `switch`); the LB's peer gets an `XDP_PASS` program because a one-arm LB
+    /// answers with `XDP_TX` (see [`PeerMode::Gro`] for why GRO is not enough there).
     pub fn one_arm(n_backends: usize) -> Result<Topology> {
-        Self::one_arm_with(n_backends, PeerMode::default())
+        Self::one_arm_with(n_backends, PeerMode::XdpPass)
     }
 
     /// One-arm topology with an explicit [`PeerMode`].

@@ -264,15 +264,15 @@ fn parallel_topologies_do_not_collide() {
     assert_eq!(tcp_connect_name(&b.lb, ip, 8080, T).unwrap(), "b");
 }
 
-/// Sends 10 datagrams from the client to the LB's `lb-c`, where a program bounces every frame
-/// with `XDP_TX`, and returns how many of them came back to the client's `cl0`.
+/// Sends 10 datagrams from the client to `dst` (routed via `lb-c`) and returns how many of them
+/// `tap_dev` in `tap_ns` received within 300 ms of quiet.
 ///
-/// Counted with a packet socket: the bounced frames still carry `lb-c`'s MAC as destination, so
-/// the client's IP stack drops them (and veth's counters do not see frames taken on the GRO
-/// path), but packet sockets see every frame the interface receives.
-fn reflected_frames(t: &Topology) -> usize {
+/// Counted with a packet socket: frames bounced or redirected unchanged by the test programs
+/// still carry `lb-c`'s MAC as destination, so IP stacks drop them (and veth's counters miss
+/// frames taken on the GRO path), but packet sockets see every frame the interface receives.
+fn delivered(t: &Topology, tap_ns: &Netns, tap_dev: &str, dst: std::net::Ipv4Addr) -> usize {
     let lbc = &t.lb_ifaces[0];
-    // No ARP needed (the reflector would bounce the request back).
+    // No ARP needed (a reflector would bounce the request back).
     t.client
         .ns
         .ip([
@@ -285,15 +285,14 @@ fn reflected_frames(t: &Topology) -> usize {
             "cl0",
         ])
         .unwrap();
-    let _tx = lb_tests::xdp::attach_xdp_action(&t.lb, "lb-c", lb_tests::xdp::XDP_TX).unwrap();
+    let tap = tap_ns.enter(|| PacketTap::open(tap_dev));
     t.client.ns.enter(|| {
-        let tap = PacketTap::open("cl0");
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         for _ in 0..10 {
-            s.send_to(b"bounce-me", (lbc.ip4, 9)).unwrap();
+            s.send_to(b"bounce-me", (dst, 9)).unwrap();
         }
-        tap.count_incoming(b"bounce-me", Duration::from_millis(300))
-    })
+    });
+    tap.count_incoming(b"bounce-me", Duration::from_millis(300))
 }
 
 /// An `AF_PACKET` socket on one interface (test-only helper).
@@ -361,7 +360,7 @@ impl PacketTap {
                     return n;
                 }
                 let frame = &buf[..got as usize];
-                if sll.sll_pkttype != libc::PACKET_OUTGOING as u8
+                if sll.sll_pkttype != libc::PACKET_OUTGOING
                     && frame.windows(needle.len()).any(|w| w == needle)
                 {
                     n += 1;
@@ -372,11 +371,21 @@ impl PacketTap {
 }
 
 #[test]
-fn peers_receive_xdp_tx_frames_in_both_peer_modes() {
+fn peers_receive_redirected_frames_in_both_peer_modes() {
     for mode in [PeerMode::Gro, PeerMode::XdpPass] {
         let t = Topology::two_arm_with(1, mode).unwrap();
-        assert_eq!(reflected_frames(&t), 10, "{mode:?}");
+        let _r = lb_tests::xdp::attach_xdp_redirect(&t.lb, "lb-c", "lb-b1").unwrap();
+        let b1 = &t.backends[0];
+        assert_eq!(delivered(&t, &b1.ns, "eth0", b1.ip4()), 10, "{mode:?}");
     }
+}
+
+#[test]
+fn peers_receive_xdp_tx_frames_with_an_xdp_program() {
+    let t = Topology::two_arm_with(1, PeerMode::XdpPass).unwrap();
+    let _tx = lb_tests::xdp::attach_xdp_action(&t.lb, "lb-c", lb_tests::xdp::XDP_TX).unwrap();
+    let lbc = t.lb_ifaces[0].ip4;
+    assert_eq!(delivered(&t, &t.client.ns, "cl0", lbc), 10);
 }
 
 #[test]
@@ -392,4 +401,15 @@ fn stale_namespaces_of_dead_processes_are_reaped() {
     let reaped = lb_tests::cleanup::reap_stale();
     assert!(reaped.contains(&name), "{reaped:?}");
     assert_gone(&[name]);
+}
+
+#[test]
+fn redirect_into_an_unready_peer_is_dropped() {
+    // Why `PeerMode` exists: with neither GRO nor an XDP program on the peer, veth drops
+    // redirected frames (counted as xdp_redirect_errors on the sender).
+    let t = Topology::two_arm(1).unwrap();
+    let b1 = &t.backends[0];
+    b1.ns.run("ethtool", ["-K", "eth0", "gro", "off"]).unwrap();
+    let _r = lb_tests::xdp::attach_xdp_redirect(&t.lb, "lb-c", "lb-b1").unwrap();
+    assert_eq!(delivered(&t, &b1.ns, "eth0", b1.ip4()), 0);
 }

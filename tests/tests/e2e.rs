@@ -1,0 +1,435 @@
+//! End to end: the real `lb` agent with native XDP on veth, in namespaces this test makes
+//! (client, LB, three backends running real TCP/UDP servers), real sockets on both ends.
+//!
+//! The agent binary is `target/<profile>/lb` (built by `cargo xtask test`), or `$LB_BIN`.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    DEFAULT_TIMEOUT, NsChild, TcpNameServer, Topology, UdpNameServer, VIP4, tcp_name_spread,
+    udp_name_spread, wait_for_tcp,
+};
+
+const TCP_PORT: u16 = 80;
+const UDP_PORT: u16 = 53;
+
+fn lb_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("LB_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/e2e-* -> target/<profile>/lb
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("lb"))
+        .expect("target dir");
+    assert!(
+        p.exists(),
+        "{} not found: build the agent first (`cargo xtask test` does) or set LB_BIN",
+        p.display()
+    );
+    p
+}
+
+/// A config file for the two-arm topology, removed on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self(std::env::temp_dir().join(format!(
+            "lbt-e2e-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    fn write(&self, text: &str) {
+        // Write-then-rename so the agent's file watcher never reads a half-written file.
+        let tmp = self.0.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.0).expect("rename config");
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The TOML for `backends` (indices into the topology's backends) and an optional UDP rate
+/// limit (rate, burst).
+fn config_text(topo: &Topology, backends: &[usize], udp_rate: Option<(u64, u64)>) -> String {
+    let ifaces: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let mut s = format!(
+        "[global]\ninterfaces = [{}]\nmaglev_table_size = 4099\n",
+        ifaces.join(", ")
+    );
+    for (name, port, proto, bport) in [
+        ("web", TCP_PORT, "tcp", 8080),
+        ("dns", UDP_PORT, "udp", 5353),
+    ] {
+        s += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP4}\"\nport = {port}\nprotocol = \"{proto}\"\n"
+        );
+        if let (Some((rate, burst)), "udp") = (udp_rate, proto) {
+            s += &format!("[service.rate_limit]\nrate = {rate}\nburst = {burst}\n");
+        }
+        for i in backends {
+            s += &format!(
+                "[[service.backend]]\naddress = \"{}\"\nport = {bport}\n",
+                topo.backends[*i].ip4()
+            );
+        }
+    }
+    s
+}
+
+/// Topology + servers + running agent. Fields drop in order: agent first (detaches), then
+/// servers, then the namespaces.
+struct Lab {
+    agent: NsChild,
+    _tcp: Vec<TcpNameServer>,
+    _udp: Vec<UdpNameServer>,
+    config: ConfigFile,
+    topo: Topology,
+}
+
+impl Lab {
+    fn start(topo: Topology, udp_rate: Option<(u64, u64)>) -> Lab {
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for b in &topo.backends {
+            let a = IpAddr::V4(b.ip4());
+            tcp.push(TcpNameServer::start(&b.ns, SocketAddr::new(a, 8080), &b.name).unwrap());
+            udp.push(UdpNameServer::start(&b.ns, SocketAddr::new(a, 5353), &b.name).unwrap());
+        }
+        let config = ConfigFile::new();
+        let all: Vec<usize> = (0..topo.backends.len()).collect();
+        config.write(&config_text(&topo, &all, udp_rate));
+        let agent = topo
+            .lb
+            .spawn(lb_binary(), ["run", "--config", config.0.to_str().unwrap()])
+            .expect("start agent");
+        let mut lab = Lab {
+            agent,
+            _tcp: tcp,
+            _udp: udp,
+            config,
+            topo,
+        };
+        if let Err(e) = wait_for_tcp(
+            &lab.topo.client.ns,
+            IpAddr::V4(VIP4),
+            TCP_PORT,
+            Duration::from_secs(15),
+        ) {
+            panic!(
+                "VIP never answered: {e:#}\nagent running: {}\nagent output:\n{}",
+                lab.agent.is_running(),
+                lab.agent.output()
+            );
+        }
+        lab
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.topo.backends.iter().map(|b| b.name.clone()).collect()
+    }
+
+    fn client_connect(&self) -> (TcpStream, String) {
+        self.topo.client.ns.enter(|| {
+            let s = TcpStream::connect_timeout(
+                &SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT),
+                DEFAULT_TIMEOUT,
+            )
+            .expect("connect to VIP");
+            s.set_read_timeout(Some(DEFAULT_TIMEOUT)).unwrap();
+            let name = read_line(&s);
+            (s, name)
+        })
+    }
+
+    /// Rewrites the config and waits until the agent logged the new generation.
+    fn reload(&mut self, text: &str, generation: u64) {
+        self.config.write(text);
+        let needle = format!("generation={generation}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.agent.output().contains(&needle) {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not apply generation {generation}:\n{}",
+                self.agent.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn read_line(mut s: &TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).expect("read name") == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8(line).expect("utf-8 name")
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    assert_eq!(back, msg, "echo corrupted");
+    Ok(())
+}
+
+fn assert_balanced(what: &str, spread: &lb_tests::Spread, names: &[String]) {
+    assert_eq!(spread.errors, 0, "{what}: failed requests\n{spread}");
+    for n in names {
+        let f = spread.fraction(n);
+        assert!(
+            (0.20..=0.47).contains(&f),
+            "{what}: backend {n} got {:.1}% (want 20%..47%)\n{spread}",
+            f * 100.0
+        );
+    }
+}
+
+/// 300 TCP connections spread over three backends, each getting 20% to 47%; then 300 UDP
+/// queries the same; the agent exits cleanly and leaves no XDP program attached.
+#[test]
+fn tcp_and_udp_spread_over_backends() {
+    let mut lab = Lab::start(Topology::two_arm(3).unwrap(), None);
+    let names = lab.names();
+    let tcp = tcp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        TCP_PORT,
+        300,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    println!("TCP:\n{tcp}");
+    assert_balanced("TCP", &tcp, &names);
+    let udp = udp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        UDP_PORT,
+        300,
+        20000,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    println!("UDP:\n{udp}");
+    assert_balanced("UDP", &udp, &names);
+
+    // Clean shutdown detaches every program it attached.
+    let status = lab
+        .agent
+        .stop(Duration::from_secs(10))
+        .expect("agent stops");
+    assert!(
+        status.success(),
+        "agent exit: {status:?}\n{}",
+        lab.agent.output()
+    );
+    for iface in lab.topo.lb_interfaces() {
+        let out = lab.topo.lb.ip(["link", "show", "dev", &iface]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("xdp"),
+            "XDP still attached to {iface}: {text}"
+        );
+    }
+}
+
+/// The same over a one-arm topology: one LB interface, replies and forwards both XDP_TX.
+#[test]
+fn one_arm_spread() {
+    let lab = Lab::start(Topology::one_arm(3).unwrap(), None);
+    let tcp = tcp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        TCP_PORT,
+        300,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    println!("one-arm TCP:\n{tcp}");
+    assert_balanced("one-arm TCP", &tcp, &lab.names());
+}
+
+/// Established connections stay on their backend across a reload that removes another
+/// backend; new connections no longer reach the removed one. A bad config is refused and the
+/// running generation keeps serving.
+#[test]
+fn reload_removing_a_backend_keeps_established_flows() {
+    let mut lab = Lab::start(Topology::two_arm(3).unwrap(), None);
+    let names = lab.names();
+    // Long-lived connections until every backend holds some.
+    let mut conns: Vec<(TcpStream, String)> = Vec::new();
+    for _ in 0..60 {
+        conns.push(lab.client_connect());
+    }
+    for n in &names {
+        assert!(
+            conns.iter().any(|(_, b)| b == n),
+            "no connection landed on {n}"
+        );
+    }
+    for (s, _) in conns.iter_mut() {
+        echo(s, b"before").expect("echo before reload");
+    }
+
+    // Remove the third backend.
+    let removed = names[2].clone();
+    let text = config_text(&lab.topo, &[0, 1], None);
+    lab.reload(&text, 2);
+
+    let mut kept = 0;
+    for (s, backend) in conns.iter_mut() {
+        if *backend != removed {
+            echo(s, b"after reload")
+                .unwrap_or_else(|e| panic!("connection on {backend} broke by the reload: {e}"));
+            kept += 1;
+        }
+    }
+    assert!(kept > 0);
+    let spread = tcp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        TCP_PORT,
+        60,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(spread.errors, 0, "{spread}");
+    assert_eq!(
+        spread.count(&removed),
+        0,
+        "removed backend still gets new flows\n{spread}"
+    );
+
+    // A broken config is refused; the running one keeps serving.
+    lab.config.write("[global]\ninterfaces = []\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.agent.output().contains("reload rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "bad config not rejected:\n{}",
+            lab.agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (s, backend) in conns.iter_mut() {
+        if *backend != removed {
+            echo(s, b"after bad reload").expect("still serving after a refused reload");
+        }
+    }
+}
+
+/// A UDP flood from one source is cut to its rate; a second source is still served.
+#[test]
+fn rate_limit_cuts_a_flood_but_serves_others() {
+    let (rate, burst) = (50u64, 50u64);
+    let lab = Lab::start(Topology::two_arm(3).unwrap(), Some((rate, burst)));
+    let client = &lab.topo.client;
+    client
+        .ns
+        .ip(["addr", "add", "10.200.1.3/24", "dev", &client.iface.name])
+        .unwrap();
+    let vip = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
+    let flood = 2000;
+    let (answered, elapsed) = client.ns.enter(|| {
+        let s = UdpSocket::bind((client.ip4(), 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let start = Instant::now();
+        for i in 0..flood {
+            let _ = s.send_to(format!("q{i}").as_bytes(), vip);
+        }
+        let mut answered = 0;
+        let mut buf = [0u8; 256];
+        while s.recv_from(&mut buf).is_ok() {
+            answered += 1;
+        }
+        (answered, start.elapsed())
+    });
+    let allowed = burst as f64 + rate as f64 * elapsed.as_secs_f64();
+    println!("flood: {answered}/{flood} answered in {elapsed:?} (bucket allows {allowed:.0})");
+    assert!(answered > 0, "the flood source got nothing at all");
+    assert!(
+        (answered as f64) <= allowed + 5.0,
+        "rate limit let {answered} through, bucket allows {allowed:.0}"
+    );
+
+    // The second source has its own bucket.
+    let other_answered = client.ns.enter(|| {
+        let s = UdpSocket::bind(("10.200.1.3", 0)).unwrap();
+        s.set_read_timeout(Some(DEFAULT_TIMEOUT)).unwrap();
+        let mut ok = 0;
+        let mut buf = [0u8; 256];
+        for i in 0..20 {
+            s.send_to(format!("other{i}").as_bytes(), vip).unwrap();
+            if s.recv_from(&mut buf).is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(other_answered, 20, "second source must be served in full");
+}
+
+/// After the agent stops and the topology is dropped, nothing is left: no namespace, no XDP
+/// link, no pinned object, no neighbour entry on the host.
+#[test]
+fn nothing_left_behind() {
+    let pins_before = list_bpffs();
+    let names: Vec<String>;
+    {
+        let mut lab = Lab::start(Topology::two_arm(3).unwrap(), None);
+        names = lab
+            .topo
+            .namespaces()
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect();
+        lab.agent
+            .stop(Duration::from_secs(10))
+            .expect("agent stops");
+    }
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    for n in &names {
+        assert!(!left.contains(n.as_str()), "namespace {n} left behind");
+    }
+    assert_eq!(list_bpffs(), pins_before, "pinned objects left behind");
+}
+
+fn list_bpffs() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| {
+            let mut v: Vec<String> = d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default()
+}

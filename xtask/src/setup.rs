@@ -1,0 +1,207 @@
+//! `cargo xtask setup`: installs only what is missing, and says what it does.
+//!
+//! The project's own files must install everything it needs (machines are handed over fresh),
+//! but reinstalling on every run would be slow, so each piece is checked first.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages: LLVM 22 for bpf-linker, network tools for the end-to-end tests, and the
+/// real components later tests use (etcd, promtool).
+pub const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "iptables",
+    "nftables",
+    "socat",
+    "etcd-server",
+    "etcd-client",
+    "prometheus",
+];
+
+/// The nightly that builds the eBPF crate (its LLVM, 22, must match bpf-linker's).
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// LLVM that bpf-linker is built against.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_SONAME: &str = "libLLVM.so.22";
+
+pub fn setup() -> Result<()> {
+    println!("xtask setup: checking prerequisites");
+    apt()?;
+    toolchain()?;
+    bpf_linker()?;
+    println!("xtask setup: done");
+    Ok(())
+}
+
+/// `$CARGO_HOME/bin` (or `~/.cargo/bin`), where rustup and `cargo install` put binaries.
+fn cargo_bin() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|p| p.join("bin"))
+}
+
+/// A command whose PATH includes `$CARGO_HOME/bin`: `cargo run` does not add it, and both we
+/// (to find bpf-linker) and aya-build (to run it) need it.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new(program);
+    if let Some(bin) = cargo_bin() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        if !dirs.contains(&bin) {
+            dirs.insert(0, bin);
+            if let Ok(joined) = std::env::join_paths(dirs) {
+                c.env("PATH", joined);
+            }
+        }
+    }
+    c
+}
+
+/// Runs a command, printing it first; fails on a non-zero exit.
+fn run(c: &mut Command) -> Result<()> {
+    println!("  $ {c:?}");
+    let st = c.status().with_context(|| format!("cannot start {c:?}"))?;
+    if !st.success() {
+        bail!("{c:?} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Whether dpkg has `pkg` fully installed (`dpkg -s` also succeeds for removed-but-configured).
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("  apt packages: all {} installed", APT_PACKAGES.len());
+        return Ok(());
+    }
+    println!("  apt packages missing: {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "need root to install: apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn toolchain() -> Result<()> {
+    let out = command("rustup")
+        .args([
+            "component",
+            "list",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+            "--installed",
+        ])
+        .output();
+    let has_src = out.as_ref().is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "rust-src")
+    });
+    if has_src {
+        println!("  toolchain {EBPF_TOOLCHAIN} with rust-src: installed");
+        return Ok(());
+    }
+    println!("  toolchain {EBPF_TOOLCHAIN} with rust-src: missing, installing");
+    run(command("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// The bpf-linker found on PATH (or in `$CARGO_HOME/bin`), if it runs.
+fn find_bpf_linker() -> Option<PathBuf> {
+    let out = command("sh")
+        .args(["-c", "command -v bpf-linker"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let runs = command(&path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (out.status.success() && runs).then_some(path)
+}
+
+/// True unless `ldd` shows `bin` linked against another LLVM than 22 (or a missing library).
+/// A statically linked bpf-linker shows no LLVM and is accepted.
+fn links_llvm_22(bin: &PathBuf) -> bool {
+    let Ok(out) = Command::new("ldd").arg(bin).output() else {
+        return true;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let llvm: Vec<&str> = text.lines().filter(|l| l.contains("libLLVM")).collect();
+    !text.contains("not found") && llvm.iter().all(|l| l.contains(LLVM_SONAME))
+}
+
+fn bpf_linker() -> Result<()> {
+    let found = find_bpf_linker();
+    if let Some(bin) = &found {
+        if links_llvm_22(bin) {
+            println!("  bpf-linker: {} (LLVM 22)", bin.display());
+            return Ok(());
+        }
+        println!(
+            "  bpf-linker: {} is not linked against LLVM 22, rebuilding",
+            bin.display()
+        );
+    } else {
+        println!("  bpf-linker: missing, building it against LLVM 22 (takes a few minutes)");
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = command(cargo);
+    c.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ])
+    .env("LLVM_PREFIX", LLVM_PREFIX);
+    if found.is_some() {
+        c.arg("--force");
+    }
+    run(&mut c)?;
+    if find_bpf_linker().is_none() {
+        bail!("bpf-linker still not runnable after cargo install");
+    }
+    Ok(())
+}
