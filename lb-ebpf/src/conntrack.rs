@@ -159,14 +159,14 @@ fn allocate_port(
             return Ok(port);
         }
         // SAFETY: read-only look at the current holder.
-        if let Some(old) = unsafe { NAT_REVERSE.get(&*rev) } {
-            if flow_state::is_stale(old.state, old.last_seen_ns, now, 0, settings) {
-                // Two CPUs reclaiming the same port at once: one insert wins, the other tries
-                // its next port.
-                let _ = NAT_REVERSE.remove(&*rev);
-                if NAT_REVERSE.insert(&*rev, nat, BPF_NOEXIST).is_ok() {
-                    return Ok(port);
-                }
+        if let Some(old) = unsafe { NAT_REVERSE.get(&*rev) }
+            && flow_state::is_stale(old.state, old.last_seen_ns, now, 0, settings)
+        {
+            // Two CPUs reclaiming the same port at once: one insert wins, the other tries
+            // its next port.
+            let _ = NAT_REVERSE.remove(&*rev);
+            if NAT_REVERSE.insert(&*rev, nat, BPF_NOEXIST).is_ok() {
+                return Ok(port);
             }
         }
     }

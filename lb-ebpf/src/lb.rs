@@ -32,10 +32,11 @@ pub fn process(ctx: &XdpContext) -> u32 {
     }
     // Replies come back to our SNAT ports; skip the lookup for everything else.
     let dport = u16::from_be(k.dst_port);
-    if dport >= settings.snat_port_min && dport <= settings.snat_port_max {
-        if let Some(v) = to_client(ctx, &pkt) {
-            return v;
-        }
+    if dport >= settings.snat_port_min
+        && dport <= settings.snat_port_max
+        && let Some(v) = to_client(ctx, &pkt)
+    {
+        return v;
     }
     count(Reason::NoService);
     xdp_action::XDP_PASS
