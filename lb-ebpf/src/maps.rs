@@ -11,9 +11,10 @@ use lb_common::{
     ServiceKey, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
 };
 
-/// `BPF_F_INNER_MAP`: inner maps may differ in `max_entries` (each service has its own table
-/// size).
-const BPF_F_INNER_MAP: usize = 0x1000;
+/// Inner Maglev arrays: `BPF_F_INNER_MAP` lets them differ in size (each service has its own
+/// table size); `BPF_F_MMAPABLE` lets the agent fill one with a single copy. Must match
+/// `lb-userspace/src/dataplane/table.rs`.
+const MAGLEV_INNER_FLAGS: usize = 0x1000 | 0x400;
 
 /// (VIP, port, protocol) -> service.
 #[map]
@@ -26,7 +27,7 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_S
 /// Service id -> Maglev table (slot -> backend id). The agent builds a new inner array and
 /// swaps it in with one update, so a packet sees either the old table or the new one.
 #[btf_map]
-pub static MAGLEV: ArrayOfMaps<BtfArray<u32, 1, BPF_F_INNER_MAP>, { MAX_SERVICES as usize }> =
+pub static MAGLEV: ArrayOfMaps<BtfArray<u32, 1, MAGLEV_INNER_FLAGS>, { MAX_SERVICES as usize }> =
     ArrayOfMaps::new();
 
 /// Backend id -> address. Read only when a flow is created.

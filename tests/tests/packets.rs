@@ -945,3 +945,16 @@ fn pass_and_malformed_table() {
         "no malformed packet may reach the service"
     );
 }
+
+/// A table installed through the mmap path reads back slot for slot, and a later install
+/// replaces it whole.
+#[test]
+fn maglev_table_install_reads_back() {
+    let mut dp = Dataplane::load(LoadOptions::default()).expect("load");
+    let table: Vec<u32> = (0..65537u32).map(|i| i % 7 + 1).collect();
+    dp.install_table(5, &table).expect("install");
+    assert_eq!(dp.read_table(5).expect("read back"), table);
+    let smaller: Vec<u32> = (0..1021u32).map(|i| i % 3 + 10).collect();
+    dp.install_table(5, &smaller).expect("swap");
+    assert_eq!(dp.read_table(5).expect("read back"), smaller);
+}

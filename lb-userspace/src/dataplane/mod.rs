@@ -2,6 +2,7 @@
 //! owns typed handles to every map. Nothing here decides *what* to write (that is `sync`).
 
 mod counters;
+mod table;
 
 use std::collections::BTreeMap;
 
@@ -18,9 +19,6 @@ pub use counters::Counters;
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
-
-/// `BPF_F_INNER_MAP`: inner Maglev arrays may differ in size (must match the eBPF side).
-const BPF_F_INNER_MAP: u32 = 0x1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -39,6 +37,12 @@ pub enum DataplaneError {
         name: &'static str,
         #[source]
         source: MapError,
+    },
+    #[error("creating a Maglev table of {slots} slots: {source}")]
+    Table {
+        slots: usize,
+        #[source]
+        source: std::io::Error,
     },
     #[error("devmap: {0}")]
     Devmap(#[from] aya::maps::xdp::XdpMapError),
@@ -83,7 +87,7 @@ pub struct Dataplane {
     attached: BTreeMap<String, (u32, XdpLinkId)>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
-    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    maglev: ArrayOfMaps<MapData, MapData>,
     backends: Array<MapData, BackendValue>,
     settings: Array<MapData, Settings>,
     devmap: DevMapHash<MapData>,
@@ -231,14 +235,23 @@ impl Dataplane {
     /// the old table or the new one, never a mix. The kernel frees the old array once no
     /// program run can still hold it.
     pub fn install_table(&mut self, id: u32, table: &[u32]) -> Result<()> {
-        let mut inner: Array<MapData, u32> =
-            Array::create(table.len() as u32, BPF_F_INNER_MAP).map_err(map_err("MAGLEV inner"))?;
-        for (slot, backend) in table.iter().enumerate() {
-            inner
-                .set(slot as u32, backend, 0)
-                .map_err(map_err("MAGLEV inner"))?;
-        }
+        let fd = table::create_filled(table).map_err(|source| DataplaneError::Table {
+            slots: table.len(),
+            source,
+        })?;
+        let inner = MapData::from_fd(fd).map_err(map_err("MAGLEV inner"))?;
         self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
+    }
+
+    /// Service `id`'s installed Maglev table, read back from the kernel.
+    pub fn read_table(&self, id: u32) -> Result<Vec<u32>> {
+        let inner: MapData = self.maglev.get(&id, 0).map_err(map_err("MAGLEV"))?;
+        let arr: Array<MapData, u32> = aya::maps::Map::from_map_data(inner)
+            .and_then(Array::try_from)
+            .map_err(map_err("MAGLEV inner"))?;
+        arr.iter()
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(map_err("MAGLEV inner"))
     }
 
     /// Live conntrack entries (walks the map: for status, not for hot paths).
