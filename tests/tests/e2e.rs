@@ -109,6 +109,9 @@ struct Lab {
 
 impl Lab {
     fn start(topo: Topology, udp_rate: Option<(u64, u64)>) -> Lab {
+        // The agent must resolve backend next hops itself (managed neighbour entries), so
+        // start without the harness's pinned ones.
+        topo.flush_lb_neighbours().expect("flush neighbours");
         let mut tcp = Vec::new();
         let mut udp = Vec::new();
         for b in &topo.backends {

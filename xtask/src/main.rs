@@ -72,6 +72,8 @@ fn run(cmd: Cmd) -> Result<i32> {
         }
         Cmd::Test { args } => {
             setup::setup()?;
+            // The end-to-end and CLI tests run the real agent binary, target/release/lb.
+            build()?;
             test(&args)
         }
         Cmd::Demo { args } => {
