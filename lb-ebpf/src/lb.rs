@@ -2,7 +2,7 @@
 //! FIB, SNAT) -> NAT rewrite -> XDP_TX / XDP_REDIRECT. Replies from backends take the reverse
 //! path back to the client.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{Reason, ServiceKey, ServiceValue, Settings};
 
 use crate::{
@@ -45,7 +45,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
     // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if !ratelimit::admit(svc, &pkt.key, now) {
         service_drop(svc.id, Reason::RateLimited);
         return xdp_action::XDP_DROP;
@@ -93,7 +93,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Set
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let nat = conntrack::reply(&pkt.key, pkt.tcp_flags, now)?;
     let rw = Rewrite {
         src: &nat.orig.dst,

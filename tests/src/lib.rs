@@ -10,6 +10,7 @@
 //! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
 
 pub mod cleanup;
+pub mod fixture;
 pub mod netns;
 pub mod servers;
 pub mod topology;

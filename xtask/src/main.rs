@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Project tasks: setup, build, test, demo")]
+#[command(about = "Project tasks: setup, build, test, demo, bench")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -34,6 +34,12 @@ enum Cmd {
     },
     /// Setup, build, then run target/release/lb-demo with these arguments
     Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run the benchmarks (target/release/lb-bench): per-packet cost via
+    /// BPF_PROG_TEST_RUN and control-plane figures, written to bench/results/
+    Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -76,20 +82,8 @@ fn run(cmd: Cmd) -> Result<i32> {
             build()?;
             test(&args)
         }
-        Cmd::Demo { args } => {
-            setup::setup()?;
-            build()?;
-            cargo(["build", "--release", "-p", "lb-tests", "--bin", "lb-demo"])?;
-            let demo = root().join("target/release/lb-demo");
-            println!("xtask: running {} {}", demo.display(), args.join(" "));
-            Ok(exit_code(
-                Command::new(&demo)
-                    .args(&args)
-                    .current_dir(root())
-                    .status()
-                    .with_context(|| format!("run {}", demo.display()))?,
-            ))
-        }
+        Cmd::Demo { args } => run_tool("lb-demo", &args),
+        Cmd::Bench { args } => run_tool("lb-bench", &args),
         Cmd::Clippy => {
             let st = cargo_cmd()
                 .args([
@@ -141,6 +135,23 @@ fn cargo<I: IntoIterator<Item = &'static str>>(args: I) -> Result<()> {
         bail!("cargo {} failed ({st})", args.join(" "));
     }
     Ok(())
+}
+
+/// Setup, build, then run one of the lb-tests binaries (`lb-demo`, `lb-bench`) from the
+/// repository root.
+fn run_tool(bin: &'static str, args: &[String]) -> Result<i32> {
+    setup::setup()?;
+    build()?;
+    cargo(["build", "--release", "-p", "lb-tests", "--bin", bin])?;
+    let path = root().join("target/release").join(bin);
+    println!("xtask: running {} {}", path.display(), args.join(" "));
+    Ok(exit_code(
+        Command::new(&path)
+            .args(args)
+            .current_dir(root())
+            .status()
+            .with_context(|| format!("run {}", path.display()))?,
+    ))
 }
 
 /// Release build of the agent; its build.rs builds and embeds the eBPF object.
