@@ -100,8 +100,13 @@ async fn run(path: PathBuf, generic: bool, stats_interval: u64) -> anyhow::Resul
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
-    let mut stats = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+    // interval_at: the first tick one period from now, not at once.
+    let every = |secs: u64| {
+        let period = Duration::from_secs(secs.max(1));
+        tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+    };
+    let mut poll = every(1);
+    let mut stats = every(stats_interval);
     let mut seen = file_fingerprint(&path);
     loop {
         tokio::select! {

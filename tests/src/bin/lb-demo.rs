@@ -208,9 +208,11 @@ fn start_agent(topo: &Topology, args: &Args) -> Result<NsChild> {
     let lb = agent_path(args)?;
     let config = config_path(args)?;
     let mut cmd = topo.lb.command_with_bpffs(&lb);
+    // A long stats interval: the agent prints its counter table once, when it stops.
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
+        .args(["--stats-interval", "3600"])
         .args(&args.agent_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
