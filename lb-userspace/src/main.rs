@@ -30,6 +30,10 @@ enum Command {
         /// Print the counters table every N seconds (0: never).
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
+        /// Reload only on SIGHUP, not when the file changes (for tools that write the config
+        /// in several steps and signal when done).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file; every error names the file, line and field.
     CheckConfig { file: PathBuf },
@@ -51,11 +55,12 @@ fn main() -> ExitCode {
             config,
             generic,
             stats_interval,
+            no_watch,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("tokio runtime")
-            .and_then(|rt| rt.block_on(run(config, generic, stats_interval))),
+            .and_then(|rt| rt.block_on(run(config, generic, stats_interval, !no_watch))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,7 +94,7 @@ fn file_fingerprint(path: &std::path::Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-async fn run(path: PathBuf, generic: bool, stats_interval: u64) -> anyhow::Result<()> {
+async fn run(path: PathBuf, generic: bool, stats_interval: u64, watch: bool) -> anyhow::Result<()> {
     let mut agent = Agent::start(
         path.clone(),
         AgentOptions {
@@ -115,7 +120,7 @@ async fn run(path: PathBuf, generic: bool, stats_interval: u64) -> anyhow::Resul
                 reload(&mut agent);
                 seen = file_fingerprint(&path);
             }
-            _ = poll.tick() => {
+            _ = poll.tick(), if watch => {
                 let now = file_fingerprint(&path);
                 if now.is_some() && now != seen {
                     info!("config file changed: reloading");

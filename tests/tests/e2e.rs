@@ -109,6 +109,10 @@ struct Lab {
 
 impl Lab {
     fn start(topo: Topology, udp_rate: Option<(u64, u64)>) -> Lab {
+        Self::start_with(topo, udp_rate, &[])
+    }
+
+    fn start_with(topo: Topology, udp_rate: Option<(u64, u64)>, agent_args: &[&str]) -> Lab {
         // The agent must resolve backend next hops itself (managed neighbour entries), so
         // start without the harness's pinned ones.
         topo.flush_lb_neighbours().expect("flush neighbours");
@@ -124,7 +128,12 @@ impl Lab {
         config.write(&config_text(&topo, &all, udp_rate));
         let agent = topo
             .lb
-            .spawn(lb_binary(), ["run", "--config", config.0.to_str().unwrap()])
+            .spawn(
+                lb_binary(),
+                ["run", "--config", config.0.to_str().unwrap()]
+                    .into_iter()
+                    .chain(agent_args.iter().copied()),
+            )
             .expect("start agent");
         let mut lab = Lab {
             agent,
@@ -341,6 +350,40 @@ fn reload_removing_a_backend_keeps_established_flows() {
             echo(s, b"after bad reload").expect("still serving after a refused reload");
         }
     }
+}
+
+/// With `--no-watch`, an edited file is not applied until SIGHUP.
+#[test]
+fn sighup_reloads() {
+    let lab = Lab::start_with(Topology::two_arm(3).unwrap(), None, &["--no-watch"]);
+    let removed = lab.names()[2].clone();
+    lab.config.write(&config_text(&lab.topo, &[0, 1], None));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !lab.agent.output().contains("generation=2"),
+        "applied without SIGHUP:\n{}",
+        lab.agent.output()
+    );
+    lab.agent.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.agent.output().contains("generation=2") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            lab.agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spread = tcp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        TCP_PORT,
+        30,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(spread.errors, 0, "{spread}");
+    assert_eq!(spread.count(&removed), 0, "{spread}");
 }
 
 /// A UDP flood from one source is cut to its rate; a second source is still served.
