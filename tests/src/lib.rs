@@ -22,3 +22,24 @@ pub use servers::{
     tcp_name_spread, udp_ask_name, udp_name_spread, wait_for_tcp,
 };
 pub use topology::{PeerMode, Topology, VIP4, VIP6};
+
+/// The agent binary the tests run: `$LB_BIN`, else `lb` in the target directory of the
+/// running test (`target/<profile>/deps/x` -> `target/<profile>/lb`), which
+/// `cargo xtask test` builds first.
+pub fn lb_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("LB_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("lb"))
+        .expect("target dir");
+    assert!(
+        p.exists(),
+        "{} not found: build the agent first (`cargo xtask test` does) or set LB_BIN",
+        p.display()
+    );
+    p
+}

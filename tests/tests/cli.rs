@@ -2,23 +2,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-fn lb() -> PathBuf {
-    if let Some(p) = std::env::var_os("LB_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("lb"))
-        .expect("target dir");
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo xtask test`",
-        p.display()
-    );
-    p
-}
+use lb_tests::lb_binary as lb;
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config")

@@ -12,31 +12,12 @@ use std::{
 };
 
 use lb_tests::{
-    DEFAULT_TIMEOUT, NsChild, TcpNameServer, Topology, UdpNameServer, VIP4, tcp_name_spread,
-    udp_name_spread, wait_for_tcp,
+    DEFAULT_TIMEOUT, NsChild, TcpNameServer, Topology, UdpNameServer, VIP4, lb_binary,
+    tcp_name_spread, udp_name_spread, wait_for_tcp,
 };
 
 const TCP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
-
-fn lb_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("LB_BIN") {
-        return p.into();
-    }
-    // target/<profile>/deps/e2e-* -> target/<profile>/lb
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("lb"))
-        .expect("target dir");
-    assert!(
-        p.exists(),
-        "{} not found: build the agent first (`cargo xtask test` does) or set LB_BIN",
-        p.display()
-    );
-    p
-}
 
 /// A config file for the two-arm topology, removed on drop.
 struct ConfigFile(PathBuf);
