@@ -34,13 +34,7 @@ pub fn established(
     if flow_state::is_stale(e.state, e.last_seen_ns, now, flags, settings) {
         return None;
     }
-    let state = flow_state::next(e.state, key.proto, flags);
-    // Refresh at most once per CT_TOUCH_NS: a write per packet would bounce the cache line
-    // between CPUs for no benefit.
-    if state != e.state || now.wrapping_sub(e.last_seen_ns) > lb_common::CT_TOUCH_NS {
-        e.state = state;
-        e.last_seen_ns = now;
-    }
+    touch(&mut e.state, &mut e.last_seen_ns, key.proto, flags, now);
     Some(e)
 }
 
@@ -50,12 +44,20 @@ pub fn reply(key: &FlowKey, flags: u8, now: u64) -> Option<&'static NatEntry> {
     let p = NAT_REVERSE.get_ptr_mut(key)?;
     // SAFETY: as above.
     let e = unsafe { &mut *p };
-    let state = flow_state::next(e.state, key.proto, flags);
-    if state != e.state || now.wrapping_sub(e.last_seen_ns) > lb_common::CT_TOUCH_NS {
-        e.state = state;
-        e.last_seen_ns = now;
-    }
+    touch(&mut e.state, &mut e.last_seen_ns, key.proto, flags, now);
     Some(e)
+}
+
+/// Advances an entry's state for this packet and refreshes its timestamp, writing at most
+/// once per `CT_TOUCH_NS` unless the state changes: a write per packet would bounce the
+/// cache line between CPUs for no benefit.
+#[inline(always)]
+fn touch(state: &mut u8, last_seen_ns: &mut u64, proto: u8, flags: u8, now: u64) {
+    let next = flow_state::next(*state, proto, flags);
+    if next != *state || now.wrapping_sub(*last_seen_ns) > lb_common::CT_TOUCH_NS {
+        *state = next;
+        *last_seen_ns = now;
+    }
 }
 
 /// What the new flow's client side looks like, for the reverse entry.

@@ -274,6 +274,28 @@ impl Pkt {
         }
     }
 
+    /// A backend's packet to our SNAT address and port, as it arrives on `lb-b`.
+    pub fn from_backend(
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+        l4: L4,
+        payload: &[u8],
+    ) -> Pkt {
+        Pkt {
+            smac: BACKEND_MAC,
+            dmac: LB_B_MAC,
+            vlan: None,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport,
+            dport,
+            l4,
+            payload: payload.to_vec(),
+        }
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
         let eth = PacketBuilder::ethernet2(self.smac, self.dmac);
         let mut out = Vec::new();

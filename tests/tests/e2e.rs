@@ -158,12 +158,16 @@ impl Lab {
     /// Rewrites the config and waits until the agent logged the new generation.
     fn reload(&mut self, text: &str, generation: u64) {
         self.config.write(text);
-        let needle = format!("generation={generation}");
+        self.wait_for_log(&format!("generation={generation}"));
+    }
+
+    /// Waits (10 s at most) until the agent's log contains `needle`.
+    fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.agent.output().contains(&needle) {
+        while !self.agent.output().contains(needle) {
             assert!(
                 Instant::now() < deadline,
-                "agent did not apply generation {generation}:\n{}",
+                "agent never logged `{needle}`:\n{}",
                 self.agent.output()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -317,15 +321,7 @@ fn reload_removing_a_backend_keeps_established_flows() {
 
     // A broken config is refused; the running one keeps serving.
     lab.config.write("[global]\ninterfaces = []\n");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.agent.output().contains("reload rejected") {
-        assert!(
-            Instant::now() < deadline,
-            "bad config not rejected:\n{}",
-            lab.agent.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_for_log("reload rejected");
     for (s, backend) in conns.iter_mut() {
         if *backend != removed {
             echo(s, b"after bad reload").expect("still serving after a refused reload");
@@ -346,15 +342,7 @@ fn sighup_reloads() {
         lab.agent.output()
     );
     lab.agent.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.agent.output().contains("generation=2") {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload:\n{}",
-            lab.agent.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_for_log("generation=2");
     let spread = tcp_name_spread(
         &lab.topo.client.ns,
         IpAddr::V4(VIP4),

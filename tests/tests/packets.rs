@@ -84,17 +84,14 @@ fn tcp_flow_new_established_reply_close() {
 
     // Reply: backend -> our SNAT address/port, translated back to VIP -> client, out of the
     // interface the client came in on, to the client's MAC.
-    let reply = Pkt {
-        smac: BACKEND_MAC,
-        dmac: LB_B_MAC,
-        vlan: None,
-        src: ip("10.200.11.2"),
-        dst: ip("10.200.11.1"),
-        sport: 8080,
-        dport: snat_port,
-        l4: SYN_ACK,
-        payload: b"world".to_vec(),
-    };
+    let reply = Pkt::from_backend(
+        "10.200.11.2",
+        8080,
+        "10.200.11.1",
+        snat_port,
+        SYN_ACK,
+        b"world",
+    );
     let to_client = reply.translated(
         LB_C_MAC,
         CLIENT_MAC,
@@ -171,17 +168,14 @@ fn udp_flow_and_reply() {
         ),
         reason: Reason::Forwarded,
     });
-    let reply = Pkt {
-        smac: BACKEND_MAC,
-        dmac: LB_B_MAC,
-        vlan: None,
-        src: ip("10.200.11.2"),
-        dst: ip("10.200.11.1"),
-        sport: 5353,
-        dport: snat_port,
-        l4: L4::Udp,
-        payload: b"answer".to_vec(),
-    };
+    let reply = Pkt::from_backend(
+        "10.200.11.2",
+        5353,
+        "10.200.11.1",
+        snat_port,
+        L4::Udp,
+        b"answer",
+    );
     fx.check(&Row {
         name: "UDP reply",
         ingress: fx.lb_b,
@@ -244,17 +238,14 @@ fn ipv6_tcp_flow() {
         ),
         reason: Reason::Forwarded,
     });
-    let reply = Pkt {
-        smac: BACKEND_MAC,
-        dmac: LB_B_MAC,
-        vlan: None,
-        src: ip("fd00:200:11::2"),
-        dst: ip("fd00:200:11::1"),
-        sport: 8080,
-        dport: snat_port,
-        l4: SYN_ACK,
-        payload: vec![],
-    };
+    let reply = Pkt::from_backend(
+        "fd00:200:11::2",
+        8080,
+        "fd00:200:11::1",
+        snat_port,
+        SYN_ACK,
+        &[],
+    );
     fx.check(&Row {
         name: "IPv6 reply",
         ingress: fx.lb_b,

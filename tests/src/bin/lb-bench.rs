@@ -94,18 +94,7 @@ fn packet_paths(runs: usize) -> (f64, Vec<PathResult>) {
     }
     let snat = u16::from_be(fx.ct(&est).snat_port);
     let est_ack = Pkt { l4: ACK, ..est }.bytes();
-    let reply = Pkt {
-        smac: BACKEND_MAC,
-        dmac: LB_B_MAC,
-        vlan: None,
-        src: ip("10.200.11.2"),
-        dst: ip("10.200.11.1"),
-        sport: 8080,
-        dport: snat,
-        l4: ACK,
-        payload: b"hello".to_vec(),
-    }
-    .bytes();
+    let reply = Pkt::from_backend("10.200.11.2", 8080, "10.200.11.1", snat, ACK, b"hello").bytes();
     let udp_b = udp.bytes();
     let v6_ack = Pkt { l4: ACK, ..v6 }.bytes();
     // Exhaust the limited service's bucket (burst 2) for one source.
