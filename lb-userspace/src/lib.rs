@@ -6,5 +6,6 @@ pub mod config;
 pub mod dataplane;
 pub mod forwarding;
 pub mod neighbour;
+pub mod registry;
 pub mod report;
 pub mod sync;

@@ -23,8 +23,8 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-use std::net::IpAddr;
-use std::path::Path;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lb_common::{PROTO_TCP, PROTO_UDP, Settings};
@@ -89,8 +89,134 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub global: Global,
+    /// `[admin]`: the admin listener (metrics, status, built-in registry API).
+    pub admin: Admin,
+    /// `[registry]`: the built-in registry.
+    pub registry: BuiltinRegistry,
+    /// `[[source]]`: external registries, in file order.
+    pub sources: Vec<SourceConfig>,
     /// In file order.
     pub services: Vec<Service>,
+}
+
+/// Where the agent pins its maps and XDP links when `[global] pin_path` is not set.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+/// Admin listener when `[admin] listen` is not set: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// `listen = "127.0.0.1:9180"` or `listen = "unix:/run/lb/admin.sock"`. A non-loopback
+    /// address is accepted only with `allow_remote = true`.
+    pub listen: AdminListen,
+    /// File holding the bearer token that registry writes must present
+    /// (`Authorization: Bearer TOKEN`). Without it the registry API is read-only.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: AdminListen::Tcp(DEFAULT_ADMIN_LISTEN),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminListen::Tcp(a) => write!(f, "{a}"),
+            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `[registry]`: the built-in registry (instances register through the admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinRegistry {
+    /// Where registrations are persisted (JSON, replaced atomically on every change) so a
+    /// restart loses none. `None`: kept in memory only.
+    pub state_file: Option<PathBuf>,
+    /// TTL of a registration that does not ask for one.
+    pub default_ttl: Duration,
+    /// Longest TTL a registration may ask for.
+    pub max_ttl: Duration,
+}
+
+impl Default for BuiltinRegistry {
+    fn default() -> Self {
+        Self {
+            state_file: None,
+            default_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One `[[source]]` entry: an external registry whose instances become backends of the
+/// config's services (matched by service name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    Etcd(EtcdSource),
+    Consul(ConsulSource),
+    Kubernetes(KubernetesSource),
+}
+
+impl SourceConfig {
+    /// The source's unique name (`name = ...`, default: its kind).
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Etcd(s) => &s.name,
+            SourceConfig::Consul(s) => &s.name,
+            SourceConfig::Kubernetes(s) => &s.name,
+        }
+    }
+}
+
+/// `kind = "etcd"`: watches `prefix`; see the registry::etcd module for the key schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSource {
+    pub name: String,
+    /// `http://host:port` URLs of etcd members; tried in turn.
+    pub endpoints: Vec<String>,
+    /// Key prefix, default `/lb/`.
+    pub prefix: String,
+}
+
+/// `kind = "consul"`: blocking queries on `/v1/health/service/NAME?passing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulSource {
+    pub name: String,
+    /// Agent URL, default `http://127.0.0.1:8500`.
+    pub address: String,
+    /// Consul service names to watch; each feeds the config service of the same name.
+    pub services: Vec<String>,
+    pub datacenter: Option<String>,
+    /// File holding an ACL token (sent as `X-Consul-Token`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `kind = "kubernetes"`: watches EndpointSlices labelled `kubernetes.io/service-name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSource {
+    pub name: String,
+    /// API server URL; `None`: in-cluster (KUBERNETES_SERVICE_HOST/PORT, service account).
+    pub api_server: Option<String>,
+    pub namespace: String,
+    /// Kubernetes service names to watch; each feeds the config service of the same name.
+    pub services: Vec<String>,
+    /// Bearer token file; default the in-cluster service account token.
+    pub token_file: Option<PathBuf>,
+    /// CA bundle for the API server; default the in-cluster one.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Agent-wide settings (`[global]`).
@@ -107,6 +233,9 @@ pub struct Global {
     /// Default per-source rate limit of every service.
     pub rate_limit: RateLimit,
     pub conntrack: Conntrack,
+    /// bpffs directory where maps and XDP links are pinned, so forwarding survives the
+    /// agent and the next start adopts them. `None` (`pin_path = ""`): nothing pinned.
+    pub pin_path: Option<PathBuf>,
 }
 
 impl Global {
@@ -196,8 +325,57 @@ pub struct Service {
     pub maglev_table_size: u32,
     /// The global one unless overridden.
     pub rate_limit: RateLimit,
-    /// In file order; same address family as `vip`; at least one has `weight > 0`.
+    /// In file order; same address family as `vip`; if any, at least one has `weight > 0`.
+    /// May be empty when registries supply the backends.
     pub backends: Vec<Backend>,
+    /// `[service.health]`: active health checks of every backend; `None`: none (every
+    /// backend counts as up).
+    pub health: Option<HealthCheck>,
+}
+
+/// `[service.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    /// Time between checks of one backend (`interval_ms`, default 2000).
+    pub interval: Duration,
+    /// A check not done within this counts as failed (`timeout_ms`, default 1000,
+    /// at most `interval`).
+    pub timeout: Duration,
+    /// Successes in a row that bring a down backend up (default 2).
+    pub rise: u32,
+    /// Failures in a row that take an up backend down (default 3).
+    pub fall: u32,
+    /// Port to check instead of the backend's own.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect that completes.
+    Tcp,
+    /// An HTTP/1.1 GET whose status is `expect_status`.
+    Http {
+        /// Default `/`.
+        path: String,
+        /// Host header; default the backend's address.
+        host: Option<String>,
+        /// Default 200.
+        expect_status: u16,
+    },
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            port: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -162,6 +162,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             maglev_table_size: maglev_table_size?,
             rate_limit,
             backends: backends?,
+            health: None,
         })
     })();
     Checked {
@@ -303,35 +304,27 @@ fn backends(raw: &RawService, vip: Option<IpAddr>, d: &mut Diag) -> Option<Vec<B
             .backends
             .iter()
             .any(|b| b.weight.as_ref().is_none_or(|w| w.val > 0));
-    if weights_known && !any_active {
+    // No backend at all is fine: registries supply them. Backends that all drain are not.
+    if weights_known && !any_active && !raw.backends.is_empty() {
         no_active_backend(raw, d);
         all_valid = false;
     }
     all_valid.then_some(out)
 }
 
-/// Points at the first backend's weight, or at the service's name if it has no backend.
+/// Points at the first backend's weight.
 fn no_active_backend(raw: &RawService, d: &mut Diag) {
     let p = format!("service[{}]", raw.index);
     let msg = format!("no backend with weight > 0 in {}", label(raw));
-    match raw.backends.first() {
-        Some(RawBackend {
-            index,
-            span,
-            weight,
-            ..
-        }) => {
-            let span = weight.as_ref().map_or(span, |w| &w.span);
-            d.error(span, &format!("{p}.backend[{index}].weight"), msg);
-        }
-        None => {
-            let span = raw.name.as_ref().map_or(&raw.span, |n| &n.span);
-            d.error(
-                span,
-                &format!("{p}.backend"),
-                format!("{msg}: it has no `[[service.backend]]`"),
-            );
-        }
+    if let Some(RawBackend {
+        index,
+        span,
+        weight,
+        ..
+    }) = raw.backends.first()
+    {
+        let span = weight.as_ref().map_or(span, |w| &w.span);
+        d.error(span, &format!("{p}.backend[{index}].weight"), msg);
     }
 }
 

@@ -9,8 +9,8 @@ use super::doc::Sp;
 use super::prime::{is_prime, next_prime};
 use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit};
 use super::{
-    Config, Conntrack, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE, MIN_SNAT_PORT, RateLimit,
-    XdpMode, services,
+    Admin, BuiltinRegistry, Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES,
+    MIN_MAGLEV_SIZE, MIN_SNAT_PORT, RateLimit, XdpMode, services,
 };
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
 use std::collections::HashMap;
@@ -25,9 +25,16 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         snat_port_max: Settings::default().snat_port_max,
         rate_limit: RateLimit::UNLIMITED,
         conntrack: Conntrack::default(),
+        pin_path: Some(DEFAULT_PIN_PATH.into()),
     });
     let services = services::services(&raw.services, &global, d);
-    Config { global, services }
+    Config {
+        global,
+        admin: Admin::default(),
+        registry: BuiltinRegistry::default(),
+        sources: Vec::new(),
+        services,
+    }
 }
 
 fn global(raw: &RawGlobal, d: &mut Diag) -> Global {
@@ -65,6 +72,7 @@ fn global(raw: &RawGlobal, d: &mut Diag) -> Global {
             .as_ref()
             .map(|c| conntrack(c, d))
             .unwrap_or_default(),
+        pin_path: Some(DEFAULT_PIN_PATH.into()),
     }
 }
 

@@ -57,7 +57,7 @@ pub struct DesiredService {
 
 impl DesiredService {
     fn from_config(s: &Service) -> Self {
-        let mut backends: Vec<_> = s
+        let backends = s
             .backends
             .iter()
             .map(|b| DesiredBackend {
@@ -68,6 +68,11 @@ impl DesiredService {
                 weight: b.weight,
             })
             .collect();
+        Self::with_backends(s, backends)
+    }
+
+    /// Service `s` with `backends` (in any order) instead of its configured ones.
+    pub fn with_backends(s: &Service, mut backends: Vec<DesiredBackend>) -> Self {
         backends.sort_by_key(|b| b.key);
         Self {
             name: s.name.clone(),
@@ -124,7 +129,10 @@ pub struct DesiredState {
 
 impl DesiredState {
     pub fn from_config(c: &Config) -> Self {
-        let mut services: Vec<_> = c.services.iter().map(DesiredService::from_config).collect();
+        Self::from_services(c.services.iter().map(DesiredService::from_config).collect())
+    }
+
+    pub fn from_services(mut services: Vec<DesiredService>) -> Self {
         services.sort_by_key(|s| sort_key(&s.key));
         Self { services }
     }

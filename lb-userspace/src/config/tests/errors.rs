@@ -349,16 +349,12 @@ fn no_backend_with_positive_weight() {
 }
 
 #[test]
-fn no_backends_at_all() {
+fn no_backends_at_all_is_valid_registries_fill_them() {
     let text = format!(
         "{GLOBAL}[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n"
     );
-    one_error(
-        &text,
-        4,
-        "service[0].backend",
-        "no backend with weight > 0 in service `web`",
-    );
+    let config = super::super::parse(&text, "t.toml").expect("valid");
+    assert!(config.services[0].backends.is_empty());
 }
 
 #[test]

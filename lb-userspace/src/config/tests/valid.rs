@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::super::{
-    Backend, Config, Conntrack, Global, Mode, Protocol, RateLimit, Service, XdpMode, load, parse,
+    Admin, Backend, BuiltinRegistry, Config, Conntrack, DEFAULT_PIN_PATH, Global, Mode, Protocol,
+    RateLimit, Service, XdpMode, load, parse,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -72,7 +73,11 @@ backend = [
                 tcp_established_timeout: Duration::from_secs(600),
                 ..ct
             },
+            pin_path: Some(DEFAULT_PIN_PATH.into()),
         },
+        admin: Admin::default(),
+        registry: BuiltinRegistry::default(),
+        sources: Vec::new(),
         services: vec![
             Service {
                 name: "web".into(),
@@ -97,6 +102,7 @@ backend = [
                         weight: 0,
                     },
                 ],
+                health: None,
             },
             Service {
                 name: "dns.v6".into(),
@@ -114,6 +120,7 @@ backend = [
                     port: 5353,
                     weight: 3,
                 }],
+                health: None,
             },
         ],
     };

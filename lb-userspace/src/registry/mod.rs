@@ -1,0 +1,105 @@
+//! Backend sources: everything that tells the agent which instances serve a service.
+//!
+//! Each source (the built-in registry, etcd, Consul, Kubernetes) is a long-running task that
+//! publishes its *complete* current set of endpoints through a [`SourceHandle`] whenever it
+//! changes. The agent keeps the last set each source published (its last-known-good: a
+//! source that loses its server publishes nothing and reports errors, so its backends stay)
+//! and merges all of them with the config's static backends (see [`merge`]).
+//!
+//! Services themselves (VIP, port, protocol) come from the config only: a source supplies
+//! backends for services by name, and endpoints naming an unknown service are ignored
+//! (and counted).
+
+pub mod backoff;
+pub mod merge;
+
+use std::{collections::BTreeMap, future::Future, net::IpAddr};
+
+use tokio::sync::mpsc;
+
+pub use backoff::Backoff;
+
+/// One instance of a service, as a source reports it.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Endpoint {
+    /// Name of the config service this instance serves.
+    pub service: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Relative share of new flows; 0 drains (no new flows, established ones stay).
+    pub weight: u32,
+    /// Free-form labels from the source (shown in status; not used for balancing).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What a source tells the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceUpdate {
+    /// The source's complete set of endpoints now (replaces the previous one).
+    Endpoints(Vec<Endpoint>),
+    /// Talking to the source's server failed; its last endpoints stay in use.
+    Error(String),
+}
+
+/// A source's update, tagged with the source's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceMessage {
+    pub source: String,
+    pub update: SourceUpdate,
+}
+
+/// How a source reaches the agent. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SourceHandle {
+    name: String,
+    tx: mpsc::UnboundedSender<SourceMessage>,
+}
+
+impl SourceHandle {
+    pub fn new(name: impl Into<String>, tx: mpsc::UnboundedSender<SourceMessage>) -> Self {
+        Self {
+            name: name.into(),
+            tx,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Publishes the complete endpoint set (sorted here, so sources need not care).
+    pub fn publish(&self, mut endpoints: Vec<Endpoint>) {
+        endpoints.sort();
+        endpoints.dedup();
+        self.send(SourceUpdate::Endpoints(endpoints));
+    }
+
+    /// Reports a failure to reach or read the source; the agent counts it and keeps the
+    /// last endpoints.
+    pub fn error(&self, error: impl std::fmt::Display) {
+        self.send(SourceUpdate::Error(error.to_string()));
+    }
+
+    /// True once the agent has stopped listening: the source should return.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn send(&self, update: SourceUpdate) {
+        // A closed channel means the agent is shutting down; nothing to do.
+        let _ = self.tx.send(SourceMessage {
+            source: self.name.clone(),
+            update,
+        });
+    }
+}
+
+/// A backend source. `run` lives as long as the agent: it publishes the full endpoint set
+/// at start and after every change, reports errors, reconnects with [`Backoff`], and
+/// returns once `out.is_closed()`.
+pub trait Source: Send + 'static {
+    fn run(self, out: SourceHandle) -> impl Future<Output = ()> + Send + 'static;
+}
