@@ -62,6 +62,12 @@ impl<'a> Table<'a> {
 
     /// Reports every key that is not in `known`, at the key.
     pub(super) fn deny_unknown(&self, known: &[&str], d: &mut Diag) {
+        self.deny_unknown_in(known, "", d);
+    }
+
+    /// Like [`Self::deny_unknown`], with `context` (e.g. " for a `consul` source") after the
+    /// key in the message, for tables whose fields depend on another field.
+    pub(super) fn deny_unknown_in(&self, known: &[&str], context: &str, d: &mut Diag) {
         let expected = known
             .iter()
             .map(|k| format!("`{k}`"))
@@ -73,7 +79,7 @@ impl<'a> Table<'a> {
                 d.error(
                     &span,
                     &self.field(key),
-                    format!("unknown field `{key}`; expected one of {expected}"),
+                    format!("unknown field `{key}`{context}; expected one of {expected}"),
                 );
             }
         }
@@ -162,6 +168,16 @@ impl<'a> Node<'a> {
             Ref::Value(Value::Integer(i)) => Some(self.spanned(*i.value())),
             _ => {
                 self.wrong_type("an integer", d);
+                None
+            }
+        }
+    }
+
+    pub(super) fn bool(&self, d: &mut Diag) -> Option<Sp<bool>> {
+        match self.val {
+            Ref::Value(Value::Boolean(b)) => Some(self.spanned(*b.value())),
+            _ => {
+                self.wrong_type("a boolean", d);
                 None
             }
         }

@@ -12,12 +12,15 @@
 //!
 //! `config/lb.toml` at the repository root documents every option.
 
+mod control;
 mod diag;
 mod doc;
 mod error;
+mod health;
 mod prime;
 mod raw;
 mod services;
+mod sources;
 mod validate;
 
 #[cfg(test)]
@@ -103,6 +106,12 @@ pub struct Config {
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 /// Admin listener when `[admin] listen` is not set: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
+/// Key prefix an etcd source watches when it does not set `prefix`.
+pub const DEFAULT_ETCD_PREFIX: &str = "/lb/";
+/// Consul agent a consul source talks to when it does not set `address`.
+pub const DEFAULT_CONSUL_ADDRESS: &str = "http://127.0.0.1:8500";
+/// Namespace a kubernetes source watches when it does not set `namespace`.
+pub const DEFAULT_K8S_NAMESPACE: &str = "default";
 
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

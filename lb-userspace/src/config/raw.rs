@@ -9,17 +9,25 @@ use super::doc::{Node, Sp, Table};
 
 pub(super) struct RawConfig {
     pub global: Option<RawGlobal>,
+    pub admin: Option<RawAdmin>,
+    pub registry: Option<RawRegistry>,
+    pub sources: Vec<RawSource>,
     pub services: Vec<RawService>,
 }
 
+/// An inline array of strings: the array's span, and each element (`None` if it was not a
+/// string).
+pub(super) type RawStrings = Sp<Vec<Option<Sp<String>>>>;
+
 pub(super) struct RawGlobal {
     /// The array's span, and each element (`None` if it was not a string).
-    pub interfaces: Option<Sp<Vec<Option<Sp<String>>>>>,
+    pub interfaces: Option<RawStrings>,
     pub xdp_mode: Option<Sp<String>>,
     pub maglev_table_size: Option<Sp<i64>>,
     pub snat_ports: Option<Sp<Vec<Option<Sp<i64>>>>>,
     pub rate_limit: Option<RawRateLimit>,
     pub conntrack: Option<RawConntrack>,
+    pub pin_path: Option<Sp<String>>,
 }
 
 pub(super) struct RawRateLimit {
@@ -51,6 +59,7 @@ pub(super) struct RawService {
     /// False if an entry of `backend` (or `backend` itself) was not a table: then the
     /// backends are not all known.
     pub backends_complete: bool,
+    pub health: Option<RawHealth>,
 }
 
 pub(super) struct RawBackend {
@@ -62,13 +71,102 @@ pub(super) struct RawBackend {
     pub weight: Option<Sp<i64>>,
 }
 
+/// `[admin]`.
+pub(super) struct RawAdmin {
+    pub listen: Option<Sp<String>>,
+    pub allow_remote: Option<Sp<bool>>,
+    pub token_file: Option<Sp<String>>,
+}
+
+/// `[registry]`.
+pub(super) struct RawRegistry {
+    pub state_file: Option<Sp<String>>,
+    pub default_ttl: Option<Sp<i64>>,
+    pub max_ttl: Option<Sp<i64>>,
+}
+
+/// One `[[source]]`. Which fields it may have depends on `kind`, so only the fields of its
+/// kind are read (the others are reported as unknown here); with a missing or unknown kind,
+/// the fields of every kind are accepted so that only the kind is reported.
+pub(super) struct RawSource {
+    /// Position among the `[[source]]` entries of the file (0-based).
+    pub index: usize,
+    pub span: Span,
+    pub kind: Option<Sp<String>>,
+    pub name: Option<Sp<String>>,
+    /// etcd.
+    pub endpoints: Option<RawStrings>,
+    pub prefix: Option<Sp<String>>,
+    /// consul.
+    pub address: Option<Sp<String>>,
+    pub datacenter: Option<Sp<String>>,
+    /// consul and kubernetes.
+    pub services: Option<RawStrings>,
+    pub token_file: Option<Sp<String>>,
+    /// kubernetes.
+    pub api_server: Option<Sp<String>>,
+    pub namespace: Option<Sp<String>>,
+    pub ca_file: Option<Sp<String>>,
+}
+
+/// The fields each source kind has besides `kind` and `name`.
+pub(super) const SOURCE_KINDS: [(&str, &[&str]); 3] = [
+    ("etcd", &["endpoints", "prefix"]),
+    (
+        "consul",
+        &["address", "services", "datacenter", "token_file"],
+    ),
+    (
+        "kubernetes",
+        &[
+            "api_server",
+            "namespace",
+            "services",
+            "token_file",
+            "ca_file",
+        ],
+    ),
+];
+
+/// `[service.health]`.
+pub(super) struct RawHealth {
+    /// Field path of the table, e.g. `service[0].health`.
+    pub path: String,
+    pub kind: Option<Sp<String>>,
+    pub interval_ms: Option<Sp<i64>>,
+    pub timeout_ms: Option<Sp<i64>>,
+    pub rise: Option<Sp<i64>>,
+    pub fall: Option<Sp<i64>>,
+    pub port: Option<Sp<i64>>,
+    /// HTTP only: the `path` key.
+    pub http_path: Option<Sp<String>>,
+    pub host: Option<Sp<String>>,
+    pub expect_status: Option<Sp<i64>>,
+}
+
 /// Reads the document root, reporting unknown fields, wrong types and missing fields.
 pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
-    root.deny_unknown(&["global", "service"], d);
+    root.deny_unknown(&["global", "admin", "registry", "source", "service"], d);
     let global = root
         .required("global", "the `[global]` table of agent-wide settings", d)
         .and_then(|n| n.table(d))
         .map(|t| global(&t, d));
+    let admin = root
+        .get("admin")
+        .and_then(|n| n.table(d))
+        .map(|t| admin(&t, d));
+    let registry = root
+        .get("registry")
+        .and_then(|n| n.table(d))
+        .map(|t| registry(&t, d));
+    let sources = root
+        .get("source")
+        .and_then(|n| n.tables("an array of tables (`[[source]]`)", d))
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, t)| Some(source(index, &t?, d)))
+        .collect();
     let services = root
         .get("service")
         .and_then(|n| n.tables("an array of tables (`[[service]]`)", d))
@@ -77,7 +175,13 @@ pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
         .enumerate()
         .filter_map(|(index, t)| Some(service(index, &t?, d)))
         .collect();
-    RawConfig { global, services }
+    RawConfig {
+        global,
+        admin,
+        registry,
+        sources,
+        services,
+    }
 }
 
 fn int(t: &Table, key: &str, d: &mut Diag) -> Option<Sp<i64>> {
@@ -86,6 +190,10 @@ fn int(t: &Table, key: &str, d: &mut Diag) -> Option<Sp<i64>> {
 
 fn string(t: &Table, key: &str, d: &mut Diag) -> Option<Sp<String>> {
     t.get(key).and_then(|n| n.str(d))
+}
+
+fn strings(t: &Table, key: &str, d: &mut Diag) -> Option<RawStrings> {
+    t.get(key).and_then(|n| array(n, d, |e, d| e.str(d)))
 }
 
 /// An inline array, its elements read by `each` (`None` for an element of the wrong type).
@@ -111,6 +219,7 @@ fn global(t: &Table, d: &mut Diag) -> RawGlobal {
             "snat_ports",
             "rate_limit",
             "conntrack",
+            "pin_path",
         ],
         d,
     );
@@ -128,6 +237,7 @@ fn global(t: &Table, d: &mut Diag) -> RawGlobal {
             .get("conntrack")
             .and_then(|n| n.table(d))
             .map(|t| conntrack(&t, d)),
+        pin_path: string(t, "pin_path", d),
     }
 }
 
@@ -175,6 +285,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             "maglev_table_size",
             "rate_limit",
             "backend",
+            "health",
         ],
         d,
     );
@@ -214,6 +325,10 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         rate_limit: rate_limit(t, d),
         backends,
         backends_complete,
+        health: t
+            .get("health")
+            .and_then(|n| n.table(d))
+            .map(|t| health(&t, d)),
     }
 }
 
@@ -229,5 +344,116 @@ fn backend(index: usize, t: &Table, d: &mut Diag) -> RawBackend {
             .required("port", "the backend's port", d)
             .and_then(|n| n.int(d)),
         weight: int(t, "weight", d),
+    }
+}
+
+fn admin(t: &Table, d: &mut Diag) -> RawAdmin {
+    t.deny_unknown(&["listen", "allow_remote", "token_file"], d);
+    RawAdmin {
+        listen: string(t, "listen", d),
+        allow_remote: t.get("allow_remote").and_then(|n| n.bool(d)),
+        token_file: string(t, "token_file", d),
+    }
+}
+
+fn registry(t: &Table, d: &mut Diag) -> RawRegistry {
+    t.deny_unknown(&["state_file", "default_ttl", "max_ttl"], d);
+    RawRegistry {
+        state_file: string(t, "state_file", d),
+        default_ttl: int(t, "default_ttl", d),
+        max_ttl: int(t, "max_ttl", d),
+    }
+}
+
+fn source(index: usize, t: &Table, d: &mut Diag) -> RawSource {
+    let kind = t
+        .required("kind", "`etcd`, `consul` or `kubernetes`", d)
+        .and_then(|n| n.str(d));
+    let fields = kind.as_ref().and_then(|k| {
+        SOURCE_KINDS
+            .iter()
+            .find(|(name, _)| *name == k.val)
+            .map(|(_, fields)| *fields)
+    });
+    let mut known = vec!["kind", "name"];
+    match (&kind, fields) {
+        (Some(k), Some(fields)) => {
+            known.extend(fields);
+            t.deny_unknown_in(&known, &format!(" for a `{}` source", k.val), d);
+        }
+        _ => {
+            for field in SOURCE_KINDS.iter().flat_map(|(_, fields)| *fields) {
+                if !known.contains(field) {
+                    known.push(field);
+                }
+            }
+            t.deny_unknown(&known, d);
+        }
+    }
+    // A field of another kind was reported as unknown: don't read it (and report its type).
+    let has = |key: &str| known.contains(&key);
+    let opt_string = |key: &str, d: &mut Diag| has(key).then(|| string(t, key, d)).flatten();
+    let kind_is = |k: &str| kind.as_ref().is_some_and(|kind| kind.val == k);
+    let endpoints = if kind_is("etcd") {
+        t.required(
+            "endpoints",
+            "the `http://host:port` URLs of etcd members",
+            d,
+        )
+        .and_then(|n| array(n, d, |e, d| e.str(d)))
+    } else {
+        has("endpoints")
+            .then(|| strings(t, "endpoints", d))
+            .flatten()
+    };
+    let services = if kind_is("consul") || kind_is("kubernetes") {
+        t.required("services", "the names of the services to watch", d)
+            .and_then(|n| array(n, d, |e, d| e.str(d)))
+    } else {
+        has("services").then(|| strings(t, "services", d)).flatten()
+    };
+    RawSource {
+        index,
+        span: t.span.clone(),
+        name: string(t, "name", d),
+        endpoints,
+        prefix: opt_string("prefix", d),
+        address: opt_string("address", d),
+        datacenter: opt_string("datacenter", d),
+        services,
+        token_file: opt_string("token_file", d),
+        api_server: opt_string("api_server", d),
+        namespace: opt_string("namespace", d),
+        ca_file: opt_string("ca_file", d),
+        kind,
+    }
+}
+
+fn health(t: &Table, d: &mut Diag) -> RawHealth {
+    t.deny_unknown(
+        &[
+            "kind",
+            "interval_ms",
+            "timeout_ms",
+            "rise",
+            "fall",
+            "port",
+            "path",
+            "host",
+            "expect_status",
+        ],
+        d,
+    );
+    RawHealth {
+        path: t.path.clone(),
+        kind: string(t, "kind", d),
+        interval_ms: int(t, "interval_ms", d),
+        timeout_ms: int(t, "timeout_ms", d),
+        rise: int(t, "rise", d),
+        fall: int(t, "fall", d),
+        port: int(t, "port", d),
+        http_path: string(t, "path", d),
+        host: string(t, "host", d),
+        expect_status: int(t, "expect_status", d),
     }
 }

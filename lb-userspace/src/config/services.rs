@@ -8,6 +8,7 @@ use lb_common::MAX_SERVICES;
 
 use super::diag::Diag;
 use super::doc::Sp;
+use super::health::health;
 use super::raw::{RawBackend, RawService};
 use super::validate::{port, rate_limit, table_size};
 use super::{Backend, Global, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Service};
@@ -130,6 +131,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
         .as_ref()
         .map_or(global.rate_limit, |r| rate_limit(r, d));
     let backends = backends(raw, vip, d);
+    let health = raw.health.as_ref().map(|h| health(h, d));
     if let (Some(backends), Some(size)) = (&backends, maglev_table_size) {
         let active = backends.iter().filter(|b| b.weight > 0).count();
         if active > size as usize {
@@ -162,7 +164,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             maglev_table_size: maglev_table_size?,
             rate_limit,
             backends: backends?,
-            health: None,
+            health,
         })
     })();
     Checked {

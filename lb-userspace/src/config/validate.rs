@@ -1,5 +1,6 @@
 //! Checks the values of a [`RawConfig`] and builds the plain [`Config`]: the global settings
-//! here, services in `services`.
+//! here, services in `services` (their health checks in `health`), the control-plane
+//! sections in `control` and `sources`.
 //!
 //! A value that is missing or wrong is reported and replaced by its default so checking goes
 //! on; the config built then is thrown away by `parse`, which returns the errors instead.
@@ -7,10 +8,10 @@
 use super::diag::Diag;
 use super::doc::Sp;
 use super::prime::{is_prime, next_prime};
-use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit};
+use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings};
 use super::{
-    Admin, BuiltinRegistry, Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES,
-    MIN_MAGLEV_SIZE, MIN_SNAT_PORT, RateLimit, XdpMode, services,
+    Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
+    MIN_SNAT_PORT, RateLimit, XdpMode, control, services, sources,
 };
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
 use std::collections::HashMap;
@@ -28,11 +29,16 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         pin_path: Some(DEFAULT_PIN_PATH.into()),
     });
     let services = services::services(&raw.services, &global, d);
+    let service_names: Vec<&str> = raw
+        .services
+        .iter()
+        .filter_map(|s| s.name.as_ref().map(|n| n.val.as_str()))
+        .collect();
     Config {
         global,
-        admin: Admin::default(),
-        registry: BuiltinRegistry::default(),
-        sources: Vec::new(),
+        admin: control::admin(raw.admin.as_ref(), d),
+        registry: control::registry(raw.registry.as_ref(), d),
+        sources: sources::sources(&raw.sources, &service_names, d),
         services,
     }
 }
@@ -72,11 +78,11 @@ fn global(raw: &RawGlobal, d: &mut Diag) -> Global {
             .as_ref()
             .map(|c| conntrack(c, d))
             .unwrap_or_default(),
-        pin_path: Some(DEFAULT_PIN_PATH.into()),
+        pin_path: control::pin_path(raw.pin_path.as_ref(), d),
     }
 }
 
-fn interfaces(raw: &Sp<Vec<Option<Sp<String>>>>, d: &mut Diag) -> Vec<String> {
+fn interfaces(raw: &RawStrings, d: &mut Diag) -> Vec<String> {
     if raw.val.is_empty() {
         d.error(
             &raw.span,
