@@ -11,6 +11,7 @@
 //! (and counted).
 
 pub mod backoff;
+pub mod builtin;
 pub mod merge;
 
 use std::{collections::BTreeMap, future::Future, net::IpAddr};
