@@ -8,9 +8,11 @@
 //! - [`topology`]: client / LB / backends wired with veths (two-arm) or a bridge (one-arm).
 //! - [`servers`]: TCP/UDP servers that answer with their backend's name, and clients for them.
 //! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
+//! - [`lab`]: a topology with name servers and the real `lb` agent running on it.
 
 pub mod cleanup;
 pub mod fixture;
+pub mod lab;
 pub mod netns;
 pub mod servers;
 pub mod topology;
