@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod builtin;
+pub mod etcd;
 pub mod merge;
 
 use std::{collections::BTreeMap, future::Future, net::IpAddr};
