@@ -99,9 +99,11 @@ impl HealthManager {
     pub fn set_targets(&mut self, targets: Vec<Target>) {
         let mut old = std::mem::take(&mut self.targets);
         for target in targets {
-            let kept = old
-                .get_mut(&target.service)
-                .and_then(|backends| backends.remove(&target.backend));
+            // Running before this call, or earlier in this list (listed twice).
+            let kept = [&mut old, &mut self.targets].into_iter().find_map(|map| {
+                map.get_mut(&target.service)
+                    .and_then(|backends| backends.remove(&target.backend))
+            });
             let running = match kept {
                 Some(running) if running.check == target.check => running,
                 previous => {

@@ -39,6 +39,7 @@ pub(super) async fn run(target: Target, shared: SharedState, events: UnboundedSe
         target.backend.addr,
         check.port.unwrap_or(target.backend.port),
     );
+    let backend = SocketAddr::new(target.backend.addr, target.backend.port);
     tokio::time::sleep(initial_delay(check.interval, &target)).await;
     // A period of zero would make tokio's interval panic; config validation should
     // prevent it, this keeps a bad value from killing the task.
@@ -73,9 +74,9 @@ pub(super) async fn run(target: Target, shared: SharedState, events: UnboundedSe
             )
         };
         if up {
-            info!(service = %target.service, backend = %addr, %reason, "backend up");
+            info!(service = %target.service, backend = %backend, checked = %addr, %reason, "backend up");
         } else {
-            warn!(service = %target.service, backend = %addr, %reason, "backend down");
+            warn!(service = %target.service, backend = %backend, checked = %addr, %reason, "backend down");
         }
         // Sent under the lock so a retirement cannot slip in between. A receiver that is
         // gone is not an error here: `is_up` and `snapshot` still answer.

@@ -309,6 +309,27 @@ async fn set_targets_keeps_unchanged_restarts_changed_and_stops_removed() {
 }
 
 #[tokio::test]
+async fn a_target_listed_twice_is_checked_once_and_keeps_its_state() {
+    bounded(LIMIT, async {
+        let server = TcpServer::start(0);
+        let backend = local(server.addr.port());
+        let check = tcp_check(1, 1);
+        let (mut manager, _events) = manager();
+        manager.set_targets(vec![target("web", backend, &check)]);
+        wait_for_checks(&manager, "web", backend, 3).await;
+        let twice = vec![
+            target("web", backend, &check),
+            target("web", backend, &check),
+        ];
+        manager.set_targets(twice);
+        let snapshot = manager.snapshot();
+        assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+        assert!(snapshot[0].checks >= 3, "state was reset: {snapshot:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn dropping_the_manager_stops_every_task() {
     bounded(LIMIT, async {
         let server = TcpServer::start(0);
