@@ -72,7 +72,7 @@ pub enum EtcdError {
     BadEndpoint(String),
     #[error("building the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", error_chain(.source))]
     Http {
         url: String,
         #[source]
@@ -501,6 +501,18 @@ fn http(url: &str, source: reqwest::Error) -> EtcdError {
     }
 }
 
+/// `error: cause: cause...`: reqwest's own message alone ("error sending request") hides
+/// whether the connection was refused, reset or timed out.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
 fn timeout(url: &str) -> EtcdError {
     EtcdError::Timeout {
         url: url.to_owned(),
@@ -618,8 +630,14 @@ fn parse_value(value: &[u8]) -> Result<EntryValue, EntryError> {
             metadata: BTreeMap::new(),
         });
     }
-    let v: EntryValue =
+    let json: serde_json::Value =
         serde_json::from_slice(value).map_err(|e| EntryError::Value(e.to_string()))?;
+    // Checked first: serde would also build the struct from an array.
+    if !json.is_object() {
+        return Err(EntryError::Value(format!("{json} is not an object")));
+    }
+    let v: EntryValue =
+        serde_json::from_value(json).map_err(|e| EntryError::Value(e.to_string()))?;
     if v.weight > MAX_WEIGHT {
         return Err(EntryError::Weight(v.weight));
     }
