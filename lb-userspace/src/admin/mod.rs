@@ -1,0 +1,329 @@
+//! The admin listener: metrics, status, and the built-in registry's HTTP API.
+//!
+//! Routes:
+//! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+//! - `GET /v1/status`: [`Status`] as JSON (what `lb status` prints).
+//! - `GET /v1/registry`: registered instances.
+//! - `PUT /v1/registry/{service}/{address}/{port}`: register or replace an instance; body
+//!   (optional) `{"weight": 1, "ttl": 30, "metadata": {"k": "v"}}`.
+//! - `POST /v1/registry/{service}/{address}/{port}/heartbeat`: renew its TTL.
+//! - `DELETE /v1/registry/{service}/{address}/{port}`: deregister.
+//! - `GET /healthz`: `ok`.
+//!
+//! Registry writes need `Authorization: Bearer TOKEN` (the token from `[admin] token_file`);
+//! with no token file they are refused. The listener binds to loopback or a unix socket
+//! unless the config explicitly allows otherwise.
+
+pub mod client;
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    config::AdminListen,
+    metrics,
+    registry::builtin::{InstanceId, RegisterRequest, Registry, RegistryError},
+    status::Status,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin listener {listen}: {source}")]
+    Bind {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin listener {0}: another process is serving on that socket")]
+    InUse(String),
+    #[error("reading the admin token from {path}: {source}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin token file {0} is empty")]
+    EmptyToken(PathBuf),
+}
+
+/// What the admin API asks of the agent's loop (which owns the data plane).
+#[derive(Debug)]
+pub enum AgentRequest {
+    Status(oneshot::Sender<Status>),
+}
+
+/// The shared state of every handler.
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Arc<Mutex<Registry>>,
+    /// `None`: registry writes are refused.
+    pub token: Option<Arc<str>>,
+    pub agent: mpsc::Sender<AgentRequest>,
+}
+
+/// Reads the token file: its first line, trimmed.
+pub fn read_token(path: &std::path::Path) -> Result<Arc<str>, AdminError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AdminError::Token {
+        path: path.into(),
+        source,
+    })?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(AdminError::EmptyToken(path.into()));
+    }
+    Ok(token.into())
+}
+
+/// A bound admin listener.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    /// The socket file is removed when the listener goes.
+    Unix(tokio::net::UnixListener, SocketFile),
+}
+
+impl Listener {
+    pub async fn bind(listen: &AdminListen) -> Result<Self, AdminError> {
+        let bind_err = |source| AdminError::Bind {
+            listen: listen.to_string(),
+            source,
+        };
+        match listen {
+            AdminListen::Tcp(addr) => Ok(Listener::Tcp(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err)?,
+            )),
+            AdminListen::Unix(path) => {
+                // A socket file left by a killed agent is stale; one that answers is not.
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
+                    return Err(AdminError::InUse(listen.to_string()));
+                }
+                let _ = std::fs::remove_file(path);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(bind_err)?;
+                }
+                let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+                Ok(Listener::Unix(l, SocketFile(path.clone())))
+            }
+        }
+    }
+}
+
+/// Serves the admin API until the task is dropped or aborted.
+pub async fn serve(listener: Listener, state: AdminState) {
+    let app = router(state);
+    let result = match listener {
+        Listener::Tcp(l) => axum::serve(l, app).await,
+        Listener::Unix(l, _cleanup) => axum::serve(l, app).await,
+    };
+    if let Err(e) = result {
+        warn!(error = %e, "admin listener stopped");
+    }
+}
+
+/// Removes a unix socket file when dropped.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_handler))
+        .route("/v1/status", get(status_handler))
+        .route("/v1/registry", get(list_handler))
+        .route(
+            "/v1/registry/{service}/{address}/{port}",
+            put(register_handler).delete(deregister_handler),
+        )
+        .route(
+            "/v1/registry/{service}/{address}/{port}/heartbeat",
+            post(heartbeat_handler),
+        )
+        .with_state(state)
+}
+
+/// An API error: status code and a JSON `{"error": "..."}` body.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let code = match e {
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::Persist { .. } | RegistryError::Load { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+async fn ask_status(state: &AdminState) -> Result<Status, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is not answering".into(),
+        )
+    };
+    state
+        .agent
+        .send(AgentRequest::Status(tx))
+        .await
+        .map_err(|_| unavailable())?;
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let status = ask_status(&state).await?;
+    Ok((
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&status),
+    )
+        .into_response())
+}
+
+async fn status_handler(State(state): State<AdminState>) -> Result<Json<Status>, ApiError> {
+    Ok(Json(ask_status(&state).await?))
+}
+
+fn registry(state: &AdminState) -> MutexGuard<'_, Registry> {
+    // A panic while holding the lock leaves plain data behind: keep serving it.
+    state.registry.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn list_handler(State(state): State<AdminState>) -> Response {
+    Json(serde_json::json!({ "instances": registry(&state).list() })).into_response()
+}
+
+/// Writes need the bearer token; compare in constant time.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "registry writes are disabled: set [admin] token_file".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let equal = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if equal {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+fn instance_id((service, address, port): (String, String, String)) -> Result<InstanceId, ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let address: IpAddr = address
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad(format!("invalid IP address `{address}`")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad(format!("invalid port `{port}`")))?;
+    Ok(InstanceId {
+        service,
+        address,
+        port,
+    })
+}
+
+async fn register_handler(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id = instance_id(path)?;
+    let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RegisterRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))?
+    };
+    let instance = registry(&state).register(id.clone(), req)?;
+    info!(instance = %id, weight = instance.weight, ttl = instance.ttl, "registry: registered");
+    Ok(Json(instance).into_response())
+}
+
+async fn heartbeat_handler(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id = instance_id(path)?;
+    let instance = registry(&state).heartbeat(&id)?;
+    Ok(Json(instance).into_response())
+}
+
+async fn deregister_handler(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id = instance_id(path)?;
+    registry(&state).deregister(&id)?;
+    info!(instance = %id, "registry: deregistered");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Expires registrations whose TTL ran out, four times a second, until aborted.
+pub async fn reap(registry: Arc<Mutex<Registry>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let gone = registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(std::time::Instant::now());
+        for id in gone {
+            warn!(instance = %id, "registry: TTL expired without heartbeat, removed");
+        }
+    }
+}

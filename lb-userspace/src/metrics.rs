@@ -1,0 +1,323 @@
+//! Prometheus metrics, rendered from a [`Status`] snapshot at each scrape.
+//!
+//! Built with prometheus-client's registry and text encoder. One deviation, on purpose:
+//! prometheus-client writes OpenMetrics, where a counter family `x` has samples `x_total`;
+//! the Prometheus text format (what `promtool check metrics` and most scrapers read) wants
+//! the family itself named `x_total`. Our counters are values read from the kernel, so they
+//! are encoded through [`KernelCounter`]: TYPE counter, sample named like its family (which
+//! ends in `_total`). The output is served as `text/plain; version=0.0.4`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::{
+    encoding::{EncodeMetric, MetricEncoder, text::encode},
+    metrics::{MetricType, TypedMetric, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::status::Status;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A monotonically increasing count read from elsewhere (the kernel, the agent's state).
+#[derive(Debug, Default)]
+struct KernelCounter(AtomicU64);
+
+impl KernelCounter {
+    fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for KernelCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for KernelCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // A gauge-style sample: no `_total` appended (the family name has it already).
+        encoder.encode_gauge(&self.0.load(Ordering::Relaxed))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Families keyed by labels, registered under `name` with `help`.
+fn counters(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, KernelCounter> {
+    let f = Family::<Labels, KernelCounter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn gauges(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// An unlabelled counter with value `v`.
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    reg.register(name, help, KernelCounter(AtomicU64::new(v)));
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let g = Gauge::<i64>::default();
+    g.set(gauge_i64(v));
+    reg.register(name, help, g);
+}
+
+fn gauge_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The metrics text for `s`.
+pub fn render(s: &Status) -> String {
+    let mut reg = Registry::default();
+    let svc_packets = counters(
+        &mut reg,
+        "lb_service_packets_total",
+        "Packets to the service's VIP and port, both directions",
+    );
+    let svc_bytes = counters(&mut reg, "lb_service_bytes_total", "Bytes of those packets");
+    let svc_conns = counters(
+        &mut reg,
+        "lb_service_connections_total",
+        "New flows balanced onto a backend",
+    );
+    let svc_drops = counters(
+        &mut reg,
+        "lb_service_drops_total",
+        "Packets of the service dropped (rate limit, no backend, no route, ...)",
+    );
+    let svc_ct = gauges(
+        &mut reg,
+        "lb_service_conntrack_entries",
+        "Live conntrack entries of the service",
+    );
+    let svc_open = gauges(
+        &mut reg,
+        "lb_service_fail_open",
+        "1 when every backend is down and all are kept (fail open)",
+    );
+    let be_packets = counters(
+        &mut reg,
+        "lb_backend_packets_total",
+        "Packets forwarded to the backend, both directions",
+    );
+    let be_bytes = counters(&mut reg, "lb_backend_bytes_total", "Bytes of those packets");
+    let be_conns = counters(
+        &mut reg,
+        "lb_backend_connections_total",
+        "New flows given to the backend",
+    );
+    let be_up = gauges(
+        &mut reg,
+        "lb_backend_up",
+        "1 if the backend passes its health check (always 1 without one)",
+    );
+    let be_weight = gauges(
+        &mut reg,
+        "lb_backend_weight",
+        "The backend's weight in the Maglev table now (0: drained or down)",
+    );
+    let be_trans = counters(
+        &mut reg,
+        "lb_backend_health_transitions_total",
+        "Up/down changes of the backend's health",
+    );
+    let verdicts = counters(
+        &mut reg,
+        "lb_datapath_packets_total",
+        "Packets seen by the XDP program, by verdict reason",
+    );
+    let src_eps = gauges(
+        &mut reg,
+        "lb_source_endpoints",
+        "Endpoints the source published last (kept while it fails)",
+    );
+    let src_updates = counters(
+        &mut reg,
+        "lb_source_updates_total",
+        "Complete endpoint sets received from the source",
+    );
+    let src_errors = counters(
+        &mut reg,
+        "lb_source_errors_total",
+        "Failures to reach or read the source (registry sync errors)",
+    );
+    let src_ignored = gauges(
+        &mut reg,
+        "lb_source_ignored_endpoints",
+        "Endpoints of the source not used (unknown service, wrong family)",
+    );
+    let checksum = gauges(
+        &mut reg,
+        "lb_table_checksum_info",
+        "Checksum of every Maglev table and service record, as a label; equal on agents with equal inputs",
+    );
+
+    for svc in &s.services {
+        let l = vec![("service", svc.name.clone())];
+        svc_packets.get_or_create(&l).set(svc.packets);
+        svc_bytes.get_or_create(&l).set(svc.bytes);
+        svc_conns.get_or_create(&l).set(svc.connections);
+        svc_drops.get_or_create(&l).set(svc.drops);
+        svc_ct
+            .get_or_create(&l)
+            .set(gauge_i64(svc.conntrack_entries));
+        svc_open.get_or_create(&l).set(i64::from(svc.fail_open));
+        for b in &svc.backends {
+            let l = vec![
+                ("service", svc.name.clone()),
+                ("backend", b.address.clone()),
+            ];
+            be_packets.get_or_create(&l).set(b.packets);
+            be_bytes.get_or_create(&l).set(b.bytes);
+            be_conns.get_or_create(&l).set(b.connections);
+            be_up.get_or_create(&l).set(i64::from(b.up));
+            be_weight
+                .get_or_create(&l)
+                .set(i64::from(b.effective_weight));
+            be_trans.get_or_create(&l).set(b.health_transitions);
+        }
+    }
+    for r in &s.reasons {
+        verdicts
+            .get_or_create(&vec![("reason", r.reason.clone())])
+            .set(r.packets);
+    }
+    let rate_limited = s
+        .reasons
+        .iter()
+        .find(|r| r.reason == lb_common::Reason::RateLimited.name())
+        .map_or(0, |r| r.packets);
+    counter(
+        &mut reg,
+        "lb_rate_limited_packets_total",
+        "Packets dropped by the per-source rate limit",
+        rate_limited,
+    );
+    for src in &s.sources {
+        let l = vec![("source", src.name.clone())];
+        src_eps.get_or_create(&l).set(gauge_i64(src.endpoints));
+        src_updates.get_or_create(&l).set(src.updates);
+        src_errors.get_or_create(&l).set(src.errors);
+        src_ignored.get_or_create(&l).set(gauge_i64(src.ignored));
+    }
+    checksum
+        .get_or_create(&vec![("checksum", s.table_checksum.clone())])
+        .set(1);
+    gauge(
+        &mut reg,
+        "lb_config_generation",
+        "Config generation applied (1 at start, +1 per reload)",
+        s.generation,
+    );
+    counter(
+        &mut reg,
+        "lb_table_syncs_total",
+        "Times the tables were recomputed (reloads, registry changes, health changes)",
+        s.syncs,
+    );
+    gauge(
+        &mut reg,
+        "lb_conntrack_entries",
+        "Live conntrack entries, all services",
+        s.conntrack_entries,
+    );
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{BackendStatus, ReasonCount, ServiceStatus, SourceStatus};
+
+    fn sample() -> Status {
+        Status {
+            generation: 3,
+            table_checksum: "00ff".into(),
+            syncs: 7,
+            conntrack_entries: 2,
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                address: "10.0.0.1:80".into(),
+                protocol: "tcp".into(),
+                packets: 10,
+                bytes: 1000,
+                connections: 2,
+                drops: 1,
+                conntrack_entries: 2,
+                health_checked: true,
+                fail_open: false,
+                backends: vec![BackendStatus {
+                    address: "[2001:db8::1]:80".into(),
+                    weight: 2,
+                    effective_weight: 0,
+                    origin: "registry".into(),
+                    up: false,
+                    health_transitions: 1,
+                    last_error: Some("refused".into()),
+                    packets: 9,
+                    bytes: 900,
+                    connections: 2,
+                }],
+            }],
+            sources: vec![SourceStatus {
+                name: "etcd".into(),
+                endpoints: 1,
+                updates: 4,
+                errors: 5,
+                last_error: None,
+                ignored: 0,
+            }],
+            reasons: vec![
+                ReasonCount {
+                    reason: "forwarded".into(),
+                    packets: 9,
+                },
+                ReasonCount {
+                    reason: "rate_limited".into(),
+                    packets: 1,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn counters_are_named_the_prometheus_text_way() {
+        let text = render(&sample());
+        assert!(
+            text.contains("# TYPE lb_service_packets_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_service_packets_total{service=\"web\"} 10\n"),
+            "{text}"
+        );
+        assert!(!text.contains("_total_total"), "{text}");
+        assert!(
+            text.contains("lb_backend_up{service=\"web\",backend=\"[2001:db8::1]:80\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_source_errors_total{source=\"etcd\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("lb_rate_limited_packets_total 1\n"), "{text}");
+        assert!(
+            text.contains("lb_table_checksum_info{checksum=\"00ff\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("lb_config_generation 3\n"), "{text}");
+    }
+}

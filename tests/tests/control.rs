@@ -1,0 +1,534 @@
+//! The control plane end to end: the built-in registry API, health checks, drains and weight
+//! changes reaching the XDP data plane, long-lived connections held across every kind of
+//! table change, metrics clean for promtool, and `lb status`.
+//!
+//! Each test runs the real agent in a two-arm topology with real TCP servers; the admin API
+//! is a unix socket in a per-test directory.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    DEFAULT_TIMEOUT, TcpNameServer, Topology, VIP4,
+    admin::AdminClient,
+    lab::{Lab, TCP_PORT, echo},
+    lb_binary, tcp_name_spread,
+};
+
+const TOKEN: &str = "s3cret-token";
+/// Health checks in these tests: every 200 ms, down after 3 failures, up after 2 successes.
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 3;
+
+/// A directory for the admin socket, token and registry state; removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("lbt-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+        Self(d)
+    }
+    fn socket(&self) -> PathBuf {
+        self.0.join("admin.sock")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `web` TCP service on VIP4:80 with `static_backends` from the topology, an optional
+/// `[service.health]` body, and the admin API on `dir`'s socket.
+fn config(topo: &Topology, static_backends: &[usize], health: Option<&str>, dir: &Path) -> String {
+    let ifaces: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let mut s = format!(
+        "[global]\ninterfaces = [{}]\nmaglev_table_size = 4099\npin_path = \"\"\n\n\
+         [admin]\nlisten = \"unix:{}\"\ntoken_file = \"{}\"\n\n\
+         [registry]\nstate_file = \"{}\"\n\n\
+         [[service]]\nname = \"web\"\nvip = \"{VIP4}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n",
+        ifaces.join(", "),
+        dir.join("admin.sock").display(),
+        dir.join("token").display(),
+        dir.join("registry.json").display(),
+    );
+    if let Some(h) = health {
+        s += &format!("[service.health]\n{h}");
+    }
+    for i in static_backends {
+        s += &format!(
+            "[[service.backend]]\naddress = \"{}\"\nport = 8080\n",
+            topo.backends[*i].ip4()
+        );
+    }
+    s
+}
+
+fn start(tag: &str, static_backends: &[usize], health: Option<&str>) -> (Lab, AdminClient, Dir) {
+    let dir = Dir::new(tag);
+    let d = dir.0.clone();
+    let sb = static_backends.to_vec();
+    let health = health.map(str::to_string);
+    let lab = Lab::start_config(
+        Topology::two_arm(3).unwrap(),
+        move |t| config(t, &sb, health.as_deref(), &d),
+        &[],
+    );
+    let admin = AdminClient::new(&dir.socket(), TOKEN);
+    wait_until("admin API answers", Duration::from_secs(10), || {
+        admin.get("/healthz").is_ok()
+    });
+    (lab, admin, dir)
+}
+
+/// Polls `cond` every 10 ms; panics after `limit`. Returns how long it took.
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
+}
+
+/// Opens new connections back to back until one lands on `name`; the time it took.
+fn time_until_reached(lab: &Lab, name: &str) -> Duration {
+    wait_until(
+        &format!("a new flow reaches {name}"),
+        Duration::from_secs(10),
+        || {
+            lab.topo.client.ns.enter(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT),
+                    DEFAULT_TIMEOUT,
+                )
+                .ok()
+                .and_then(|s| {
+                    s.set_read_timeout(Some(DEFAULT_TIMEOUT)).ok()?;
+                    Some(lb_tests::lab::read_line(&s) == name)
+                })
+                .unwrap_or(false)
+            })
+        },
+    )
+}
+
+fn spread(lab: &Lab, n: usize) -> lb_tests::Spread {
+    tcp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        TCP_PORT,
+        n,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap()
+}
+
+fn ip(lab: &Lab, i: usize) -> String {
+    lab.topo.backends[i].ip4().to_string()
+}
+
+/// Registry writes: auth, add, TTL expiry, deregister, persistence across an agent restart;
+/// each change measured from the API call to forwarding.
+#[test]
+fn registry_changes_reach_the_data_plane_and_survive_a_restart() {
+    let (mut lab, admin, _dir) = start("reg", &[0], None);
+    let names = lab.names();
+
+    // Writes need the token.
+    let anon = admin
+        .request(
+            "PUT",
+            &format!("/v1/registry/web/{}/8080", ip(&lab, 1)),
+            "",
+            false,
+        )
+        .unwrap();
+    assert_eq!(anon.code, 401, "{anon:?}");
+    let bad = AdminClient::new(&admin.socket, "wrong")
+        .request(
+            "PUT",
+            &format!("/v1/registry/web/{}/8080", ip(&lab, 1)),
+            "",
+            true,
+        )
+        .unwrap();
+    assert_eq!(bad.code, 401, "{bad:?}");
+    let garbage = admin
+        .request(
+            "PUT",
+            &format!("/v1/registry/web/{}/8080", ip(&lab, 1)),
+            "{\"wieght\": 1}",
+            true,
+        )
+        .unwrap();
+    assert_eq!(garbage.code, 400, "{garbage:?}");
+    assert_eq!(
+        spread(&lab, 30).count(&names[1]),
+        0,
+        "nothing registered yet"
+    );
+
+    // Add: from the API call to the first new flow on the new backend.
+    let t0 = Instant::now();
+    admin
+        .register("web", &ip(&lab, 1), 8080, r#"{"weight": 1, "ttl": 30}"#)
+        .unwrap();
+    let api = t0.elapsed();
+    let add = time_until_reached(&lab, &names[1]);
+    println!(
+        "registry add -> forwarding: {:?} (API call {api:?})",
+        api + add
+    );
+
+    // TTL: an instance that stops heartbeating is removed; one that heartbeats stays.
+    admin
+        .register("web", &ip(&lab, 2), 8080, r#"{"ttl": 2}"#)
+        .unwrap();
+    time_until_reached(&lab, &names[2]);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(500));
+        admin.heartbeat("web", &ip(&lab, 2), 8080).unwrap();
+    }
+    assert!(
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 2)))
+            .is_ok(),
+        "heartbeats keep it"
+    );
+    let expired = wait_until(
+        "TTL expiry removes the instance",
+        Duration::from_secs(5),
+        || {
+            admin
+                .backend("web", &format!("{}:8080", ip(&lab, 2)))
+                .is_err()
+        },
+    );
+    println!("TTL 2 s expiry noticed {expired:?} after the last heartbeat check");
+    assert_eq!(
+        spread(&lab, 60).count(&names[2]),
+        0,
+        "expired instance still gets flows"
+    );
+    assert!(
+        admin.heartbeat("web", &ip(&lab, 2), 8080).is_err(),
+        "heartbeat of an expired instance is refused"
+    );
+
+    // Deregister.
+    admin.register("web", &ip(&lab, 2), 8080, "").unwrap();
+    time_until_reached(&lab, &names[2]);
+    let t0 = Instant::now();
+    admin.deregister("web", &ip(&lab, 2), 8080).unwrap();
+    wait_until(
+        "deregistered instance leaves the status",
+        Duration::from_secs(5),
+        || {
+            admin
+                .backend("web", &format!("{}:8080", ip(&lab, 2)))
+                .is_err()
+        },
+    );
+    println!("registry delete -> out of the table: {:?}", t0.elapsed());
+    let s = spread(&lab, 60);
+    assert_eq!(s.errors, 0, "{s}");
+    assert_eq!(
+        s.count(&names[2]),
+        0,
+        "deregistered instance still gets flows\n{s}"
+    );
+    assert!(
+        s.count(&names[1]) > 0,
+        "registered instance gets no flows\n{s}"
+    );
+
+    // Restart: the registration of backend 1 is persisted and comes back.
+    lab.agent.stop(Duration::from_secs(10)).unwrap();
+    lab.agent = lab.spawn_agent(&[]);
+    lab.wait_for_vip();
+    wait_until("admin API after restart", Duration::from_secs(10), || {
+        admin.get("/healthz").is_ok()
+    });
+    let b1 = admin
+        .backend("web", &format!("{}:8080", ip(&lab, 1)))
+        .expect("registration survived the restart");
+    assert_eq!(b1["origin"], "registry");
+    time_until_reached(&lab, &names[1]);
+}
+
+/// Long-lived connections survive every kind of table change on the backends that remain:
+/// a registry add, a weight change, a drain (weight 0: keeps its flows, takes no new ones),
+/// a health flip of another backend and a deregistration of another backend.
+#[test]
+fn table_changes_never_break_established_connections() {
+    // Health checks against a separate port, so a backend can fail its check while its
+    // data connections stay open.
+    let health = format!(
+        "kind = \"tcp\"\nport = 9091\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nfall = {FALL}\nrise = 2\n"
+    );
+    let (lab, admin, _dir) = start("flows", &[0], Some(&health));
+    let names = lab.names();
+    let mut checks: Vec<Option<TcpNameServer>> = lab
+        .topo
+        .backends
+        .iter()
+        .map(|b| {
+            Some(
+                TcpNameServer::start(&b.ns, SocketAddr::new(IpAddr::V4(b.ip4()), 9091), "hc")
+                    .unwrap(),
+            )
+        })
+        .collect();
+    admin.register("web", &ip(&lab, 1), 8080, "").unwrap();
+    admin.register("web", &ip(&lab, 2), 8080, "").unwrap();
+    time_until_reached(&lab, &names[1]);
+    time_until_reached(&lab, &names[2]);
+
+    let mut conns: Vec<(TcpStream, String)> = (0..60).map(|_| lab.client_connect()).collect();
+    for n in &names {
+        assert!(conns.iter().any(|(_, b)| b == n), "no connection on {n}");
+    }
+    let mut check_all = |stage: &str| {
+        for (s, backend) in conns.iter_mut() {
+            echo(s, stage.as_bytes())
+                .unwrap_or_else(|e| panic!("{stage}: connection on {backend} broke: {e}"));
+        }
+    };
+    check_all("start");
+
+    // Weight change.
+    admin
+        .register("web", &ip(&lab, 1), 8080, r#"{"weight": 5}"#)
+        .unwrap();
+    wait_until("weight 5 applied", Duration::from_secs(5), || {
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 1)))
+            .unwrap()["effective_weight"]
+            == 5
+    });
+    check_all("weight");
+
+    // Drain backend 1: its connections stay, no new flows reach it.
+    admin
+        .register("web", &ip(&lab, 1), 8080, r#"{"weight": 0}"#)
+        .unwrap();
+    wait_until("drain applied", Duration::from_secs(5), || {
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 1)))
+            .unwrap()["effective_weight"]
+            == 0
+    });
+    check_all("drain");
+    let s = spread(&lab, 60);
+    assert_eq!(s.count(&names[1]), 0, "drained backend got new flows\n{s}");
+    assert_eq!(s.errors, 0, "{s}");
+
+    // Health flip of backend 2 (its check port closes; data connections stay).
+    if let Some(c) = checks[2].take() {
+        c.stop();
+    }
+    wait_until("backend 2 seen down", Duration::from_secs(5), || {
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 2)))
+            .unwrap()["up"]
+            == false
+    });
+    check_all("health down");
+    let s = spread(&lab, 60);
+    assert_eq!(s.count(&names[2]), 0, "down backend got new flows\n{s}");
+    let b = &lab.topo.backends[2];
+    checks[2] = Some(
+        TcpNameServer::start(&b.ns, SocketAddr::new(IpAddr::V4(b.ip4()), 9091), "hc").unwrap(),
+    );
+    wait_until("backend 2 back up", Duration::from_secs(5), || {
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 2)))
+            .unwrap()["up"]
+            == true
+    });
+    check_all("health up");
+    time_until_reached(&lab, &names[2]);
+
+    // Add back weight 1 to backend 1, then remove backend 2 from the registry: connections
+    // to backends 0 and 1 stay (backend 2's are allowed to go on too: conntrack keeps them).
+    admin.register("web", &ip(&lab, 1), 8080, "").unwrap();
+    admin.deregister("web", &ip(&lab, 2), 8080).unwrap();
+    wait_until("backend 2 gone", Duration::from_secs(5), || {
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 2)))
+            .is_err()
+    });
+    check_all("deregister");
+    drop(checks);
+}
+
+/// A backend whose server dies is taken down within interval x fall and gets no new flows;
+/// it comes back after `rise` successes; with every backend down the service fails open.
+#[test]
+fn dead_backend_is_detected_and_all_down_fails_open() {
+    let health = format!(
+        "kind = \"tcp\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 100\nfall = {FALL}\nrise = 2\n"
+    );
+    let (mut lab, admin, _dir) = start("health", &[0, 1, 2], Some(&health));
+    let names = lab.names();
+    let addr1 = format!("{}:8080", ip(&lab, 1));
+    assert_eq!(admin.backend("web", &addr1).unwrap()["up"], true);
+
+    let server = lab.tcp.remove(1);
+    let t0 = Instant::now();
+    server.stop();
+    wait_until("dead backend seen down", Duration::from_secs(5), || {
+        admin.backend("web", &addr1).unwrap()["up"] == false
+    });
+    let detected = t0.elapsed();
+    println!("backend killed -> down: {detected:?} (interval {INTERVAL_MS} ms x fall {FALL})");
+    // interval x fall, plus one interval of phase and scheduling slack.
+    let bound = Duration::from_millis(INTERVAL_MS * (FALL + 1) + 400);
+    assert!(
+        detected <= bound,
+        "detection took {detected:?}, bound {bound:?}"
+    );
+    let s = spread(&lab, 90);
+    assert_eq!(
+        s.errors, 0,
+        "flows failed after the table dropped the dead backend\n{s}"
+    );
+    assert_eq!(s.count(&names[1]), 0, "dead backend got new flows\n{s}");
+
+    // Back after `rise` successes.
+    let b = &lab.topo.backends[1];
+    lab.tcp.insert(
+        1,
+        TcpNameServer::start(&b.ns, SocketAddr::new(IpAddr::V4(b.ip4()), 8080), &b.name).unwrap(),
+    );
+    wait_until("backend back up", Duration::from_secs(5), || {
+        admin.backend("web", &addr1).unwrap()["up"] == true
+    });
+    time_until_reached(&lab, &names[1]);
+
+    // All down: fail open, with a metric and a log line.
+    for s in lab.tcp.drain(..) {
+        s.stop();
+    }
+    wait_until("service fails open", Duration::from_secs(5), || {
+        admin.status().unwrap()["services"][0]["fail_open"] == true
+    });
+    let metrics = admin.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("lb_service_fail_open{service=\"web\"} 1"),
+        "{metrics}"
+    );
+    lab.wait_for_log("failing open");
+    let st = admin.status().unwrap();
+    for b in st["services"][0]["backends"].as_array().unwrap() {
+        assert_eq!(
+            b["effective_weight"], 1,
+            "fail open keeps every backend: {b}"
+        );
+    }
+}
+
+/// The metrics page passes `promtool check metrics`, counts what went through, and
+/// `lb status` prints the table from the admin API.
+#[test]
+fn metrics_are_promtool_clean_and_status_prints_the_table() {
+    let (lab, admin, _dir) = start("metrics", &[0, 1], None);
+    admin
+        .register(
+            "web",
+            &ip(&lab, 2),
+            8080,
+            r#"{"weight": 2, "metadata": {"zone": "b"}}"#,
+        )
+        .unwrap();
+    time_until_reached(&lab, &lab.names()[2]);
+    let s = spread(&lab, 30);
+    assert_eq!(s.errors, 0, "{s}");
+
+    let metrics = admin.get("/metrics").unwrap();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{metrics}"
+    );
+    let conns: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("lb_service_connections_total{service=\"web\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no connections counter\n{metrics}"));
+    assert!(
+        conns >= 30,
+        "connections counter {conns} < 30 connections made"
+    );
+    for needle in [
+        "lb_source_endpoints{source=\"registry\"} 1",
+        "lb_config_generation 1",
+        "lb_table_checksum_info{checksum=",
+        "lb_datapath_packets_total{reason=\"forwarded\"}",
+        "lb_service_conntrack_entries{service=\"web\"}",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}\n{metrics}");
+    }
+
+    let out = Command::new(lb_binary())
+        .args([
+            "status",
+            "--admin",
+            &format!("unix:{}", admin.socket.display()),
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lb status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{table}");
+    assert!(table.contains("web"), "{table}");
+    for i in 0..3 {
+        assert!(table.contains(&format!("{}:8080", ip(&lab, i))), "{table}");
+    }
+    assert!(table.contains("registry"), "origin column: {table}");
+
+    // A status request to a socket nobody serves names what it tried.
+    let out = Command::new(lb_binary())
+        .args(["status", "--admin", "unix:/nonexistent/lb.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lb.sock"));
+}
