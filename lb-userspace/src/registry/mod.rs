@@ -12,7 +12,9 @@
 
 pub mod backoff;
 pub mod builtin;
+pub mod consul;
 pub mod etcd;
+pub mod kubernetes;
 pub mod merge;
 
 use std::{collections::BTreeMap, future::Future, net::IpAddr};

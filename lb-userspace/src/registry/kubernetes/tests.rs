@@ -1,0 +1,896 @@
+//! The Kubernetes source against a fake API server on loopback that serves
+//! `discovery.k8s.io/v1` EndpointSlices as the API server documents it: a list with its
+//! `resourceVersion`, then a watch (`?watch=true&resourceVersion=N`) streaming one JSON
+//! event per line on a chunked response (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` when
+//! `allowWatchBookmarks=true`, and `ERROR` with a 410 Status once `N` is compacted away),
+//! label selectors (`kubernetes.io/service-name=NAME`) applied on both.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Path as UrlPath, Query as UrlQuery, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use futures_util::stream;
+use k8s_openapi::api::discovery::v1::EndpointPort;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::*;
+use crate::{
+    config::KubernetesSource,
+    registry::{
+        SourceUpdate,
+        consul::tests::{Running, TempFile, WAIT, bare, ep, fast},
+    },
+};
+
+const NS: &str = "shop";
+
+/// One request the fake API server received.
+#[derive(Clone, Debug)]
+struct Seen {
+    query: HashMap<String, String>,
+    authorization: Option<String>,
+}
+
+impl Seen {
+    fn is_watch(&self) -> bool {
+        self.query
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1")
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+}
+
+/// What live watches are told.
+#[derive(Clone, Debug)]
+enum Live {
+    Event {
+        rv: u64,
+        kind: &'static str,
+        object: Value,
+    },
+    Bookmark(u64),
+    /// The server ends every open watch (as it does at `timeoutSeconds`).
+    Close,
+    /// Every open watch gets an ERROR 410 and ends.
+    Gone,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<String, Value>,
+    /// Every change, for watches that resume from an older version.
+    history: Vec<(u64, &'static str, Value)>,
+    /// Watches from a version below this one get 410 Gone.
+    compacted: u64,
+    seen: Vec<Seen>,
+    /// Answer every request with this status.
+    failing: Option<u16>,
+    /// Refuse an expired watch with HTTP 410 instead of a 200 and an ERROR event.
+    gone_as_status: bool,
+}
+
+impl Store {
+    /// Writes a slice (ADDED or MODIFIED) and returns the event.
+    fn apply(&mut self, mut slice: Value) -> Live {
+        self.rv += 1;
+        let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
+        slice["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let kind = if self.objects.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.objects.insert(name, slice.clone());
+        self.history.push((self.rv, kind, slice.clone()));
+        Live::Event {
+            rv: self.rv,
+            kind,
+            object: slice,
+        }
+    }
+
+    fn delete(&mut self, name: &str) -> Live {
+        self.rv += 1;
+        let mut slice = self
+            .objects
+            .remove(name)
+            .expect("deleting a slice that exists");
+        slice["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.history.push((self.rv, "DELETED", slice.clone()));
+        Live::Event {
+            rv: self.rv,
+            kind: "DELETED",
+            object: slice,
+        }
+    }
+}
+
+struct Fake {
+    store: Mutex<Store>,
+    live: broadcast::Sender<Live>,
+}
+
+/// The fake API server, served until dropped.
+struct FakeApiServer {
+    url: String,
+    state: Arc<Fake>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApiServer {
+    async fn start(slices: Vec<Value>) -> Self {
+        let mut store = Store {
+            rv: 1000,
+            ..Store::default()
+        };
+        for s in slices {
+            store.apply(s);
+        }
+        let state = Arc::new(Fake {
+            store: Mutex::new(store),
+            live: broadcast::channel(64).0,
+        });
+        let app = Router::new()
+            .route(
+                "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+                get(endpoint_slices),
+            )
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, state, task }
+    }
+
+    fn apply(&self, slice: Value) {
+        let event = self.state.store.lock().unwrap().apply(slice);
+        let _ = self.state.live.send(event);
+    }
+
+    fn delete(&self, name: &str) {
+        let event = self.state.store.lock().unwrap().delete(name);
+        let _ = self.state.live.send(event);
+    }
+
+    /// Other objects changed (the version moved on) and a bookmark says so; returns it.
+    fn bookmark(&self) -> u64 {
+        let rv = {
+            let mut store = self.state.store.lock().unwrap();
+            store.rv += 5;
+            store.rv
+        };
+        let _ = self.state.live.send(Live::Bookmark(rv));
+        rv
+    }
+
+    /// Changes slices while every watcher's version is compacted away (so no watch can
+    /// resume and see them), then ends the open watches with `how`.
+    fn expire(&self, how: Live, changes: impl FnOnce(&mut Store)) {
+        {
+            let mut store = self.state.store.lock().unwrap();
+            changes(&mut store);
+            store.compacted = store.rv;
+        }
+        let _ = self.state.live.send(how);
+    }
+
+    fn set_failing(&self, status: Option<u16>) {
+        self.state.store.lock().unwrap().failing = status;
+        let _ = self.state.live.send(Live::Close);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.store.lock().unwrap().seen.clone()
+    }
+
+    fn rv(&self) -> u64 {
+        self.state.store.lock().unwrap().rv
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code
+    })
+}
+
+fn line(value: &Value) -> String {
+    format!("{value}\n")
+}
+
+async fn endpoint_slices(
+    State(fake): State<Arc<Fake>>,
+    UrlPath(namespace): UrlPath<String>,
+    UrlQuery(query): UrlQuery<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let seen = Seen {
+        query: query.clone(),
+        authorization,
+    };
+    let is_watch = seen.is_watch();
+    // Equality selectors only, as the source sends: `key=value`.
+    let (label, value) = query
+        .get("labelSelector")
+        .and_then(|s| s.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .expect("the source always selects by service name");
+    let selected = move |o: &Value| {
+        o["metadata"]["namespace"] == json!(namespace)
+            && o["metadata"]["labels"][&label] == json!(value)
+    };
+
+    let mut store = fake.store.lock().unwrap();
+    store.seen.push(seen);
+    if let Some(code) = store.failing {
+        let body = status_body(code, "InternalError", "injected failure");
+        return (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response();
+    }
+    if !is_watch {
+        let items: Vec<Value> = store
+            .objects
+            .values()
+            .filter(|o| selected(o))
+            .map(|o| {
+                // List items carry no kind or apiVersion.
+                let mut o = o.clone();
+                let map = o.as_object_mut().unwrap();
+                map.remove("kind");
+                map.remove("apiVersion");
+                o
+            })
+            .collect();
+        return axum::Json(json!({
+            "kind": "EndpointSliceList",
+            "apiVersion": "discovery.k8s.io/v1",
+            "metadata": {"resourceVersion": store.rv.to_string()},
+            "items": items
+        }))
+        .into_response();
+    }
+
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .expect("the source watches from a version");
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let too_old = || {
+        let message = format!("too old resource version: {from} ({})", store.compacted);
+        status_body(410, "Expired", &message)
+    };
+    if from < store.compacted {
+        if store.gone_as_status {
+            return (StatusCode::GONE, axum::Json(too_old())).into_response();
+        }
+        let error = json!({"type": "ERROR", "object": too_old()});
+        return watch_response(vec![line(&error)], None);
+    }
+    let backlog = store
+        .history
+        .iter()
+        .filter(|(rv, _, o)| *rv > from && selected(o))
+        .map(|(_, kind, o)| line(&json!({"type": kind, "object": o})))
+        .collect();
+    // Subscribed under the lock: no change falls between the backlog and the live events.
+    let live = fake.live.subscribe();
+    drop(store);
+    let gone = status_body(410, "Expired", "too old resource version");
+    let next_line = move |event: Live| -> Option<Option<String>> {
+        match event {
+            Live::Event { rv, kind, object } if rv > from && selected(&object) => {
+                Some(Some(line(&json!({"type": kind, "object": object}))))
+            }
+            Live::Event { .. } => Some(None),
+            Live::Bookmark(rv) if bookmarks => Some(Some(line(&json!({
+                "type": "BOOKMARK",
+                "object": {
+                    "kind": "EndpointSlice",
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "metadata": {"resourceVersion": rv.to_string()}
+                }
+            })))),
+            Live::Bookmark(_) => Some(None),
+            Live::Close => None,
+            Live::Gone => Some(Some(line(&json!({"type": "ERROR", "object": gone})))),
+        }
+    };
+    watch_response(backlog, Some((live, Box::new(next_line))))
+}
+
+type LineOf = Box<dyn FnMut(Live) -> Option<Option<String>> + Send>;
+
+/// A chunked 200 response: `backlog` lines, then one line per live event until the filter
+/// says stop (`None`) or after an ERROR.
+fn watch_response(
+    backlog: Vec<String>,
+    live: Option<(broadcast::Receiver<Live>, LineOf)>,
+) -> Response {
+    struct Feed {
+        backlog: std::vec::IntoIter<String>,
+        live: Option<(broadcast::Receiver<Live>, LineOf)>,
+    }
+    let feed = Feed {
+        backlog: backlog.into_iter(),
+        live,
+    };
+    let lines = stream::unfold(feed, |mut feed| async move {
+        if let Some(l) = feed.backlog.next() {
+            return Some((Ok::<_, Infallible>(l), feed));
+        }
+        let (rx, next_line) = feed.live.as_mut()?;
+        loop {
+            let event = rx.recv().await.ok()?;
+            let ends = matches!(event, Live::Gone);
+            match next_line(event)? {
+                Some(l) => {
+                    if ends {
+                        feed.live = None;
+                    }
+                    return Some((Ok(l), feed));
+                }
+                None => continue,
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(lines))
+        .unwrap()
+}
+
+/// An EndpointSlice as the EndpointSlice controller writes it.
+fn slice(name: &str, service: &str, ports: Value, endpoints: Value) -> Value {
+    json!({
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {
+            "name": name,
+            "generateName": format!("{service}-"),
+            "namespace": NS,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"
+            },
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Service", "name": service,
+                "uid": "0b7a5c3e-6d3f-4e0a-9a57-5ac1d3b4c001",
+                "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints
+    })
+}
+
+fn http_port(port: u16) -> Value {
+    json!([{"name": "http", "protocol": "TCP", "port": port}])
+}
+
+/// An endpoint; each condition is left out when `None`, as the API server may.
+fn endpoint(
+    addr: &str,
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+) -> Value {
+    let mut conditions = serde_json::Map::new();
+    for (k, v) in [
+        ("ready", ready),
+        ("serving", serving),
+        ("terminating", terminating),
+    ] {
+        if let Some(v) = v {
+            conditions.insert(k.into(), json!(v));
+        }
+    }
+    let pod = format!("pod-{}", addr.replace('.', "-"));
+    json!({
+        "addresses": [addr],
+        "conditions": conditions,
+        "nodeName": "node-1",
+        "zone": "zone-a",
+        "targetRef": {"kind": "Pod", "namespace": NS, "name": pod, "uid": "1f0c4b8e-0000-4000-8000-000000000001"}
+    })
+}
+
+fn ready(addr: &str) -> Value {
+    endpoint(addr, Some(true), Some(true), Some(false))
+}
+
+fn config(url: &str, services: &[&str], token: Option<&TempFile>) -> KubernetesSource {
+    KubernetesSource {
+        name: "kubernetes".into(),
+        api_server: Some(url.into()),
+        namespace: NS.into(),
+        services: services.iter().map(|s| s.to_string()).collect(),
+        token_file: token.map(|t| t.0.clone()),
+        ca_file: None,
+    }
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test]
+async fn lists_then_follows_watch_events() {
+    let api = FakeApiServer::start(vec![
+        slice(
+            "web-abc12",
+            "web",
+            http_port(8080),
+            json!([
+                ready("10.0.0.1"),
+                // No conditions at all: ready.
+                endpoint("10.0.0.2", None, None, None),
+                // Terminating but still serving: drains.
+                endpoint("10.0.0.3", Some(false), Some(true), Some(true)),
+                // Terminating and no longer serving: out.
+                endpoint("10.0.0.4", Some(false), Some(false), Some(true)),
+                // Not ready: out.
+                endpoint("10.0.0.5", Some(false), Some(false), Some(false)),
+            ]),
+        ),
+        // Several ports: the first TCP one.
+        slice(
+            "api-xyz89",
+            "api",
+            json!([
+                {"name": "dns", "protocol": "UDP", "port": 53},
+                {"name": "grpc", "protocol": "TCP", "port": 9090},
+                {"name": "metrics", "protocol": "TCP", "port": 9100}
+            ]),
+            json!([ready("10.0.1.1")]),
+        ),
+        // Another service in the namespace: not selected.
+        slice(
+            "other-1",
+            "other",
+            http_port(80),
+            json!([ready("10.0.9.9")]),
+        ),
+    ])
+    .await;
+    let token = TempFile::new("k8s-token", "eyJhbGciOiJSUzI1NiJ9.test\n");
+    let watcher = KubernetesWatcher::new(&config(&api.url, &["web", "api"], Some(&token)))
+        .unwrap()
+        .with_backoff(fast());
+    let mut source = Running::start(watcher);
+
+    let first = source.next_set().await;
+    assert_eq!(
+        bare(&first),
+        vec![
+            ep("api", "10.0.1.1", 9090, 1),
+            ep("web", "10.0.0.1", 8080, 1),
+            ep("web", "10.0.0.2", 8080, 1),
+            ep("web", "10.0.0.3", 8080, 0),
+        ]
+    );
+    let meta = &first
+        .iter()
+        .find(|e| e.addr.to_string() == "10.0.0.1")
+        .unwrap()
+        .metadata;
+    assert_eq!(
+        meta.get("k8s.pod").map(String::as_str),
+        Some("pod-10-0-0-1")
+    );
+    assert_eq!(meta.get("k8s.node").map(String::as_str), Some("node-1"));
+    assert_eq!(meta.get("k8s.zone").map(String::as_str), Some("zone-a"));
+
+    // Both services listed and are being watched from the list's version, with bookmarks.
+    let list_rv = api.rv();
+    eventually("two watches", || {
+        api.seen().iter().filter(|s| s.is_watch()).count() >= 2
+    })
+    .await;
+    for s in api.seen() {
+        assert_eq!(
+            s.authorization.as_deref(),
+            Some("Bearer eyJhbGciOiJSUzI1NiJ9.test")
+        );
+        let selector = s.get("labelSelector").unwrap();
+        assert!(
+            [
+                "kubernetes.io/service-name=web",
+                "kubernetes.io/service-name=api"
+            ]
+            .contains(&selector),
+            "{selector}"
+        );
+        if s.is_watch() {
+            assert_eq!(s.get("allowWatchBookmarks"), Some("true"));
+            assert_eq!(s.get("resourceVersion"), Some(list_rv.to_string().as_str()));
+        }
+    }
+
+    // ADDED: a second slice of web.
+    api.apply(slice(
+        "web-def34",
+        "web",
+        http_port(8080),
+        json!([ready("10.0.2.1")]),
+    ));
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![
+            ep("api", "10.0.1.1", 9090, 1),
+            ep("web", "10.0.0.1", 8080, 1),
+            ep("web", "10.0.0.2", 8080, 1),
+            ep("web", "10.0.0.3", 8080, 0),
+            ep("web", "10.0.2.1", 8080, 1),
+        ]
+    );
+
+    // MODIFIED: 10.0.0.1 starts terminating (drains), 10.0.0.3 is gone.
+    api.apply(slice(
+        "web-abc12",
+        "web",
+        http_port(8080),
+        json!([
+            endpoint("10.0.0.1", Some(false), Some(true), Some(true)),
+            endpoint("10.0.0.2", None, None, None),
+        ]),
+    ));
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![
+            ep("api", "10.0.1.1", 9090, 1),
+            ep("web", "10.0.0.1", 8080, 0),
+            ep("web", "10.0.0.2", 8080, 1),
+            ep("web", "10.0.2.1", 8080, 1),
+        ]
+    );
+
+    // A change to an unwatched service publishes nothing.
+    api.apply(slice(
+        "other-1",
+        "other",
+        http_port(80),
+        json!([ready("10.0.9.8")]),
+    ));
+    source.quiet_for(Duration::from_millis(300)).await;
+
+    // DELETED: api's only slice.
+    api.delete("api-xyz89");
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![
+            ep("web", "10.0.0.1", 8080, 0),
+            ep("web", "10.0.0.2", 8080, 1),
+            ep("web", "10.0.2.1", 8080, 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bookmark_moves_the_resume_point() {
+    let api = FakeApiServer::start(vec![slice(
+        "web-1",
+        "web",
+        http_port(80),
+        json!([ready("10.0.0.1")]),
+    )])
+    .await;
+    let watcher = KubernetesWatcher::new(&config(&api.url, &["web"], None))
+        .unwrap()
+        .with_backoff(fast());
+    let mut source = Running::start(watcher);
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![ep("web", "10.0.0.1", 80, 1)]
+    );
+    eventually("a watch", || api.seen().iter().any(Seen::is_watch)).await;
+
+    let mark = api.bookmark();
+    // Give the bookmark time to arrive, then end the watch as the server's timeout would.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.state.live.send(Live::Close).unwrap();
+    let resumed = mark.to_string();
+    eventually("a watch resumed from the bookmark", || {
+        api.seen()
+            .iter()
+            .any(|s| s.is_watch() && s.get("resourceVersion") == Some(&resumed))
+    })
+    .await;
+    // A bookmark is no change, and resuming is no re-list.
+    source.quiet_for(Duration::from_millis(200)).await;
+    assert_eq!(api.seen().iter().filter(|s| !s.is_watch()).count(), 1);
+}
+
+/// After 410 Gone (`how` says how it arrives) the source lists again and publishes what
+/// changed while its version was compacted away, without an empty set in between.
+async fn relists_after_gone(gone_as_status: bool, how: Live) {
+    let api = FakeApiServer::start(vec![
+        slice("web-1", "web", http_port(80), json!([ready("10.0.0.1")])),
+        slice("web-2", "web", http_port(80), json!([ready("10.0.0.2")])),
+    ])
+    .await;
+    api.state.store.lock().unwrap().gone_as_status = gone_as_status;
+    let watcher = KubernetesWatcher::new(&config(&api.url, &["web"], None))
+        .unwrap()
+        .with_backoff(fast());
+    let mut source = Running::start(watcher);
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![ep("web", "10.0.0.1", 80, 1), ep("web", "10.0.0.2", 80, 1)]
+    );
+    eventually("a watch", || api.seen().iter().any(Seen::is_watch)).await;
+
+    api.expire(how, |store| {
+        store.delete("web-1");
+        store.apply(slice(
+            "web-3",
+            "web",
+            http_port(80),
+            json!([ready("10.0.0.3")]),
+        ));
+    });
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![ep("web", "10.0.0.2", 80, 1), ep("web", "10.0.0.3", 80, 1)]
+    );
+    let lists = api.seen().iter().filter(|s| !s.is_watch()).count();
+    assert_eq!(lists, 2, "listed once more after 410");
+
+    // Watching again from the new list: changes flow.
+    api.apply(slice(
+        "web-4",
+        "web",
+        http_port(80),
+        json!([ready("10.0.0.4")]),
+    ));
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![
+            ep("web", "10.0.0.2", 80, 1),
+            ep("web", "10.0.0.3", 80, 1),
+            ep("web", "10.0.0.4", 80, 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn gone_error_event_on_an_open_watch_relists() {
+    relists_after_gone(false, Live::Gone).await;
+}
+
+#[tokio::test]
+async fn gone_error_event_on_resume_relists() {
+    relists_after_gone(false, Live::Close).await;
+}
+
+#[tokio::test]
+async fn gone_http_status_on_resume_relists() {
+    relists_after_gone(true, Live::Close).await;
+}
+
+#[tokio::test]
+async fn server_errors_are_reported_and_the_last_set_stays() {
+    let api = FakeApiServer::start(vec![slice(
+        "web-1",
+        "web",
+        http_port(80),
+        json!([ready("10.0.0.1")]),
+    )])
+    .await;
+    // Forbidden first (RBAC not granted yet): an error, nothing published.
+    api.set_failing(Some(403));
+    let watcher = KubernetesWatcher::new(&config(&api.url, &["web"], None))
+        .unwrap()
+        .with_backoff(fast());
+    let mut source = Running::start(watcher);
+    match source.next().await {
+        SourceUpdate::Error(e) => assert!(e.contains("web") && e.contains("403"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    api.set_failing(None);
+    assert_eq!(
+        bare(&source.next_set().await),
+        vec![ep("web", "10.0.0.1", 80, 1)]
+    );
+    eventually("a watch", || api.seen().iter().any(Seen::is_watch)).await;
+
+    // The server breaks: errors only, never an empty set.
+    api.set_failing(Some(500));
+    for _ in 0..2 {
+        match source.next().await {
+            SourceUpdate::Error(e) => assert!(e.contains("500"), "{e}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    // It comes back with a change.
+    api.apply(slice(
+        "web-1",
+        "web",
+        http_port(80),
+        json!([ready("10.0.0.7")]),
+    ));
+    api.set_failing(None);
+    loop {
+        match source.next().await {
+            SourceUpdate::Error(_) => continue,
+            SourceUpdate::Endpoints(set) => {
+                assert_eq!(bare(&set), vec![ep("web", "10.0.0.7", 80, 1)]);
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn missing_token_file_is_reported() {
+    let api = FakeApiServer::start(vec![]).await;
+    let mut cfg = config(&api.url, &["web"], None);
+    cfg.token_file = Some("/nonexistent/lb-k8s-token".into());
+    let watcher = KubernetesWatcher::new(&cfg).unwrap().with_backoff(fast());
+    let mut source = Running::start(watcher);
+    match source.next().await {
+        SourceUpdate::Error(e) => assert!(e.contains("token file"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(api.seen().is_empty());
+}
+
+#[test]
+fn endpoint_conditions_follow_kube_proxy() {
+    let c = |ready, serving, terminating| EndpointConditions {
+        ready,
+        serving,
+        terminating,
+    };
+    assert_eq!(endpoint_weight(None), Some(1), "no conditions: ready");
+    assert_eq!(endpoint_weight(Some(&c(None, None, None))), Some(1));
+    assert_eq!(
+        endpoint_weight(Some(&c(Some(true), Some(true), Some(false)))),
+        Some(1)
+    );
+    assert_eq!(
+        endpoint_weight(Some(&c(Some(false), Some(true), Some(true)))),
+        Some(0)
+    );
+    assert_eq!(
+        endpoint_weight(Some(&c(Some(false), None, Some(true)))),
+        None,
+        "serving follows ready"
+    );
+    assert_eq!(
+        endpoint_weight(Some(&c(Some(false), Some(false), Some(true)))),
+        None
+    );
+    assert_eq!(
+        endpoint_weight(Some(&c(Some(false), Some(true), None))),
+        None,
+        "not terminating, not ready"
+    );
+}
+
+#[test]
+fn slice_port_and_address_rules() {
+    let port = |protocol: Option<&str>, port: Option<i32>| EndpointPort {
+        protocol: protocol.map(str::to_owned),
+        port,
+        ..Default::default()
+    };
+    let mut s = EndpointSlice {
+        address_type: "IPv4".into(),
+        ports: Some(vec![port(Some("UDP"), Some(53))]),
+        ..Default::default()
+    };
+    assert_eq!(slice_port(&s), Some(53), "one port, whatever its protocol");
+    s.ports = Some(vec![port(Some("UDP"), Some(53)), port(None, Some(8080))]);
+    assert_eq!(slice_port(&s), Some(8080), "protocol defaults to TCP");
+    s.ports = Some(vec![
+        port(Some("UDP"), Some(53)),
+        port(Some("SCTP"), Some(9)),
+    ]);
+    assert_eq!(slice_port(&s), Some(53), "no TCP port: the first");
+    s.ports = Some(vec![port(Some("TCP"), None)]);
+    assert_eq!(slice_port(&s), None, "no port number (all ports)");
+    s.ports = None;
+    assert_eq!(slice_port(&s), None);
+
+    s.ports = Some(vec![port(None, Some(80))]);
+    s.endpoints = vec![k8s_openapi::api::discovery::v1::Endpoint {
+        addresses: vec!["fd00::1".into(), "fd00::2".into()],
+        ..Default::default()
+    }];
+    let eps = slice_endpoints("web", &s);
+    assert_eq!(
+        bare(&eps),
+        vec![ep("web", "fd00::1", 80, 1)],
+        "first address only"
+    );
+    s.address_type = "FQDN".into();
+    assert!(slice_endpoints("web", &s).is_empty());
+}
+
+#[test]
+fn in_cluster_url_from_the_environment() {
+    assert_eq!(
+        in_cluster_url(Some("10.96.0.1"), Some("443")).unwrap(),
+        "https://10.96.0.1:443"
+    );
+    assert_eq!(
+        in_cluster_url(Some("fd00::1"), Some("6443")).unwrap(),
+        "https://[fd00::1]:6443"
+    );
+    assert!(matches!(
+        in_cluster_url(None, Some("443")),
+        Err(KubernetesError::NotInCluster)
+    ));
+    assert!(matches!(
+        in_cluster_url(Some("h"), Some("x")),
+        Err(KubernetesError::NotInCluster)
+    ));
+}
+
+#[test]
+fn constructor_checks_the_config() {
+    let bad = config("kubernetes.local:6443", &["web"], None);
+    assert!(matches!(
+        KubernetesWatcher::new(&bad),
+        Err(KubernetesError::BadApiServer(_))
+    ));
+    let none = config("https://127.0.0.1:6443", &[], None);
+    assert!(matches!(
+        KubernetesWatcher::new(&none),
+        Err(KubernetesError::NoServices)
+    ));
+}
+
+#[test]
+fn ca_bundle_must_hold_a_certificate() {
+    let not_pem = TempFile::new("k8s-ca-empty", "not a certificate\n");
+    assert!(matches!(
+        read_ca(&not_pem.0),
+        Err(KubernetesError::NoCertificate(_))
+    ));
+    assert!(matches!(
+        read_ca(Path::new("/nonexistent/ca.crt")),
+        Err(KubernetesError::File { .. })
+    ));
+}
