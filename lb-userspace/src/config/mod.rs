@@ -4,7 +4,9 @@
 //! 1. `toml_edit` parses the text, keeping every value's place (syntax errors stop here);
 //! 2. `raw` checks the shape: known fields, value types, required fields (`doc` is the
 //!    spanned view it reads through);
-//! 3. `validate` (with `services`) checks the values and the rules between them.
+//! 3. `validate` checks the values and the rules between them: `[global]` itself, services in
+//!    `services` (their `[service.health]` in `health`), `pin_path`, `[admin]` and
+//!    `[registry]` in `control`, `[[source]]` in `sources`.
 //!
 //! Every stage goes on after an error, so one run reports every problem of the file, each as
 //! `file:line:column: field: message` (see [`ConfigError`]). The types below carry no spans:
@@ -120,7 +122,8 @@ pub struct Admin {
     /// address is accepted only with `allow_remote = true`.
     pub listen: AdminListen,
     /// File holding the bearer token that registry writes must present
-    /// (`Authorization: Bearer TOKEN`). Without it the registry API is read-only.
+    /// (`Authorization: Bearer TOKEN`). Without it the registry API is read-only. Absolute;
+    /// not checked to exist (read at start).
     pub token_file: Option<PathBuf>,
 }
 
@@ -135,7 +138,9 @@ impl Default for Admin {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminListen {
+    /// Port not 0; loopback unless the config said `allow_remote = true`.
     Tcp(SocketAddr),
+    /// Absolute, at most 107 bytes (`sun_path`).
     Unix(PathBuf),
 }
 
@@ -152,11 +157,12 @@ impl std::fmt::Display for AdminListen {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltinRegistry {
     /// Where registrations are persisted (JSON, replaced atomically on every change) so a
-    /// restart loses none. `None`: kept in memory only.
+    /// restart loses none. `None`: kept in memory only. Absolute.
     pub state_file: Option<PathBuf>,
-    /// TTL of a registration that does not ask for one.
+    /// TTL of a registration that does not ask for one; whole seconds, at least 1, at most
+    /// `max_ttl`.
     pub default_ttl: Duration,
-    /// Longest TTL a registration may ask for.
+    /// Longest TTL a registration may ask for; whole seconds, 1 s to 365 days.
     pub max_ttl: Duration,
 }
 
@@ -171,7 +177,9 @@ impl Default for BuiltinRegistry {
 }
 
 /// One `[[source]]` entry: an external registry whose instances become backends of the
-/// config's services (matched by service name).
+/// config's services (matched by service name). Names are unique among sources, never
+/// `config` or `registry` (the merge's names for the file's backends and the built-in
+/// registry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceConfig {
     Etcd(EtcdSource),
@@ -194,9 +202,10 @@ impl SourceConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdSource {
     pub name: String,
-    /// `http://host:port` URLs of etcd members; tried in turn.
+    /// `http://host:port` URLs of etcd members; tried in turn. Non-empty, unique, with a
+    /// port, without a trailing `/` (so paths append to it); https is refused for now.
     pub endpoints: Vec<String>,
-    /// Key prefix, default `/lb/`.
+    /// Key prefix, default [`DEFAULT_ETCD_PREFIX`]; starts and ends with `/`.
     pub prefix: String,
 }
 
@@ -204,12 +213,15 @@ pub struct EtcdSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsulSource {
     pub name: String,
-    /// Agent URL, default `http://127.0.0.1:8500`.
+    /// Agent URL, default [`DEFAULT_CONSUL_ADDRESS`]: `http` or `https`, host and optional
+    /// port, without a trailing `/`.
     pub address: String,
     /// Consul service names to watch; each feeds the config service of the same name.
+    /// Non-empty, unique, each the name of a `[[service]]` of the file.
     pub services: Vec<String>,
+    /// `[A-Za-z0-9_.-]+`; `None`: the agent's datacenter.
     pub datacenter: Option<String>,
-    /// File holding an ACL token (sent as `X-Consul-Token`).
+    /// File holding an ACL token (sent as `X-Consul-Token`); absolute, not checked to exist.
     pub token_file: Option<PathBuf>,
 }
 
@@ -217,14 +229,17 @@ pub struct ConsulSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesSource {
     pub name: String,
-    /// API server URL; `None`: in-cluster (KUBERNETES_SERVICE_HOST/PORT, service account).
+    /// API server URL (`http` or `https`, host and optional port, without a trailing `/`);
+    /// `None`: in-cluster (KUBERNETES_SERVICE_HOST/PORT, service account).
     pub api_server: Option<String>,
+    /// A DNS label; default [`DEFAULT_K8S_NAMESPACE`].
     pub namespace: String,
     /// Kubernetes service names to watch; each feeds the config service of the same name.
+    /// Non-empty, unique, DNS-1035 labels, each the name of a `[[service]]` of the file.
     pub services: Vec<String>,
-    /// Bearer token file; default the in-cluster service account token.
+    /// Bearer token file; default the in-cluster service account token. Absolute.
     pub token_file: Option<PathBuf>,
-    /// CA bundle for the API server; default the in-cluster one.
+    /// CA bundle for the API server; default the in-cluster one. Absolute.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -244,6 +259,7 @@ pub struct Global {
     pub conntrack: Conntrack,
     /// bpffs directory where maps and XDP links are pinned, so forwarding survives the
     /// agent and the next start adopts them. `None` (`pin_path = ""`): nothing pinned.
+    /// Absolute; default [`DEFAULT_PIN_PATH`].
     pub pin_path: Option<PathBuf>,
 }
 
@@ -346,14 +362,14 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub kind: HealthKind,
-    /// Time between checks of one backend (`interval_ms`, default 2000).
+    /// Time between checks of one backend (`interval_ms`, default 2000, 10 ms to 1 h).
     pub interval: Duration,
-    /// A check not done within this counts as failed (`timeout_ms`, default 1000,
-    /// at most `interval`).
+    /// A check not done within this counts as failed (`timeout_ms`, at least 1 ms and at
+    /// most `interval`; default 1000 ms, or `interval` if that is shorter).
     pub timeout: Duration,
-    /// Successes in a row that bring a down backend up (default 2).
+    /// Successes in a row that bring a down backend up (default 2; 1..=100).
     pub rise: u32,
-    /// Failures in a row that take an up backend down (default 3).
+    /// Failures in a row that take an up backend down (default 3; 1..=100).
     pub fall: u32,
     /// Port to check instead of the backend's own.
     pub port: Option<u16>,
@@ -365,11 +381,11 @@ pub enum HealthKind {
     Tcp,
     /// An HTTP/1.1 GET whose status is `expect_status`.
     Http {
-        /// Default `/`.
+        /// Default `/`; starts with `/`, no whitespace or control characters.
         path: String,
-        /// Host header; default the backend's address.
+        /// Host header; default the backend's address. No whitespace or control characters.
         host: Option<String>,
-        /// Default 200.
+        /// Default 200; 100..=599.
         expect_status: u16,
     },
 }

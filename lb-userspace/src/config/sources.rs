@@ -272,13 +272,8 @@ fn kubernetes(
         }
     };
     let services = s.services.as_ref().map(|l| {
-        let rule = |n: &str| {
-            (!is_dns_label(n, true)).then_some(
-                "not a Kubernetes service name (1 to 63 of a-z 0-9 -, starting with a letter, \
-                 ending with a letter or digit)",
-            )
-        };
-        watched_services(l, &format!("{p}.services"), service_names, Some(&rule), d)
+        let field = format!("{p}.services");
+        watched_services(l, &field, service_names, Some(k8s_service_name), d)
     });
     let token_file = optional_path(&s.token_file, &format!("{p}.token_file"), d);
     let ca_file = optional_path(&s.ca_file, &format!("{p}.ca_file"), d);
@@ -315,13 +310,23 @@ fn optional_path(
     }
 }
 
+/// Why a service name is not valid for a source, if it is not.
+type NameRule = fn(&str) -> Option<&'static str>;
+
+fn k8s_service_name(name: &str) -> Option<&'static str> {
+    (!is_dns_label(name, true)).then_some(
+        "not a Kubernetes service name (1 to 63 of a-z 0-9 -, starting with a letter, ending \
+         with a letter or digit)",
+    )
+}
+
 /// The services a source watches: non-empty, unique, each a `[[service]]` of this file and,
-/// with `rule`, valid for the source (`rule` returns why a name is not).
+/// with `rule`, valid for the source.
 fn watched_services(
     raw: &RawStrings,
     field: &str,
     service_names: &[&str],
-    rule: Option<&dyn Fn(&str) -> Option<&'static str>>,
+    rule: Option<NameRule>,
     d: &mut Diag,
 ) -> Option<Vec<String>> {
     if raw.val.is_empty() {

@@ -1,7 +1,10 @@
 //! Tests of the config module: one per error kind (`errors`), valid configs and the example
-//! files (`valid`).
+//! files (`valid`); the control-plane sections (`control`) and health checks (`health`) have
+//! both kinds in their own file.
 
+mod control;
 mod errors;
+mod health;
 mod valid;
 
 use super::{ConfigError, parse};
