@@ -84,6 +84,7 @@ impl EtcdServer {
 
     /// Stops the member gracefully (SIGTERM; SIGKILL after a grace period), keeping its data.
     pub fn stop(&mut self) -> Result<()> {
+        self.thaw(); // a frozen process would not act on SIGTERM
         if let Some(mut child) = self.child.take() {
             child.stop(NsChild::STOP_GRACE)?;
         }
@@ -97,6 +98,20 @@ impl EtcdServer {
             child.wait_timeout(NsChild::STOP_GRACE)?;
         }
         Ok(())
+    }
+
+    /// Freezes the member (SIGSTOP): its connections stay open but nothing answers, as
+    /// with a server that vanished without closing them. [`EtcdServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            child.signal(libc::SIGSTOP);
+        }
+    }
+
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            child.signal(libc::SIGCONT);
+        }
     }
 
     /// Starts it again on the same ports and data directory and waits for it to be healthy.
@@ -250,6 +265,7 @@ impl EtcdServer {
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         // Dropping the child stops it (and shows its output if the test is failing).
+        self.thaw();
         drop(self.child.take());
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("lb-tests: removing {}: {e}", self.dir.display());

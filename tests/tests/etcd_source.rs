@@ -416,6 +416,52 @@ async fn outage_keeps_the_last_set_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_server_is_noticed_by_the_idle_probe() {
+    within("test", async {
+        let server = EtcdServer::start().expect("etcd starts");
+        server.put(&key("web", "10.0.2.1:80"), "").unwrap();
+        let config = EtcdSource {
+            name: "etcd".into(),
+            endpoints: vec![server.url()],
+            prefix: PREFIX.into(),
+        };
+        let watcher = EtcdWatcher::new(&config)
+            .unwrap()
+            .with_backoff(Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+            ))
+            .with_idle_probe(Duration::from_secs(1));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = watcher.stats();
+        let task = tokio::spawn(watcher.run(SourceHandle::new("etcd", tx)));
+        let mut source = Running { rx, task, stats };
+        assert_eq!(source.set().await, vec![ep("web", "10.0.2.1", 80, 1)]);
+        // Quiet but alive: probes succeed, nothing is reported.
+        source.assert_quiet(Duration::from_millis(2500)).await;
+
+        // Frozen: the connection stays open and silent; only the probe can tell.
+        server.freeze();
+        let frozen = Instant::now();
+        let error = source.error().await;
+        let noticed = frozen.elapsed();
+        println!("frozen server noticed after {noticed:?}: {error}");
+        assert!(
+            noticed < Duration::from_secs(1 + 1 + 5 + 2),
+            "idle 1 s + check 1 s + probe timeout 5 s, took {noticed:?}"
+        );
+        server.thaw();
+        server.put(&key("web", "10.0.2.2:80"), "").unwrap();
+        let (set, _errors) = source.next_set().await;
+        assert_eq!(
+            set,
+            vec![ep("web", "10.0.2.1", 80, 1), ep("web", "10.0.2.2", 80, 1)]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tries_endpoints_in_turn_and_stops_with_the_agent() {
     within("test", async {
         let server = EtcdServer::start().expect("etcd starts");

@@ -57,6 +57,8 @@ use crate::config::{EtcdSource, MAX_WEIGHT};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline for a unary request (range, status) and for the watch's response headers.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for the liveness probe of a quiet watch (a status call answers at once).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Silence on the watch stream after which the server is probed.
 pub const DEFAULT_IDLE_PROBE: Duration = Duration::from_secs(30);
 /// How often a quiet source checks whether the agent still listens.
@@ -78,8 +80,8 @@ pub enum EtcdError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("{url}: no answer within {t:?}", t = REQUEST_TIMEOUT)]
-    Timeout { url: String },
+    #[error("{url}: no answer within {after:?}")]
+    Timeout { url: String, after: Duration },
     #[error("{url}: HTTP {status}: {body}")]
     Status {
         url: String,
@@ -261,7 +263,9 @@ impl EtcdWatcher {
             "key": BASE64.encode(range_key(&self.prefix)),
             "range_end": BASE64.encode(prefix_range_end(&self.prefix)),
         });
-        let resp: RangeResponse = self.post_json(url, "/v3/kv/range", &body).await?;
+        let resp: RangeResponse = self
+            .post_json(url, "/v3/kv/range", &body, REQUEST_TIMEOUT)
+            .await?;
         let mut snapshot = Snapshot::default();
         for kv in &resp.kvs {
             let (key, value) = kv.decode().map_err(|message| EtcdError::Decode {
@@ -300,11 +304,11 @@ impl EtcdWatcher {
             .json(&body)
             .send();
         let resp = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-            Err(_) => return WatchEnd::Failed(timeout(url)),
+            Err(_) => return WatchEnd::Failed(timeout(url, REQUEST_TIMEOUT)),
             Ok(Err(source)) => return WatchEnd::Failed(http(url, source)),
             Ok(Ok(r)) => r,
         };
-        if let Err(e) = check_status(url, resp.status(), || String::new()) {
+        if let Err(e) = check_status(url, resp.status(), String::new) {
             return WatchEnd::Failed(e);
         }
         let mut stream = resp.bytes_stream();
@@ -400,7 +404,12 @@ impl EtcdWatcher {
     /// Is the server alive? Used when the watch has been quiet for a while.
     async fn probe(&self, url: &str) -> Result<(), EtcdError> {
         let _: serde_json::Value = self
-            .post_json(url, "/v3/maintenance/status", &serde_json::json!({}))
+            .post_json(
+                url,
+                "/v3/maintenance/status",
+                &serde_json::json!({}),
+                PROBE_TIMEOUT,
+            )
             .await?;
         Ok(())
     }
@@ -410,6 +419,7 @@ impl EtcdWatcher {
         url: &str,
         path: &str,
         body: &serde_json::Value,
+        deadline: Duration,
     ) -> Result<T, EtcdError> {
         let request = async {
             let resp = self
@@ -429,9 +439,9 @@ impl EtcdWatcher {
                 message: format!("{path}: {e}"),
             })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, request)
+        tokio::time::timeout(deadline, request)
             .await
-            .unwrap_or_else(|_| Err(timeout(url)))
+            .unwrap_or_else(|_| Err(timeout(url, deadline)))
     }
 
     fn publish_if_changed(
@@ -513,9 +523,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn timeout(url: &str) -> EtcdError {
+fn timeout(url: &str, after: Duration) -> EtcdError {
     EtcdError::Timeout {
         url: url.to_owned(),
+        after,
     }
 }
 
@@ -839,7 +850,8 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_rejected() {
-        let bad: &[(&[u8], &[u8], fn(&EntryError) -> bool)] = &[
+        type Case = (&'static [u8], &'static [u8], fn(&EntryError) -> bool);
+        let bad: &[Case] = &[
             (b"web", b"", |e| *e == EntryError::KeyShape),
             (b"web/a/10.0.0.1:80", b"", |e| *e == EntryError::KeyShape),
             (b"/10.0.0.1:80", b"", |e| {
