@@ -241,7 +241,6 @@ impl EtcdWatcher {
                 Ok(r) => r,
                 Err(e) => return SessionEnd::Failed(e),
             };
-            self.backoff.reset();
             info!(source = %self.name, %url, revision, endpoints = snapshot.valid(),
                 skipped = snapshot.skipped(), "etcd: read the prefix, watching");
             self.publish_if_changed(&snapshot, out, published);
@@ -280,7 +279,7 @@ impl EtcdWatcher {
 
     /// Follows the watch stream, applying events to `snapshot` and publishing after each batch.
     async fn watch(
-        &self,
+        &mut self,
         url: &str,
         start_revision: i64,
         snapshot: &mut Snapshot,
@@ -340,6 +339,9 @@ impl EtcdWatcher {
                 let line: Vec<u8> = buf.drain(..=newline).collect();
                 match self.on_watch_line(url, &line, snapshot) {
                     Ok(LineOutcome::Changed) => self.publish_if_changed(snapshot, out, published),
+                    // Reset only once the watch stands: a server that answers the range but
+                    // refuses watches must not be retried at the shortest delay forever.
+                    Ok(LineOutcome::Created) => self.backoff.reset(),
                     Ok(LineOutcome::Nothing) => {}
                     Ok(LineOutcome::Compacted(rev)) => return WatchEnd::Compacted(rev),
                     Err(e) => return WatchEnd::Failed(e),
@@ -386,8 +388,11 @@ impl EtcdWatcher {
                 reason: result.cancel_reason,
             });
         }
+        if result.created {
+            return Ok(LineOutcome::Created);
+        }
         if result.events.is_empty() {
-            // `created`, or a progress notification: nothing changed.
+            // A progress notification: nothing changed.
             return Ok(LineOutcome::Nothing);
         }
         for event in &result.events {
@@ -487,6 +492,7 @@ enum WatchEnd {
 }
 
 enum LineOutcome {
+    Created,
     Nothing,
     Changed,
     Compacted(i64),
@@ -715,6 +721,8 @@ impl KeyValue {
 #[derive(Debug, Default, Deserialize)]
 struct WatchResult {
     #[serde(default)]
+    created: bool,
+    #[serde(default)]
     canceled: bool,
     #[serde(default, deserialize_with = "int64")]
     compact_revision: i64,
@@ -916,7 +924,7 @@ mod tests {
         let WatchMessage::Result(r) = parse_watch_line(created).unwrap() else {
             panic!()
         };
-        assert!(!r.canceled && r.events.is_empty());
+        assert!(r.created && !r.canceled && r.events.is_empty());
 
         let events = br#"{"result":{"header":{"revision":"4"},"events":[{"kv":{"key":"L2xiL3dlYi8xMC4wLjAuMjo4MA==","create_revision":"3","mod_revision":"3","version":"1","value":"eyJ3ZWlnaHQiOjN9"}},{"type":"DELETE","kv":{"key":"L2xiL3dlYi8xMC4wLjAuMTo4MA==","mod_revision":"4"}}]}}"#;
         let WatchMessage::Result(r) = parse_watch_line(events).unwrap() else {
