@@ -54,18 +54,24 @@ impl Agent {
         let config = config::load(&path)?;
         let dp = Dataplane::load(LoadOptions {
             conntrack_entries: config.global.conntrack.max_entries,
+            pin_path: config.global.pin_path.clone(),
         })?;
+        let reconciler = adopt_pinned(&dp)?;
         let mut agent = Self {
             path,
             opts,
             config: config.clone(),
             generation: 0,
             dp,
-            reconciler: Reconciler::new(),
+            reconciler,
             neighbours: Neighbours::default(),
             forwarding: Forwarding::default(),
         };
         agent.apply(&config)?;
+        // Only now, with every map as the config wants it, does our program replace the
+        // previous agent's in the links it left pinned (atomically: forwarding never stops).
+        let mode = agent.mode(&config);
+        agent.dp.take_over_links(mode)?;
         Ok(agent)
     }
 
@@ -174,7 +180,8 @@ impl Agent {
         &self.dp
     }
 
-    /// Detaches from every interface and removes the neighbour entries it added.
+    /// Clean exit: detaches from every interface, removes every pin (so a next start begins
+    /// afresh), restores forwarding and removes the neighbour entries it added.
     pub fn shutdown(mut self) {
         let ifaces: Vec<String> = self.dp.attached().map(str::to_string).collect();
         for iface in ifaces {
@@ -184,6 +191,55 @@ impl Agent {
             }
             self.forwarding.restore(&iface);
         }
+        let pin_dir = self.dp.pin_dir().map(|p| p.root().display().to_string());
+        match (self.dp.remove_pins(), pin_dir) {
+            (Ok(()), Some(dir)) => info!(pin_path = dir, "pins removed"),
+            (Ok(()), None) => {}
+            (Err(e), _) => warn!(error = %e, "removing pins failed"),
+        }
         self.neighbours.clear();
     }
+
+    /// Exit that keeps the data plane: the pinned XDP links stay attached and keep
+    /// forwarding with the pinned maps, and interface forwarding and the backends' neighbour
+    /// entries stay (the data plane needs them). The next start adopts it all. Without a pin
+    /// path nothing can outlive the process, so this is [`Agent::shutdown`].
+    pub fn shutdown_keep(self) {
+        let Some(dir) = self.dp.pin_dir().map(|p| p.root().display().to_string()) else {
+            warn!("no pin_path: nothing can outlive the agent; shutting down cleanly");
+            return self.shutdown();
+        };
+        let ifaces: Vec<&str> = self.dp.attached().collect();
+        info!(
+            pin_path = dir,
+            interfaces = ?ifaces,
+            "exiting with the data plane pinned and forwarding; the next start adopts it"
+        );
+        // Dropping the data plane closes our handles only: the pins keep everything alive.
+    }
+}
+
+/// A reconciler that knows what the previous agent left pinned (ids, tables), with the one
+/// line that says what was adopted.
+fn adopt_pinned(dp: &Dataplane) -> Result<Reconciler, AgentError> {
+    let mut reconciler = Reconciler::new();
+    let found = dp.adoption();
+    if found.is_empty() {
+        if let Some(p) = dp.pin_dir() {
+            info!(pin_path = %p.root().display(), "nothing pinned: fresh start");
+        }
+        return Ok(reconciler);
+    }
+    let adopted = reconciler.adopt(dp)?;
+    info!(
+        services = adopted.services,
+        backends = adopted.backends,
+        conntrack_entries = dp.conntrack_entries(),
+        maps = found.maps.adopted.len(),
+        replaced = ?found.maps.replaced,
+        links = ?found.links,
+        checksum = format!("{:016x}", reconciler.checksum()),
+        "adopted the pinned data plane"
+    );
+    Ok(reconciler)
 }

@@ -1,21 +1,34 @@
 //! The kernel side as the agent sees it: loads the XDP object, attaches it to interfaces and
 //! owns typed handles to every map. Nothing here decides *what* to write (that is `sync`).
+//!
+//! With a pin path, maps are pinned under `<pin_path>/maps/` and XDP links under
+//! `<pin_path>/links/`, so forwarding survives the agent; the next load adopts the maps whose
+//! layout is unchanged (`layout`) and takes over the links in place (`links`).
 
 mod counters;
+pub mod layout;
+mod links;
+pub mod pin;
+mod raw;
+mod scan;
 mod table;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp, XdpMode, links::LinkError},
 };
 use lb_common::{
     BackendValue, CtEntry, FlowKey, ServiceKey, ServiceValue, Settings, Stats, VipAddrKey,
 };
 
 pub use counters::Counters;
+pub use layout::MapsFound;
+pub use pin::{PinDir, PinError};
+
+use links::Attachment;
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -57,6 +70,34 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("XDP link on `{iface}`: {source}")]
+    Link {
+        iface: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning an XDP link at {path}: {source}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error(
+        "taking over the pinned XDP link on `{iface}` (the previous program keeps running): \
+         {source}"
+    )]
+    TakeOver {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "map {name} does not have the layout `dataplane/layout.rs` says ({detail}): update \
+         the table there to match lb-ebpf/src/maps.rs"
+    )]
+    LayoutTable { name: &'static str, detail: String },
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -65,26 +106,49 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
-/// Sizes fixed at load time.
-#[derive(Clone, Copy, Debug)]
+/// Sizes and pinning, fixed at load time.
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Entries of each conntrack map (`CONNTRACK`, `NAT_REVERSE`).
     pub conntrack_entries: u32,
+    /// bpffs directory to pin maps and links under and adopt them from; `None`: nothing is
+    /// pinned and everything goes with the process.
+    pub pin_path: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conntrack_entries: 262_144,
+            pin_path: None,
         }
     }
 }
 
-/// The loaded programs and their maps. Dropping it detaches every XDP link it made.
+/// What a load found pinned by a previous agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    pub maps: MapsFound,
+    /// Interfaces with a pinned link (inherited until `take_over_links`).
+    pub links: Vec<String>,
+}
+
+impl Adoption {
+    /// Nothing was pinned: a fresh start.
+    pub fn is_empty(&self) -> bool {
+        self.maps.adopted.is_empty() && self.links.is_empty()
+    }
+}
+
+/// The loaded programs and their maps. Dropping it detaches the XDP links it owns; pinned
+/// links stay attached (that is what pinning is for: see [`Dataplane::remove_pins`]).
 pub struct Dataplane {
-    // Declared first so links are detached before the maps go (drop order = declaration).
+    // Declared first so owned links are detached before the maps go (drop order =
+    // declaration).
     ebpf: Ebpf,
-    attached: BTreeMap<String, (u32, XdpLinkId)>,
+    attached: BTreeMap<String, Attachment>,
+    pins: Option<PinDir>,
+    adoption: Adoption,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     maglev: ArrayOfMaps<MapData, MapData>,
@@ -106,15 +170,33 @@ where
 }
 
 impl Dataplane {
-    /// Loads the object and verifies both programs. Attaches nothing yet.
+    /// Loads the object and verifies both programs. With a pin path, adopts the pinned maps
+    /// whose layout is unchanged (replacing the others, with a warning each) and opens the
+    /// pinned links, which keep running the previous program until
+    /// [`Dataplane::take_over_links`]. Attaches nothing new.
     pub fn load(opts: LoadOptions) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new()
+        let pins = opts.pin_path.as_deref().map(PinDir::prepare).transpose()?;
+        let maps_found = match &pins {
+            Some(p) => layout::check_pinned(p, opts.conntrack_entries)?,
+            None => MapsFound::default(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("CONNTRACK", opts.conntrack_entries)
-            .map_max_entries("NAT_REVERSE", opts.conntrack_entries)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries("NAT_REVERSE", opts.conntrack_entries);
+        if let Some(p) = &pins {
+            // Opens the pinned map when there is one, else creates and pins it.
+            for spec in layout::PINNED {
+                loader.map_pin_path(spec.name, p.map(spec.name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        if let Some(p) = &pins {
+            layout::record_and_verify(p, opts.conntrack_entries)?;
+        }
         for name in ["xdp_lb", "xdp_pass"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -137,10 +219,44 @@ impl Dataplane {
             conntrack: take(&mut ebpf, "CONNTRACK")?,
             counters: Counters::take(&mut ebpf)?,
             attached: BTreeMap::new(),
+            pins,
+            adoption: Adoption {
+                maps: maps_found,
+                links: Vec::new(),
+            },
             ebpf,
         };
-        dp.set_settings(&Settings::default())?;
+        if !dp.adoption.maps.adopted.contains(&"SETTINGS") {
+            // Adopted settings stay as they are: the previous program still reads them.
+            dp.set_settings(&Settings::default())?;
+        }
+        dp.inherit_pinned_links()?;
+        dp.adoption.links = dp.inherited().map(str::to_string).collect();
         Ok(dp)
+    }
+
+    /// What this load found pinned.
+    pub fn adoption(&self) -> &Adoption {
+        &self.adoption
+    }
+
+    /// The pin directory, if pinning.
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
+    /// For a clean shutdown: detaches from every interface and removes every pin (maps,
+    /// links, the directories), so nothing is left for a next start to adopt. The maps live
+    /// on until this `Dataplane` is dropped.
+    pub fn remove_pins(&mut self) -> Result<()> {
+        let ifaces: Vec<String> = self.attached().map(str::to_string).collect();
+        for iface in ifaces {
+            self.detach(&iface)?;
+        }
+        if let Some(p) = self.pins.take() {
+            p.remove_all()?;
+        }
+        Ok(())
     }
 
     /// The load-balancing program (for `BPF_PROG_TEST_RUN` in tests and benchmarks).
@@ -158,43 +274,6 @@ impl Dataplane {
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .expect("programs were loaded and checked in Dataplane::load")
-    }
-
-    /// Attaches the load balancer to `iface` and allows redirects to it.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
-        if self.attached.contains_key(iface) {
-            return Ok(());
-        }
-        let ifindex = ifindex(iface)?;
-        let link =
-            self.lb_program()
-                .attach(iface, mode)
-                .map_err(|source| DataplaneError::Attach {
-                    iface: iface.to_string(),
-                    mode,
-                    source,
-                })?;
-        self.attached.insert(iface.to_string(), (ifindex, link));
-        self.allow_redirect_to(ifindex)
-    }
-
-    /// Detaches from `iface` (no-op if not attached).
-    pub fn detach(&mut self, iface: &str) -> Result<()> {
-        let Some((ifindex, link)) = self.attached.remove(iface) else {
-            return Ok(());
-        };
-        let _ = self.devmap.remove(ifindex);
-        self.lb_program()
-            .detach(link)
-            .map_err(|source| DataplaneError::Program {
-                name: "xdp_lb",
-                source,
-            })
-    }
-
-    /// Interfaces the program is attached to.
-    pub fn attached(&self) -> impl Iterator<Item = &str> {
-        self.attached.keys().map(String::as_str)
     }
 
     /// Makes `iface` a redirect target without attaching the LB to it (tests use this).
@@ -241,6 +320,26 @@ impl Dataplane {
         })?;
         let inner = MapData::from_fd(fd).map_err(map_err("MAGLEV inner"))?;
         self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
+    }
+
+    /// Every service record, in map order.
+    pub fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        self.services
+            .iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err("SERVICES"))
+    }
+
+    /// Every backend record in use (address family set), by id.
+    pub fn read_backends(&self) -> Result<Vec<(u32, BackendValue)>> {
+        let mut out = Vec::new();
+        for (id, v) in self.backends.iter().enumerate() {
+            let v = v.map_err(map_err("BACKENDS"))?;
+            if v.family != 0 {
+                out.push((id as u32, v));
+            }
+        }
+        Ok(out)
     }
 
     /// Service `id`'s installed Maglev table, read back from the kernel.

@@ -7,64 +7,26 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
 };
+
+use super::raw::{BPF_MAP_TYPE_ARRAY, MapParams, create_map};
 
 /// Must match the inner-map template's flags in `lb-ebpf/src/maps.rs`.
 pub const BPF_F_MMAPABLE: u32 = 0x400;
 pub const BPF_F_INNER_MAP: u32 = 0x1000;
 pub const INNER_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-
-/// The prefix of `union bpf_attr` that `BPF_MAP_CREATE` reads; the kernel requires the rest
-/// of the passed size to be zero.
-#[repr(C)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
-    _rest: [u8; 84],
-}
-
-impl Default for MapCreateAttr {
-    fn default() -> Self {
-        // SAFETY: all-integer struct; zero is valid and is what the kernel expects.
-        unsafe { std::mem::zeroed() }
-    }
-}
-
 /// A new array of `table.len()` u32 slots holding `table`.
 pub fn create_filled(table: &[u32]) -> io::Result<OwnedFd> {
-    let mut attr = MapCreateAttr {
+    let fd = create_map(&MapParams {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
         value_size: 4,
         max_entries: table.len() as u32,
-        map_flags: INNER_FLAGS,
-        ..Default::default()
-    };
-    attr.map_name[..6].copy_from_slice(b"maglev");
-    // SAFETY: attr is a valid, zero-padded bpf_attr prefix of the size we pass.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &attr as *const MapCreateAttr,
-            std::mem::size_of::<MapCreateAttr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        flags: INNER_FLAGS,
+        name: "maglev",
+    })?;
 
     // Array elements are 8-byte aligned: slot i is at i * 8.
     const ELEM: usize = 8;

@@ -55,6 +55,27 @@ impl<K: Ord + Clone> IdAllocator<K> {
         Err(Exhausted(span))
     }
 
+    /// Records that `k` holds `id`, allocated by someone else (a previous agent whose maps
+    /// were adopted). Returns false, changing nothing, if `id` is out of range or taken, or
+    /// `k` already has one. Allocation goes on after the highest claimed id.
+    pub fn claim(&mut self, k: &K, id: u32) -> bool {
+        if !(self.first..self.end).contains(&id)
+            || self.by_key.contains_key(k)
+            || !self.in_use.insert(id)
+        {
+            return false;
+        }
+        self.by_key.insert(k.clone(), id);
+        if id >= self.next {
+            self.next = if id + 1 >= self.end {
+                self.first
+            } else {
+                id + 1
+            };
+        }
+        true
+    }
+
     pub fn release(&mut self, k: &K) -> Option<u32> {
         let id = self.by_key.remove(k)?;
         self.in_use.remove(&id);
@@ -80,5 +101,20 @@ mod tests {
         assert_eq!(a.get_or_alloc(&"z").unwrap(), 3, "fresh id before reuse");
         assert_eq!(a.get_or_alloc(&"w").unwrap(), 1, "wraps to the released id");
         assert!(a.get_or_alloc(&"v").is_err());
+    }
+
+    #[test]
+    fn claimed_ids_are_kept_and_skipped() {
+        let mut a = IdAllocator::new(1, 10);
+        assert!(a.claim(&"x", 3));
+        assert!(!a.claim(&"y", 3), "taken");
+        assert!(!a.claim(&"x", 4), "x has one");
+        assert!(!a.claim(&"z", 10), "out of range");
+        assert_eq!(a.get(&"x"), Some(3));
+        assert_eq!(
+            a.get_or_alloc(&"y").unwrap(),
+            4,
+            "goes on after the claimed id"
+        );
     }
 }

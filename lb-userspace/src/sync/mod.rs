@@ -2,6 +2,7 @@
 //! when their inputs change, and an order of writes that never shows a packet a service
 //! whose table or backends are not there yet.
 
+mod adopt;
 mod desired;
 mod ids;
 
@@ -9,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{MAX_BACKENDS, MAX_SERVICES, ServiceKey, VipAddrKey};
 
+pub use adopt::Adopted;
 pub use desired::{BackendKey, DesiredBackend, DesiredService, DesiredState};
 pub use ids::{Exhausted, IdAllocator};
 
