@@ -1,17 +1,29 @@
 //! The running agent: owns the data plane and applies config generations to it.
 
-use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+};
 
 use aya::programs::XdpMode;
-use tracing::{info, warn};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config, ConfigErrors},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     forwarding::Forwarding,
+    health::{HealthEvent, HealthManager, Target},
     neighbour::Neighbours,
+    registry::{
+        Endpoint, SourceMessage, SourceUpdate,
+        merge::{Merged, merge},
+        supervisor::SourceSet,
+    },
     report,
-    sync::{DesiredState, Reconciler, SyncError},
+    status::{self, BackendStatus, ReasonCount, ServiceStatus, SourceStatus, Status},
+    sync::{ApplyReport, Reconciler, SyncError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +49,34 @@ pub struct AgentOptions {
     pub force_generic: bool,
 }
 
+/// Where the agent's helpers report: sources (registries) and health checks. The caller
+/// keeps the receiving ends and hands each message to [`Agent::on_source`] /
+/// [`Agent::on_health`].
+#[derive(Clone, Debug)]
+pub struct AgentChannels {
+    pub sources: UnboundedSender<SourceMessage>,
+    pub health: UnboundedSender<HealthEvent>,
+}
+
+/// A source as the agent knows it: its last complete set (kept when it fails: the
+/// last-known-good) and its error count.
+#[derive(Clone, Debug, Default)]
+struct SourceState {
+    endpoints: Vec<Endpoint>,
+    updates: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// The inputs merged with the config into the tables: registries and health.
+struct Control {
+    sources: BTreeMap<String, SourceState>,
+    running: SourceSet,
+    health: HealthManager,
+    merged: Merged,
+    syncs: u64,
+}
+
 pub struct Agent {
     path: PathBuf,
     opts: AgentOptions,
@@ -46,11 +86,18 @@ pub struct Agent {
     reconciler: Reconciler,
     neighbours: Neighbours,
     forwarding: Forwarding,
+    control: Control,
 }
 
 impl Agent {
-    /// Loads the config and the programs, attaches, and applies generation 1.
-    pub fn start(path: PathBuf, opts: AgentOptions) -> Result<Self, AgentError> {
+    /// Loads the config and the programs, attaches, starts the config's sources, and
+    /// applies generation 1. Must run inside a tokio runtime (sources and health checks are
+    /// tasks).
+    pub fn start(
+        path: PathBuf,
+        opts: AgentOptions,
+        channels: AgentChannels,
+    ) -> Result<Self, AgentError> {
         let config = config::load(&path)?;
         let dp = Dataplane::load(LoadOptions {
             conntrack_entries: config.global.conntrack.max_entries,
@@ -66,6 +113,13 @@ impl Agent {
             reconciler,
             neighbours: Neighbours::default(),
             forwarding: Forwarding::default(),
+            control: Control {
+                sources: BTreeMap::new(),
+                running: SourceSet::new(channels.sources),
+                health: HealthManager::new(channels.health),
+                merged: Merged::default(),
+                syncs: 0,
+            },
         };
         agent.apply(&config)?;
         // Only now, with every map as the config wants it, does our program replace the
@@ -83,6 +137,11 @@ impl Agent {
         &self.path
     }
 
+    /// The config of the running generation.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Reads the config file again and applies it. On any error the running generation
     /// stays as it was (maps are only written after the new config validated and every new
     /// interface attached).
@@ -90,6 +149,9 @@ impl Agent {
         let config = config::load(&self.path)?;
         if config == self.config {
             return Ok(());
+        }
+        if config.admin != self.config.admin || config.registry != self.config.registry {
+            warn!("[admin] and [registry] changes take effect at the next restart");
         }
         if config.global.conntrack.max_entries != self.config.global.conntrack.max_entries {
             warn!(
@@ -112,21 +174,15 @@ impl Agent {
     fn apply(&mut self, c: &Config) -> Result<(), AgentError> {
         self.attach_interfaces(c)?;
         self.dp.set_settings(&c.global.settings())?;
-        let desired = DesiredState::from_config(c);
-        let report = self.reconciler.apply(&mut self.dp, &desired)?;
-        let backends: BTreeSet<IpAddr> = desired
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.key.addr))
-            .collect();
-        for e in self.neighbours.ensure(backends) {
-            warn!(error = %e, "backend next hop not resolved; new flows to it drop until it is");
+        for gone in self.control.running.reconcile(&c.sources) {
+            self.control.sources.remove(&gone);
         }
+        let report = self.sync(c)?;
         self.config = c.clone();
         self.generation += 1;
         info!(
             generation = self.generation,
-            services = desired.services.len(),
+            services = c.services.len(),
             added = report.services_added,
             removed = report.services_removed,
             tables_rebuilt = report.tables_rebuilt,
@@ -134,6 +190,213 @@ impl Agent {
             "config applied"
         );
         Ok(())
+    }
+
+    /// Merges config, sources and health into the tables.
+    fn sync(&mut self, c: &Config) -> Result<ApplyReport, AgentError> {
+        let endpoints: BTreeMap<String, Vec<Endpoint>> = self
+            .control
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.endpoints.clone()))
+            .collect();
+        let health = &self.control.health;
+        let merged = merge(c, &endpoints, |s, b| health.is_up(s, b));
+        let report = self.reconciler.apply(&mut self.dp, &merged.desired)?;
+        self.control.syncs += 1;
+
+        let backends: BTreeSet<IpAddr> = merged
+            .desired
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.key.addr))
+            .collect();
+        for e in self.neighbours.ensure(backends) {
+            warn!(error = %e, "backend next hop not resolved; new flows to it drop until it is");
+        }
+        let targets = c
+            .services
+            .iter()
+            .filter_map(|s| Some((s, s.health.as_ref()?)))
+            .flat_map(|(s, check)| {
+                merged
+                    .backends
+                    .get(&s.name)
+                    .into_iter()
+                    .flatten()
+                    .map(|b| Target {
+                        service: s.name.clone(),
+                        backend: b.key,
+                        check: check.clone(),
+                    })
+            })
+            .collect();
+        self.control.health.set_targets(targets);
+
+        let old = &self.control.merged;
+        for name in merged
+            .fail_open
+            .iter()
+            .filter(|n| !old.fail_open.contains(n))
+        {
+            warn!(service = %name, "every backend is down: failing open, all of them stay in the table");
+        }
+        for name in old
+            .fail_open
+            .iter()
+            .filter(|n| !merged.fail_open.contains(n))
+        {
+            info!(service = %name, "a backend is up again: no longer failing open");
+        }
+        for (source, e, why) in merged.ignored.iter().filter(|i| !old.ignored.contains(i)) {
+            warn!(source = %source, service = %e.service, backend = %status::socket_label(e.addr, e.port), "endpoint ignored: {why}");
+        }
+        self.control.merged = merged;
+        Ok(report)
+    }
+
+    /// Recomputes the tables after a source or health change; errors are logged (the
+    /// tables keep their last good state).
+    fn resync(&mut self, why: &str) {
+        let c = self.config.clone();
+        match self.sync(&c) {
+            Ok(r) if r.tables_rebuilt > 0 => info!(
+                why,
+                tables_rebuilt = r.tables_rebuilt,
+                checksum = format!("{:016x}", self.reconciler.checksum()),
+                "tables updated"
+            ),
+            Ok(_) => {}
+            Err(e) => error!(why, error = %e, "tables not updated"),
+        }
+    }
+
+    /// A source published or failed.
+    pub fn on_source(&mut self, msg: SourceMessage) {
+        let state = self.control.sources.entry(msg.source.clone()).or_default();
+        match msg.update {
+            SourceUpdate::Endpoints(endpoints) => {
+                state.updates += 1;
+                if state.endpoints != endpoints {
+                    state.endpoints = endpoints;
+                    self.resync(&format!("source {} changed", msg.source));
+                }
+            }
+            SourceUpdate::Error(e) => {
+                state.errors += 1;
+                warn!(source = %msg.source, error = %e, "source failed; its last known backends stay");
+                state.last_error = Some(e);
+            }
+        }
+    }
+
+    /// A health check changed its view of a backend.
+    pub fn on_health(&mut self, ev: HealthEvent) {
+        let label = status::socket_label(ev.backend.addr, ev.backend.port);
+        self.resync(&format!(
+            "{} {} {}",
+            ev.service,
+            label,
+            if ev.up { "up" } else { "down" }
+        ));
+    }
+
+    /// Everything `lb status` and the metrics show. Walks the conntrack map (not cheap:
+    /// call it per scrape, not per packet).
+    pub fn status(&self) -> Status {
+        let counters = self.dp.counters();
+        let health: BTreeMap<(String, crate::sync::BackendKey), crate::health::TargetHealth> = self
+            .control
+            .health
+            .snapshot()
+            .into_iter()
+            .map(|t| ((t.service.clone(), t.backend), t))
+            .collect();
+        let per_service = self.dp.conntrack_per_service();
+        let mut services = Vec::new();
+        for applied in self.reconciler.applied() {
+            let d = &applied.desired;
+            let st = counters.service(applied.id);
+            let svc = self.config.services.iter().find(|s| s.name == d.name);
+            let merged = self.control.merged.backends.get(&d.name);
+            let backends = merged
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let bs = self
+                        .reconciler
+                        .backend_id(&b.key)
+                        .map(|id| counters.backend(id))
+                        .unwrap_or_default();
+                    let h = health.get(&(d.name.clone(), b.key));
+                    let effective = d
+                        .backends
+                        .iter()
+                        .find(|x| x.key == b.key)
+                        .map_or(0, |x| x.weight);
+                    BackendStatus {
+                        address: status::socket_label(b.key.addr, b.key.port),
+                        weight: b.weight,
+                        effective_weight: effective,
+                        origin: b.origin.clone(),
+                        up: b.up,
+                        health_transitions: h.map_or(0, |h| h.transitions),
+                        last_error: h.and_then(|h| h.last_error.clone()),
+                        packets: bs.packets,
+                        bytes: bs.bytes,
+                        connections: bs.new_flows,
+                    }
+                })
+                .collect();
+            services.push(ServiceStatus {
+                name: d.name.clone(),
+                address: status::socket_label(d.vip, d.port),
+                protocol: svc.map_or(String::new(), |s| s.protocol.to_string()),
+                packets: st.packets,
+                bytes: st.bytes,
+                connections: st.new_flows,
+                drops: st.drops,
+                conntrack_entries: per_service.get(&applied.id).copied().unwrap_or(0),
+                health_checked: svc.is_some_and(|s| s.health.is_some()),
+                fail_open: self.control.merged.fail_open.contains(&d.name),
+                backends,
+            });
+        }
+        let sources = self
+            .control
+            .sources
+            .iter()
+            .map(|(name, s)| SourceStatus {
+                name: name.clone(),
+                endpoints: s.endpoints.len() as u64,
+                updates: s.updates,
+                errors: s.errors,
+                last_error: s.last_error.clone(),
+                ignored: self
+                    .control
+                    .merged
+                    .ignored
+                    .iter()
+                    .filter(|(src, _, _)| src == name)
+                    .count() as u64,
+            })
+            .collect();
+        Status {
+            generation: self.generation,
+            table_checksum: format!("{:016x}", self.reconciler.checksum()),
+            syncs: self.control.syncs,
+            conntrack_entries: per_service.values().sum(),
+            services,
+            sources,
+            reasons: counters
+                .reasons()
+                .iter()
+                .map(|(r, n)| ReasonCount {
+                    reason: r.name().to_string(),
+                    packets: *n,
+                })
+                .collect(),
+        }
     }
 
     /// Attaches to new interfaces first (undoing them if one fails), then detaches from the

@@ -1,11 +1,13 @@
 //! The load balancer's agent: loads the XDP programs and keeps their maps in step with the
 //! configuration.
 
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod dataplane;
 pub mod forwarding;
 pub mod health;
+pub mod metrics;
 pub mod neighbour;
 pub mod registry;
 pub mod report;

@@ -1,14 +1,28 @@
 //! `lb`: the load balancer agent.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    agent::{Agent, AgentOptions},
-    config,
+    admin::{self, AdminState, AgentRequest},
+    agent::{Agent, AgentChannels, AgentOptions},
+    config::{self, AdminListen},
+    registry::{
+        SourceHandle,
+        builtin::{self, Registry},
+    },
+    status::Status,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -37,6 +51,19 @@ enum Command {
     },
     /// Validate a config file; every error names the file, line and field.
     CheckConfig { file: PathBuf },
+    /// Print services, backends, health, weights and counters, from the admin API.
+    Status {
+        /// Admin listener to ask: `IP:PORT` or `unix:/path`. Default: the config's
+        /// `[admin] listen` if --config is given, else 127.0.0.1:9180.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Take the admin listener from this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,16 +78,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Status {
+            admin,
+            config,
+            json,
+        } => runtime().and_then(|rt| rt.block_on(status(admin, config, json))),
         Command::Run {
             config,
             generic,
             stats_interval,
             no_watch,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("tokio runtime")
-            .and_then(|rt| rt.block_on(run(config, generic, stats_interval, !no_watch))),
+        } => runtime().and_then(|rt| rt.block_on(run(config, generic, stats_interval, !no_watch))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +96,45 @@ fn main() -> ExitCode {
             eprintln!("lb: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One thread: the agent's loop, the admin API, sources and health checks share it (the
+/// work is I/O-bound and the data plane is in the kernel).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+async fn status(admin: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let listen = match (admin, config) {
+        (Some(a), _) => parse_listen(&a)?,
+        (None, Some(file)) => {
+            config::load(&file)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .admin
+                .listen
+        }
+        (None, None) => AdminListen::Tcp(config::DEFAULT_ADMIN_LISTEN),
+    };
+    let body = admin::client::get(&listen, "/v1/status").await?;
+    if json {
+        println!("{body}");
+    } else {
+        let status: Status = serde_json::from_str(&body).context("decoding the agent's status")?;
+        print!("{}", status.table());
+    }
+    Ok(())
+}
+
+fn parse_listen(s: &str) -> anyhow::Result<AdminListen> {
+    match s.strip_prefix("unix:") {
+        Some(path) => Ok(AdminListen::Unix(path.into())),
+        None => Ok(AdminListen::Tcp(s.parse().with_context(|| {
+            format!("--admin `{s}`: expected IP:PORT or unix:/path")
+        })?)),
     }
 }
 
@@ -95,13 +162,42 @@ fn file_fingerprint(path: &std::path::Path) -> Option<Vec<u8>> {
 }
 
 async fn run(path: PathBuf, generic: bool, stats_interval: u64, watch: bool) -> anyhow::Result<()> {
+    let (source_tx, mut source_rx) = mpsc::unbounded_channel();
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let mut agent = Agent::start(
         path.clone(),
         AgentOptions {
             force_generic: generic,
         },
+        AgentChannels {
+            sources: source_tx.clone(),
+            health: health_tx,
+        },
     )?;
-    info!(config = %path.display(), "running");
+    let c = agent.config().clone();
+    let registry = Registry::open(
+        c.registry.clone(),
+        SourceHandle::new(builtin::SOURCE_NAME, source_tx),
+    )?;
+    let registry = Arc::new(Mutex::new(registry));
+    let token = c
+        .admin
+        .token_file
+        .as_deref()
+        .map(admin::read_token)
+        .transpose()?;
+    let listener = admin::Listener::bind(&c.admin.listen).await?;
+    let (request_tx, mut request_rx) = mpsc::channel::<AgentRequest>(16);
+    let server = tokio::spawn(admin::serve(
+        listener,
+        AdminState {
+            registry: registry.clone(),
+            token,
+            agent: request_tx,
+        },
+    ));
+    let reaper = tokio::spawn(admin::reap(registry));
+    info!(config = %path.display(), admin = %c.admin.listen, "running");
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -115,6 +211,13 @@ async fn run(path: PathBuf, generic: bool, stats_interval: u64, watch: bool) -> 
     let mut seen = file_fingerprint(&path);
     loop {
         tokio::select! {
+            Some(m) = source_rx.recv() => agent.on_source(m),
+            Some(h) = health_rx.recv() => agent.on_health(h),
+            Some(r) = request_rx.recv() => match r {
+                AgentRequest::Status(reply) => {
+                    let _ = reply.send(agent.status());
+                }
+            },
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
                 reload(&mut agent);
@@ -136,6 +239,8 @@ async fn run(path: PathBuf, generic: bool, stats_interval: u64, watch: bool) -> 
         }
     }
     info!("shutting down");
+    server.abort();
+    reaper.abort();
     if stats_interval > 0 {
         println!("{}", agent.counters_table());
     }

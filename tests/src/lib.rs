@@ -10,6 +10,7 @@
 //! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
 //! - [`lab`]: a topology with name servers and the real `lb` agent running on it.
 
+pub mod admin;
 pub mod cleanup;
 pub mod etcd;
 pub mod fixture;
