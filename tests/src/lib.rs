@@ -11,6 +11,7 @@
 //! - [`lab`]: a topology with name servers and the real `lb` agent running on it.
 
 pub mod admin;
+pub mod bench;
 pub mod cleanup;
 pub mod etcd;
 pub mod fixture;

@@ -37,8 +37,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then run the benchmarks (target/release/lb-bench): per-packet cost via
-    /// BPF_PROG_TEST_RUN and control-plane figures, written to bench/results/
+    /// Setup (plus wrk, nginx, HAProxy, Envoy), build, then run the benchmarks
+    /// (target/release/lb-bench): per-packet cost via BPF_PROG_TEST_RUN, end to end against
+    /// the peers, packet rate, control plane; written to bench/results/
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -82,8 +83,16 @@ fn run(cmd: Cmd) -> Result<i32> {
             build()?;
             test(&args)
         }
-        Cmd::Demo { args } => run_tool("lb-demo", &args),
-        Cmd::Bench { args } => run_tool("lb-bench", &args),
+        Cmd::Demo { args } => {
+            setup::setup()?;
+            run_tool("lb-demo", &args)
+        }
+        Cmd::Bench { args } => {
+            // The peers (nginx, HAProxy, Envoy, netfilter) and wrk; lb-bench finds Envoy in
+            // setup::BENCH_VENV itself.
+            setup::bench_setup(&root())?;
+            run_tool("lb-bench", &args)
+        }
         Cmd::Clippy => {
             let st = cargo_cmd()
                 .args([
@@ -137,10 +146,9 @@ fn cargo<I: IntoIterator<Item = &'static str>>(args: I) -> Result<()> {
     Ok(())
 }
 
-/// Setup, build, then run one of the lb-tests binaries (`lb-demo`, `lb-bench`) from the
-/// repository root.
+/// Build, then run one of the lb-tests binaries (`lb-demo`, `lb-bench`) from the repository
+/// root (the caller has run setup).
 fn run_tool(bin: &'static str, args: &[String]) -> Result<i32> {
-    setup::setup()?;
     build()?;
     cargo(["build", "--release", "-p", "lb-tests", "--bin", bin])?;
     let path = root().join("target/release").join(bin);

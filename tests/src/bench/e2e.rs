@@ -1,0 +1,208 @@
+//! End to end: HTTP through each configuration, runs interleaved (A B C ... A B C ...), each
+//! started only once the machine is idle, medians per configuration.
+//!
+//! Each round starts every configuration in turn and runs `wrk` twice against it: keep-alive,
+//! then `Connection: close` (one TCP connection per request). CPU per request is the
+//! whole-machine busy time over the `wrk` run divided by the requests it completed.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use super::cpu::{CpuTimes, IdleCheck, IdleGate, tick_us};
+use super::lab::{BenchLab, HTTP_PORT};
+use super::median;
+use super::peers::{self, Peer, Tools};
+use super::wrk::{self, Load, WrkReport};
+
+/// Keep-alive or one connection per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// HTTP/1.1 keep-alive: connections stay open for the whole run.
+    KeepAlive,
+    /// `Connection: close`: every request is a new TCP connection.
+    Close,
+}
+
+impl Mode {
+    /// Both, in run order.
+    pub const BOTH: [Mode; 2] = [Mode::KeepAlive, Mode::Close];
+
+    /// Short name for JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keepalive",
+            Mode::Close => "close",
+        }
+    }
+}
+
+/// One `wrk` run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Round (0-based).
+    pub round: usize,
+    /// Configuration.
+    pub peer: Peer,
+    /// Keep-alive or close.
+    pub mode: Mode,
+    /// What wrk reported.
+    pub wrk: WrkReport,
+    /// Whole-machine busy CPU microseconds per completed request.
+    pub cpu_us_per_req: f64,
+    /// Whole-machine busy share during the run (0..=2 cores -> 0..=1).
+    pub busy_share: f64,
+    /// What the idle gate saw before the run.
+    pub idle: IdleCheck,
+}
+
+/// Medians over the rounds of one configuration in one mode.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    /// Runs that produced a report.
+    pub runs: usize,
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+    /// Whole-machine CPU microseconds per request.
+    pub cpu_us: f64,
+    /// Socket errors and non-2xx responses, summed over the runs.
+    pub errors: u64,
+}
+
+/// All samples of a bench, with their medians.
+#[derive(Debug, Clone, Default)]
+pub struct E2eResults {
+    /// Every run, in the order it ran.
+    pub samples: Vec<Sample>,
+    /// Configurations that could not be started, with why (their runs are missing).
+    pub failures: Vec<(Peer, String)>,
+    /// The load shape.
+    pub load: Option<Load>,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Whether the agent ran with `pin_path = ""` and a private admin socket.
+    pub agent_extra_keys: bool,
+}
+
+impl E2eResults {
+    /// Medians per (configuration, mode), in [`Peer::ALL`] order.
+    pub fn summaries(&self) -> BTreeMap<(Peer, Mode), Summary> {
+        let mut groups: BTreeMap<(Peer, Mode), Vec<&Sample>> = BTreeMap::new();
+        for s in &self.samples {
+            groups.entry((s.peer, s.mode)).or_default().push(s);
+        }
+        groups
+            .into_iter()
+            .map(|(k, v)| {
+                let col = |f: &dyn Fn(&Sample) -> f64| {
+                    median(&mut v.iter().map(|s| f(s)).collect::<Vec<_>>())
+                };
+                let summary = Summary {
+                    runs: v.len(),
+                    rps: col(&|s| s.wrk.rps),
+                    p50_us: col(&|s| s.wrk.p50_us),
+                    p99_us: col(&|s| s.wrk.p99_us),
+                    cpu_us: col(&|s| s.cpu_us_per_req),
+                    errors: v
+                        .iter()
+                        .map(|s| s.wrk.socket_errors + s.wrk.bad_status)
+                        .sum(),
+                };
+                (k, summary)
+            })
+            .collect()
+    }
+
+    /// Runs that started on an idle machine, out of all.
+    pub fn idle_runs(&self) -> (usize, usize) {
+        (
+            self.samples.iter().filter(|s| s.idle.idle).count(),
+            self.samples.len(),
+        )
+    }
+}
+
+/// Options of the end-to-end bench.
+#[derive(Debug, Clone)]
+pub struct E2eOptions {
+    /// Configurations, in run order within a round.
+    pub peers: Vec<Peer>,
+    /// Rounds (each configuration runs once per round and mode).
+    pub rounds: usize,
+    /// wrk's shape.
+    pub load: Load,
+    /// When a run may start.
+    pub gate: IdleGate,
+}
+
+/// Runs the interleaved rounds on `lab`. A configuration that fails to start in a round is
+/// recorded in `failures` and skipped for that round; the others go on.
+pub fn run(lab: &BenchLab, tools: &Tools, opts: &E2eOptions) -> Result<E2eResults> {
+    let mut res = E2eResults {
+        load: Some(opts.load),
+        rounds: opts.rounds,
+        agent_extra_keys: peers::agent_takes_extra_keys(lab, tools),
+        ..Default::default()
+    };
+    for round in 0..opts.rounds {
+        for &peer in &opts.peers {
+            if crate::cleanup::interrupted() {
+                anyhow::bail!("interrupted");
+            }
+            let active = match peers::start(peer, lab, tools) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("lb-bench: round {round}: {} not started: {e:#}", peer.key());
+                    res.failures.push((peer, format!("{e:#}")));
+                    continue;
+                }
+            };
+            for mode in Mode::BOTH {
+                let sample = one_run(lab, peer, mode, round, opts)
+                    .with_context(|| format!("{} {}", peer.key(), mode.key()))?;
+                eprintln!(
+                    "lb-bench: round {} {:<13} {:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>6.1} us/req  (idle before: {:.0}% busy{})",
+                    round + 1,
+                    peer.key(),
+                    mode.key(),
+                    sample.wrk.rps,
+                    sample.wrk.p50_us,
+                    sample.wrk.p99_us,
+                    sample.cpu_us_per_req,
+                    sample.idle.busy_share * 100.0,
+                    if sample.idle.idle { "" } else { ", NOT idle" }
+                );
+                res.samples.push(sample);
+            }
+            drop(active);
+        }
+    }
+    Ok(res)
+}
+
+fn one_run(
+    lab: &BenchLab,
+    peer: Peer,
+    mode: Mode,
+    round: usize,
+    opts: &E2eOptions,
+) -> Result<Sample> {
+    let idle = opts.gate.wait()?;
+    let url = format!("http://{}:{HTTP_PORT}/", peer.target(lab));
+    let before = CpuTimes::now()?;
+    let report = wrk::run(&lab.topo.client.ns, &url, mode == Mode::Close, &opts.load)?;
+    let (busy, total) = CpuTimes::now()?.since(&before);
+    Ok(Sample {
+        round,
+        peer,
+        mode,
+        cpu_us_per_req: busy as f64 * tick_us() / report.requests.max(1) as f64,
+        busy_share: busy as f64 / total.max(1) as f64,
+        wrk: report,
+        idle,
+    })
+}

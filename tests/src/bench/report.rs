@@ -1,0 +1,534 @@
+//! Results as Markdown, JSON and SVG: the end-to-end table, the packet-rate table, the
+//! targets with the ratios measured in the same run, and bar charts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::e2e::{E2eResults, Mode, Summary};
+use super::peers::Peer;
+use super::pktrate::RateResults;
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON number (null for NaN or infinity).
+pub fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+/// One target of issue 4 and where this run stands.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// What is compared.
+    pub what: String,
+    /// The goal, as written in the issue.
+    pub goal: String,
+    /// What this run measured.
+    pub measured: String,
+    /// Met, not met, or not measured (a configuration failed).
+    pub met: Option<bool>,
+}
+
+impl Target {
+    /// `met` as the word the tables use.
+    pub fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        }
+    }
+}
+
+fn summary(s: &BTreeMap<(Peer, Mode), Summary>, p: Peer, m: Mode) -> Option<Summary> {
+    s.get(&(p, m)).copied().filter(|x| x.runs > 0)
+}
+
+/// A ratio target: `ours / theirs >= goal`.
+fn ratio_target(
+    s: &BTreeMap<(Peer, Mode), Summary>,
+    mode: Mode,
+    other: Peer,
+    goal: f64,
+    what: &str,
+) -> Target {
+    let ours = summary(s, Peer::Lb, mode).map(|x| x.rps);
+    let theirs = summary(s, other, mode).map(|x| x.rps);
+    let (measured, met) = match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => (
+            format!("{:.2}x ({a:.0} vs {b:.0} req/s)", a / b),
+            Some(a / b >= goal),
+        ),
+        _ => ("-".into(), None),
+    };
+    Target {
+        what: what.into(),
+        goal: format!(">= {goal}x {}", other.label()),
+        measured,
+        met,
+    }
+}
+
+/// The end-to-end targets of issue 4, from this run's medians.
+pub fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
+    let s = e2e.summaries();
+    let mut t = vec![
+        ratio_target(&s, Mode::Close, Peer::Nftables, 1.2, "new-connection req/s"),
+        ratio_target(&s, Mode::Close, Peer::Iptables, 1.2, "new-connection req/s"),
+        ratio_target(&s, Mode::Close, Peer::Haproxy, 1.9, "new-connection req/s"),
+        ratio_target(
+            &s,
+            Mode::KeepAlive,
+            Peer::Iptables,
+            1.05,
+            "keep-alive req/s",
+        ),
+    ];
+    let ours = summary(&s, Peer::Lb, Mode::Close).map(|x| x.cpu_us);
+    let direct = summary(&s, Peer::Direct, Mode::Close).map(|x| x.cpu_us);
+    let (measured, met) = match (ours, direct) {
+        (Some(a), Some(d)) => (
+            format!("{:+.1} us ({a:.1} vs {d:.1} us/req)", a - d),
+            Some(a - d <= 8.0),
+        ),
+        _ => ("-".into(), None),
+    };
+    t.push(Target {
+        what: "whole-machine CPU per new connection".into(),
+        goal: "<= direct + 8 us".into(),
+        measured,
+        met,
+    });
+    t
+}
+
+/// The targets as a Markdown table.
+pub fn targets_markdown(targets: &[Target]) -> String {
+    let mut md = String::from("| target | goal | this run | |\n|---|---|---|---|\n");
+    for t in targets {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.goal,
+            t.measured,
+            t.verdict()
+        );
+    }
+    md
+}
+
+/// The targets as a JSON array.
+pub fn targets_json(targets: &[Target]) -> String {
+    let items: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            format!(
+                "{{\"what\":{},\"goal\":{},\"measured\":{},\"met\":{}}}",
+                json_str(&t.what),
+                json_str(&t.goal),
+                json_str(&t.measured),
+                t.met.map_or("null".into(), |m| m.to_string())
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+fn ratio_text(value: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 && value.is_finite() => format!("{:.2}x", value / b),
+        _ => "-".into(),
+    }
+}
+
+/// The end-to-end section: one row per configuration, medians of the rounds.
+pub fn e2e_markdown(e2e: &E2eResults) -> String {
+    let s = e2e.summaries();
+    let mut md = String::new();
+    let load = e2e.load.expect("load is set by e2e::run");
+    let (idle, all) = e2e.idle_runs();
+    let busy: Vec<f64> = e2e.samples.iter().map(|x| x.idle.busy_share).collect();
+    let max_busy = busy.iter().copied().fold(0.0, f64::max);
+    let _ = writeln!(
+        md,
+        "## End to end (HTTP/1.1, nginx backends, {} s runs, wrk -t{} -c{}, median of {} interleaved rounds)\n",
+        load.duration.as_secs(),
+        load.threads,
+        load.connections,
+        e2e.rounds
+    );
+    let _ = writeln!(
+        md,
+        "Runs started on an idle machine (busy <= 10 % over 1 s): {idle}/{all}; highest busy share before a run: {:.0} %.\n",
+        max_busy * 100.0
+    );
+    let base = |p: Peer, m: Mode| summary(&s, p, m).map(|x| x.rps);
+    let _ = writeln!(
+        md,
+        "| configuration | keep-alive req/s | vs iptables | p50 / p99 ms | CPU us/req | new-conn req/s | vs nftables | vs iptables | vs HAProxy | p50 / p99 ms | CPU us/req | errors |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let peers: Vec<Peer> = Peer::ALL
+        .into_iter()
+        .filter(|p| s.keys().any(|(q, _)| q == p))
+        .collect();
+    for p in peers {
+        let ka = summary(&s, p, Mode::KeepAlive).unwrap_or_default();
+        let cl = summary(&s, p, Mode::Close).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {:.2} / {:.2} | {:.1} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {:.1} | {} |",
+            p.label(),
+            ka.rps,
+            ratio_text(ka.rps, base(Peer::Iptables, Mode::KeepAlive)),
+            ka.p50_us / 1e3,
+            ka.p99_us / 1e3,
+            ka.cpu_us,
+            cl.rps,
+            ratio_text(cl.rps, base(Peer::Nftables, Mode::Close)),
+            ratio_text(cl.rps, base(Peer::Iptables, Mode::Close)),
+            ratio_text(cl.rps, base(Peer::Haproxy, Mode::Close)),
+            cl.p50_us / 1e3,
+            cl.p99_us / 1e3,
+            cl.cpu_us,
+            ka.errors + cl.errors
+        );
+    }
+    for (p, why) in &e2e.failures {
+        let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
+    }
+    if !e2e.agent_extra_keys {
+        let _ = writeln!(
+            md,
+            "\n(The agent did not accept `pin_path`/`[admin]` yet; it ran without them.)"
+        );
+    }
+    md
+}
+
+/// The end-to-end results as JSON: every run, and the medians.
+pub fn e2e_json(e2e: &E2eResults) -> String {
+    let load = e2e.load.expect("load is set by e2e::run");
+    let runs: Vec<String> = e2e
+        .samples
+        .iter()
+        .map(|x| {
+            format!(
+                "{{\"round\":{},\"config\":{},\"mode\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"socket_errors\":{},\"bad_status\":{},\"cpu_us_per_req\":{},\"busy_share_during\":{},\"busy_share_before\":{},\"idle_before\":{},\"idle_tries\":{}}}",
+                x.round,
+                json_str(x.peer.key()),
+                json_str(x.mode.key()),
+                x.wrk.requests,
+                json_num(x.wrk.seconds),
+                json_num(x.wrk.rps),
+                json_num(x.wrk.p50_us),
+                json_num(x.wrk.p99_us),
+                x.wrk.socket_errors,
+                x.wrk.bad_status,
+                json_num(x.cpu_us_per_req),
+                json_num(x.busy_share),
+                json_num(x.idle.busy_share),
+                x.idle.idle,
+                x.idle.tries
+            )
+        })
+        .collect();
+    let medians: Vec<String> = e2e
+        .summaries()
+        .iter()
+        .map(|((p, m), s)| {
+            format!(
+                "{{\"config\":{},\"mode\":{},\"runs\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"cpu_us_per_req\":{},\"errors\":{}}}",
+                json_str(p.key()),
+                json_str(m.key()),
+                s.runs,
+                json_num(s.rps),
+                json_num(s.p50_us),
+                json_num(s.p99_us),
+                json_num(s.cpu_us),
+                s.errors
+            )
+        })
+        .collect();
+    let failures: Vec<String> = e2e
+        .failures
+        .iter()
+        .map(|(p, w)| {
+            format!(
+                "{{\"config\":{},\"error\":{}}}",
+                json_str(p.key()),
+                json_str(w)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"medians\":[{}],\"runs\":[{}],\"failures\":[{}],\"targets\":{}}}",
+        load.threads,
+        load.connections,
+        load.duration.as_secs(),
+        e2e.rounds,
+        e2e.agent_extra_keys,
+        medians.join(","),
+        runs.join(","),
+        failures.join(","),
+        targets_json(&e2e_targets(e2e))
+    )
+}
+
+/// The packet-rate section.
+pub fn rate_markdown(rate: &RateResults, seconds: u64) -> String {
+    let m = rate.medians();
+    let rounds = rate
+        .samples
+        .iter()
+        .map(|s| s.round)
+        .max()
+        .map_or(0, |r| r + 1);
+    let mut md = format!(
+        "## Packet rate (one UDP flow of {}-byte frames at the VIP from an XDP live-frames generator, {seconds} s floods, median of {rounds} interleaved rounds)\n\n",
+        rate.frame_len
+    );
+    md += "| configuration | forwarded to backends, pps | generator sent, pps | vs nftables |\n|---|---:|---:|---:|\n";
+    let nft = m.get(&Peer::Nftables).map(|x| x.0);
+    for (p, (fwd, sent)) in &m {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {} |",
+            p.label(),
+            fwd,
+            sent,
+            ratio_text(*fwd, nft)
+        );
+    }
+    for (p, why) in &rate.failures {
+        let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
+    }
+    md
+}
+
+/// The packet-rate results as JSON.
+pub fn rate_json(rate: &RateResults) -> String {
+    let runs: Vec<String> = rate
+        .samples
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"round\":{},\"config\":{},\"sent\":{},\"forwarded\":{},\"seconds\":{},\"pps\":{},\"busy_share_before\":{},\"idle_before\":{}}}",
+                s.round,
+                json_str(s.peer.key()),
+                s.sent,
+                s.forwarded,
+                json_num(s.seconds),
+                json_num(s.pps()),
+                json_num(s.idle.busy_share),
+                s.idle.idle
+            )
+        })
+        .collect();
+    let medians: Vec<String> = rate
+        .medians()
+        .iter()
+        .map(|(p, (f, s))| {
+            format!(
+                "{{\"config\":{},\"forwarded_pps\":{},\"sent_pps\":{}}}",
+                json_str(p.key()),
+                json_num(*f),
+                json_num(*s)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"frame_len\":{},\"medians\":[{}],\"runs\":[{}]}}",
+        rate.frame_len,
+        medians.join(","),
+        runs.join(",")
+    )
+}
+
+/// One bar of a chart.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    /// Label left of the bar.
+    pub label: String,
+    /// Length.
+    pub value: f64,
+    /// Text right of the bar.
+    pub text: String,
+    /// Highlighted (this load balancer).
+    pub ours: bool,
+}
+
+/// Width of every chart panel.
+pub const SVG_WIDTH: f64 = 720.0;
+
+/// A horizontal bar chart panel starting at `y`; returns its SVG and height.
+pub fn bar_panel(title: &str, bars: &[Bar], y: f64) -> (String, f64) {
+    let max = bars
+        .iter()
+        .map(|b| b.value)
+        .fold(f64::MIN_POSITIVE, f64::max);
+    let bar_h = 22.0;
+    let mut s = format!(
+        "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}</text>\n",
+        y + 16.0,
+        xml(title)
+    );
+    for (i, b) in bars.iter().enumerate() {
+        let top = y + 26.0 + i as f64 * bar_h;
+        let len = (b.value.max(0.0) / max) * 330.0;
+        let color = if b.ours { "#d9822b" } else { "#4a7ebb" };
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"{t}\">{l}</text><rect x=\"170\" y=\"{top}\" width=\"{len:.1}\" height=\"16\" fill=\"{color}\"/><text x=\"{x}\" y=\"{t}\">{v}</text>",
+            t = top + 12.5,
+            l = xml(&b.label),
+            x = 176.0 + len,
+            v = xml(&b.text)
+        );
+    }
+    (s, 36.0 + bar_h * bars.len() as f64)
+}
+
+/// Stacks panels into one SVG document.
+pub fn svg_document(panels: &[(String, f64)]) -> String {
+    let h: f64 = panels.iter().map(|p| p.1).sum::<f64>() + 10.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{SVG_WIDTH}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (body, _) in panels {
+        s += body;
+    }
+    s + "</svg>\n"
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// Bars of req/s per configuration in `mode`, each with its ratio to the given baselines.
+fn e2e_bars(e2e: &E2eResults, mode: Mode, baselines: &[Peer]) -> Vec<Bar> {
+    let s = e2e.summaries();
+    Peer::ALL
+        .into_iter()
+        .filter_map(|p| summary(&s, p, mode).map(|x| (p, x)))
+        .map(|(p, x)| {
+            let ratios: Vec<String> = baselines
+                .iter()
+                .filter(|b| **b != p)
+                .filter_map(|b| summary(&s, *b, mode).map(|y| (b, y.rps)))
+                .filter(|_| p == Peer::Lb)
+                .map(|(b, y)| format!("{:.2}x {}", x.rps / y, b.key()))
+                .collect();
+            let text = if ratios.is_empty() {
+                thousands(x.rps)
+            } else {
+                format!("{}  ({})", thousands(x.rps), ratios.join(", "))
+            };
+            Bar {
+                label: p.label().into(),
+                value: x.rps,
+                text,
+                ours: p == Peer::Lb,
+            }
+        })
+        .collect()
+}
+
+/// Chart panels of the end-to-end results (new connections first: the headline).
+pub fn e2e_panels(e2e: &E2eResults, y: f64) -> Vec<(String, f64)> {
+    let close = e2e_bars(
+        e2e,
+        Mode::Close,
+        &[Peer::Nftables, Peer::Iptables, Peer::Haproxy],
+    );
+    let (a, ha) = bar_panel(
+        "New connections: requests/s (Connection: close), median",
+        &close,
+        y,
+    );
+    let ka = e2e_bars(e2e, Mode::KeepAlive, &[Peer::Iptables]);
+    let (b, hb) = bar_panel("Keep-alive: requests/s, median", &ka, y + ha);
+    vec![(a, ha), (b, hb)]
+}
+
+/// Chart panel of the packet rate.
+pub fn rate_panel(rate: &RateResults, y: f64) -> (String, f64) {
+    let m = rate.medians();
+    let nft = m.get(&Peer::Nftables).map(|x| x.0);
+    let bars: Vec<Bar> = m
+        .iter()
+        .map(|(p, (fwd, _))| Bar {
+            label: p.label().into(),
+            value: *fwd,
+            text: match (p, nft) {
+                (Peer::Lb, Some(n)) if n > 0.0 => {
+                    format!("{} pps  ({:.2}x nftables)", thousands(*fwd), fwd / n)
+                }
+                _ => format!("{} pps", thousands(*fwd)),
+            },
+            ours: *p == Peer::Lb,
+        })
+        .collect();
+    bar_panel(
+        "UDP flood: packets/s forwarded to the backends, median",
+        &bars,
+        y,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+        assert_eq!(json_num(f64::NAN), "null");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(-1000.0), "-1,000");
+    }
+}
