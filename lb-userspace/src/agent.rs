@@ -15,7 +15,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     forwarding::Forwarding,
     health::{HealthEvent, HealthManager, Target},
-    neighbour::Neighbours,
+    neighbour::{Neighbours, RESOLVE_WAIT},
     registry::{
         Endpoint, SourceMessage, SourceUpdate,
         merge::{Merged, merge},
@@ -177,6 +177,8 @@ impl Agent {
         for gone in self.control.running.reconcile(&c.sources) {
             self.control.sources.remove(&gone);
         }
+        // A reload is when routes are looked up again.
+        self.neighbours.forget_routes();
         let report = self.sync(c)?;
         self.config = c.clone();
         self.generation += 1;
@@ -202,18 +204,23 @@ impl Agent {
             .collect();
         let health = &self.control.health;
         let merged = merge(c, &endpoints, |s, b| health.is_up(s, b));
-        let report = self.reconciler.apply(&mut self.dp, &merged.desired)?;
-        self.control.syncs += 1;
-
+        // Next hops first: a backend enters the tables once its MAC is known.
         let backends: BTreeSet<IpAddr> = merged
             .desired
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.key.addr))
             .collect();
-        for e in self.neighbours.ensure(backends) {
+        let (added, errors) = self.neighbours.ensure(backends);
+        for e in errors {
             warn!(error = %e, "backend next hop not resolved; new flows to it drop until it is");
         }
+        for hop in Neighbours::wait_resolved(&added, RESOLVE_WAIT) {
+            warn!(next_hop = %hop.addr, dev = %hop.dev, "next hop not resolved yet; its first flows may be retried");
+        }
+        let report = self.reconciler.apply(&mut self.dp, &merged.desired)?;
+        self.control.syncs += 1;
+
         let targets = c
             .services
             .iter()

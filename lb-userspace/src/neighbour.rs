@@ -7,7 +7,12 @@
 //!
 //! This shells out to iproute2 for now; netlink would avoid the process spawns.
 
-use std::{collections::BTreeSet, net::IpAddr, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NeighbourError {
@@ -29,7 +34,13 @@ pub struct NextHop {
 #[derive(Default)]
 pub struct Neighbours {
     managed: BTreeSet<NextHop>,
+    /// Each backend's next hop, looked up once (a route lookup is a process spawn).
+    hops: BTreeMap<IpAddr, NextHop>,
 }
+
+/// How long [`Neighbours::wait_resolved`] waits for new next hops: long enough for ARP/ND
+/// on a LAN, short enough not to stall the agent on a dead one.
+pub const RESOLVE_WAIT: Duration = Duration::from_millis(300);
 
 fn ip(args: &[&str]) -> Result<String, NeighbourError> {
     let out = Command::new("ip").args(args).output()?;
@@ -69,17 +80,30 @@ fn parse_route_get(out: &str, dst: IpAddr) -> Option<NextHop> {
 impl Neighbours {
     /// Makes sure every backend's next hop has a managed neighbour entry, and removes the
     /// entries no backend needs any more. Errors are per backend and do not stop the others.
-    pub fn ensure(&mut self, backends: impl IntoIterator<Item = IpAddr>) -> Vec<NeighbourError> {
+    /// Returns the next hops it added, with the errors.
+    pub fn ensure(
+        &mut self,
+        backends: impl IntoIterator<Item = IpAddr>,
+    ) -> (Vec<NextHop>, Vec<NeighbourError>) {
         let mut errors = Vec::new();
         let mut wanted = BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for b in backends {
+            seen.insert(b);
+            if let Some(hop) = self.hops.get(&b) {
+                wanted.insert(hop.clone());
+                continue;
+            }
             match route_to(b) {
                 Ok(hop) => {
+                    self.hops.insert(b, hop.clone());
                     wanted.insert(hop);
                 }
                 Err(e) => errors.push(e),
             }
         }
+        self.hops.retain(|b, _| seen.contains(b));
+        let mut added = Vec::new();
         for hop in wanted.difference(&self.managed.clone()) {
             let addr = hop.addr.to_string();
             match ip(&[
@@ -93,6 +117,7 @@ impl Neighbours {
             ]) {
                 Ok(_) => {
                     self.managed.insert(hop.clone());
+                    added.push(hop.clone());
                 }
                 Err(e) => errors.push(e),
             }
@@ -101,7 +126,28 @@ impl Neighbours {
         for hop in stale {
             self.remove(&hop);
         }
-        errors
+        (added, errors)
+    }
+
+    /// Waits (up to `limit`) until every hop in `hops` has a link-layer address, so the
+    /// first packets of new flows to a new backend are not dropped for want of one (a
+    /// dropped SYN costs the client a one-second retransmit). Returns the unresolved ones.
+    pub fn wait_resolved(hops: &[NextHop], limit: Duration) -> Vec<NextHop> {
+        let deadline = Instant::now() + limit;
+        let mut pending: Vec<NextHop> = hops.to_vec();
+        while !pending.is_empty() {
+            pending.retain(|h| !is_resolved(h));
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pending
+    }
+
+    /// Forgets cached routes, so the next [`Neighbours::ensure`] looks them up again.
+    pub fn forget_routes(&mut self) {
+        self.hops.clear();
     }
 
     fn remove(&mut self, hop: &NextHop) {
@@ -115,6 +161,12 @@ impl Neighbours {
             self.remove(&hop);
         }
     }
+}
+
+/// True if the kernel has a link-layer address for `hop`.
+fn is_resolved(hop: &NextHop) -> bool {
+    ip(&["neigh", "get", &hop.addr.to_string(), "dev", &hop.dev])
+        .is_ok_and(|out| out.contains("lladdr") && !out.contains("FAILED"))
 }
 
 #[cfg(test)]

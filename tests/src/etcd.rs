@@ -35,11 +35,23 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     child: Option<NsChild>,
+    /// `/run/netns/NAME` when the member runs inside a test namespace (its loopback), so an
+    /// agent in that namespace can reach it; the harness's own requests enter it too.
+    netns: Option<(String, PathBuf)>,
 }
 
 impl EtcdServer {
     /// Starts a fresh member and waits for it to be healthy.
     pub fn start() -> Result<EtcdServer> {
+        Self::start_where(None)
+    }
+
+    /// [`EtcdServer::start`] inside `ns`, listening on that namespace's loopback.
+    pub fn start_in(ns: &crate::Netns) -> Result<EtcdServer> {
+        Self::start_where(Some((ns.name().to_string(), ns.path())))
+    }
+
+    fn start_where(netns: Option<(String, PathBuf)>) -> Result<EtcdServer> {
         let binary = which("etcd").context(
             "`etcd` is not in PATH: install Debian's etcd-server (`cargo xtask test` does)",
         )?;
@@ -52,6 +64,7 @@ impl EtcdServer {
             client_port: 0,
             peer_port: 0,
             child: None,
+            netns,
         };
         // Free ports are found by binding port 0 and letting go, so another process may take
         // one before etcd binds it: try a few pairs.
@@ -211,7 +224,14 @@ impl EtcdServer {
     fn spawn(&mut self, binary: &Path) -> Result<()> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new(binary);
+        let mut cmd = match &self.netns {
+            Some((name, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -247,15 +267,19 @@ impl EtcdServer {
         }
     }
 
+    fn ns(&self) -> Option<&Path> {
+        self.netns.as_ref().map(|(_, p)| p.as_path())
+    }
+
     fn healthy(&self) -> bool {
-        http(self.client_port, "GET", "/health", None)
+        http(self.ns(), self.client_port, "GET", "/health", None)
             .ok()
             .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
             .is_some_and(|v| v["health"] == "true")
     }
 
     fn call(&self, path: &str, body: &Value) -> Result<Value> {
-        let raw = http(self.client_port, "POST", path, Some(body))
+        let raw = http(self.ns(), self.client_port, "POST", path, Some(body))
             .with_context(|| format!("etcd {path}"))?;
         serde_json::from_slice(&raw)
             .with_context(|| format!("etcd {path}: {}", String::from_utf8_lossy(&raw)))
@@ -275,9 +299,19 @@ impl Drop for EtcdServer {
 
 /// One HTTP/1.0 request to 127.0.0.1:`port` (the server closes the connection after the
 /// response, so the body is everything after the headers). Errors on a non-2xx status.
-fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Vec<u8>> {
+fn http(
+    netns: Option<&Path>,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Vec<u8>> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?;
+    let mut stream = match netns {
+        None => TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?,
+        // A socket keeps the namespace it was made in: connect from a thread inside it.
+        Some(ns) => connect_in(ns, addr)?,
+    };
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let body = body.map(Value::to_string).unwrap_or_default();
@@ -306,6 +340,23 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Vec
         String::from_utf8_lossy(&body)
     );
     Ok(body)
+}
+
+/// A TCP connection to `addr` made from inside the namespace at `ns`.
+fn connect_in(ns: &Path, addr: SocketAddr) -> Result<TcpStream> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<TcpStream> {
+            // SAFETY: setns on a valid fd; affects only this short-lived thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?)
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 fn header_revision(resp: &Value) -> Result<i64> {

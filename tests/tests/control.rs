@@ -532,3 +532,95 @@ fn metrics_are_promtool_clean_and_status_prints_the_table() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lb.sock"));
 }
+
+/// etcd as the source: puts and deletes reach the data plane (measured), and an etcd outage
+/// keeps the last known backends forwarding, counts errors, and resumes after a restart.
+#[test]
+fn etcd_changes_reach_the_data_plane_and_an_outage_loses_nothing() {
+    let topo = Topology::two_arm(3).unwrap();
+    let mut etcd =
+        lb_tests::etcd::EtcdServer::start_in(&topo.lb).expect("etcd in the LB namespace");
+    let dir = Dir::new("etcd");
+    let d = dir.0.clone();
+    let url = etcd.url();
+    let lab = Lab::start_config(
+        topo,
+        move |t| {
+            config(t, &[0], None, &d)
+                + &format!(
+                    "\n[[source]]\nkind = \"etcd\"\nendpoints = [\"{url}\"]\nprefix = \"/lb/\"\n"
+                )
+        },
+        &[],
+    );
+    let admin = AdminClient::new(&dir.socket(), TOKEN);
+    wait_until("admin API answers", Duration::from_secs(10), || {
+        admin.get("/healthz").is_ok()
+    });
+    let names = lab.names();
+    let key = |i: usize| format!("/lb/web/{}:8080", ip(&lab, i));
+
+    let t0 = Instant::now();
+    etcd.put(&key(1), r#"{"weight": 1}"#).unwrap();
+    wait_until("etcd backend in the table", Duration::from_secs(10), || {
+        admin
+            .backend("web", &format!("{}:8080", ip(&lab, 1)))
+            .is_ok()
+    });
+    let in_table = t0.elapsed();
+    let added = t0.elapsed() + time_until_reached(&lab, &names[1]);
+    println!("etcd put -> in the table {in_table:?}, -> forwarding: {added:?}");
+    let b1 = admin
+        .backend("web", &format!("{}:8080", ip(&lab, 1)))
+        .unwrap();
+    assert_eq!(b1["origin"], "etcd");
+
+    // Outage: errors are counted, the last known backends keep forwarding.
+    etcd.stop().unwrap();
+    wait_until("source errors counted", Duration::from_secs(10), || {
+        admin.status().unwrap()["sources"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == "etcd"))
+            .is_some_and(|s| s["errors"].as_u64() > Some(0))
+    });
+    let s = spread(&lab, 60);
+    assert_eq!(s.errors, 0, "{s}");
+    assert!(
+        s.count(&names[1]) > 0,
+        "etcd's backend lost during the outage\n{s}"
+    );
+    let metrics = admin.get("/metrics").unwrap();
+    assert!(
+        !metrics.contains("lb_source_errors_total{source=\"etcd\"} 0"),
+        "{metrics}"
+    );
+
+    // Back: changes flow again.
+    etcd.restart().unwrap();
+    let t0 = Instant::now();
+    etcd.put(&key(2), "").unwrap();
+    let resumed = t0.elapsed() + time_until_reached(&lab, &names[2]);
+    println!(
+        "etcd restarted, put -> forwarding: {resumed:?} (includes the source's reconnect backoff)"
+    );
+    let t0 = Instant::now();
+    etcd.delete(&key(1)).unwrap();
+    wait_until(
+        "deleted key leaves the table",
+        Duration::from_secs(10),
+        || {
+            admin
+                .backend("web", &format!("{}:8080", ip(&lab, 1)))
+                .is_err()
+        },
+    );
+    println!("etcd delete -> out of the table: {:?}", t0.elapsed());
+    let s = spread(&lab, 60);
+    assert_eq!(s.errors, 0, "{s}");
+    assert_eq!(
+        s.count(&names[1]),
+        0,
+        "deleted backend still gets flows\n{s}"
+    );
+    drop(lab);
+}
