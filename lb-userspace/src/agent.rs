@@ -58,6 +58,10 @@ pub struct AgentChannels {
     pub health: UnboundedSender<HealthEvent>,
 }
 
+/// Source messages already at hand at start (the built-in registry's persisted
+/// instances), applied with the first generation so the first tables include them.
+pub type InitialSources = Vec<SourceMessage>;
+
 /// A source as the agent knows it: its last complete set (kept when it fails: the
 /// last-known-good) and its error count.
 #[derive(Clone, Debug, Default)]
@@ -97,6 +101,7 @@ impl Agent {
         path: PathBuf,
         opts: AgentOptions,
         channels: AgentChannels,
+        initial: InitialSources,
     ) -> Result<Self, AgentError> {
         let config = config::load(&path)?;
         let dp = Dataplane::load(LoadOptions {
@@ -121,6 +126,9 @@ impl Agent {
                 syncs: 0,
             },
         };
+        for m in initial {
+            agent.record_source(m);
+        }
         agent.apply(&config)?;
         // Only now, with every map as the config wants it, does our program replace the
         // previous agent's in the links it left pinned (atomically: forwarding never stops).
@@ -280,19 +288,27 @@ impl Agent {
 
     /// A source published or failed.
     pub fn on_source(&mut self, msg: SourceMessage) {
+        let source = msg.source.clone();
+        if self.record_source(msg) {
+            self.resync(&format!("source {source} changed"));
+        }
+    }
+
+    /// Records a source's message; true if its endpoints changed.
+    fn record_source(&mut self, msg: SourceMessage) -> bool {
         let state = self.control.sources.entry(msg.source.clone()).or_default();
         match msg.update {
             SourceUpdate::Endpoints(endpoints) => {
                 state.updates += 1;
-                if state.endpoints != endpoints {
-                    state.endpoints = endpoints;
-                    self.resync(&format!("source {} changed", msg.source));
-                }
+                let changed = state.endpoints != endpoints;
+                state.endpoints = endpoints;
+                changed
             }
             SourceUpdate::Error(e) => {
                 state.errors += 1;
                 warn!(source = %msg.source, error = %e, "source failed; its last known backends stay");
                 state.last_error = Some(e);
+                false
             }
         }
     }

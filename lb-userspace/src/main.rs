@@ -48,6 +48,10 @@ enum Command {
         /// in several steps and signal when done).
         #[arg(long)]
         no_watch: bool,
+        /// On SIGTERM/SIGINT, leave the pinned XDP links and maps forwarding for the next
+        /// start to adopt (upgrades, restarts) instead of detaching and removing the pins.
+        #[arg(long)]
+        keep_dataplane: bool,
     },
     /// Validate a config file; every error names the file, line and field.
     CheckConfig { file: PathBuf },
@@ -88,7 +92,16 @@ fn main() -> ExitCode {
             generic,
             stats_interval,
             no_watch,
-        } => runtime().and_then(|rt| rt.block_on(run(config, generic, stats_interval, !no_watch))),
+            keep_dataplane,
+        } => runtime().and_then(|rt| {
+            rt.block_on(run(RunOptions {
+                path: config,
+                generic,
+                stats_interval,
+                watch: !no_watch,
+                keep_dataplane,
+            }))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,24 +174,47 @@ fn file_fingerprint(path: &std::path::Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-async fn run(path: PathBuf, generic: bool, stats_interval: u64, watch: bool) -> anyhow::Result<()> {
+struct RunOptions {
+    path: PathBuf,
+    generic: bool,
+    stats_interval: u64,
+    watch: bool,
+    keep_dataplane: bool,
+}
+
+async fn run(o: RunOptions) -> anyhow::Result<()> {
+    let RunOptions {
+        path,
+        generic,
+        stats_interval,
+        watch,
+        keep_dataplane,
+    } = o;
+    let c = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (source_tx, mut source_rx) = mpsc::unbounded_channel();
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    // The built-in registry first, so the first tables already hold its persisted
+    // instances (an adopted data plane then sees no change at all).
+    let registry = Registry::open(
+        c.registry.clone(),
+        SourceHandle::new(builtin::SOURCE_NAME, source_tx.clone()),
+    )?;
+    let mut initial = Vec::new();
+    while let Ok(m) = source_rx.try_recv() {
+        initial.push(m);
+    }
     let mut agent = Agent::start(
         path.clone(),
         AgentOptions {
             force_generic: generic,
         },
         AgentChannels {
-            sources: source_tx.clone(),
+            sources: source_tx,
             health: health_tx,
         },
+        initial,
     )?;
     let c = agent.config().clone();
-    let registry = Registry::open(
-        c.registry.clone(),
-        SourceHandle::new(builtin::SOURCE_NAME, source_tx),
-    )?;
     let registry = Arc::new(Mutex::new(registry));
     let token = c
         .admin
@@ -241,10 +277,15 @@ async fn run(path: PathBuf, generic: bool, stats_interval: u64, watch: bool) -> 
     info!("shutting down");
     server.abort();
     reaper.abort();
+
     if stats_interval > 0 {
         println!("{}", agent.counters_table());
     }
-    agent.shutdown();
+    if keep_dataplane {
+        agent.shutdown_keep();
+    } else {
+        agent.shutdown();
+    }
     Ok(())
 }
 

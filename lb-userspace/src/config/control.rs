@@ -163,10 +163,11 @@ pub(super) fn registry(raw: Option<&RawRegistry>, d: &mut Diag) -> BuiltinRegist
         );
     }
     BuiltinRegistry {
-        state_file: raw
-            .state_file
-            .as_ref()
-            .and_then(|s| absolute_path(s, "registry.state_file", d)),
+        state_file: match &raw.state_file {
+            None => defaults.state_file.clone(),
+            Some(s) if s.val.is_empty() => None,
+            Some(s) => absolute_path(s, "registry.state_file", d),
+        },
         default_ttl: default_ttl.unwrap_or(defaults.default_ttl),
         max_ttl: max_ttl.unwrap_or(defaults.max_ttl),
     }

@@ -104,6 +104,9 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
+/// Where the built-in registry persists registrations when `[registry] state_file` is not
+/// set.
+pub const DEFAULT_REGISTRY_STATE: &str = "/var/lib/lb/registry.json";
 /// Where the agent pins its maps and XDP links when `[global] pin_path` is not set.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 /// Admin listener when `[admin] listen` is not set: loopback only.
@@ -169,7 +172,7 @@ pub struct BuiltinRegistry {
 impl Default for BuiltinRegistry {
     fn default() -> Self {
         Self {
-            state_file: None,
+            state_file: Some(DEFAULT_REGISTRY_STATE.into()),
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
         }

@@ -315,6 +315,9 @@ fn save(path: &Path, state: &StateFile) -> Result<(), RegistryError> {
         path: path.into(),
         source,
     };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
     let tmp = path.with_extension("tmp");
     let json = serde_json::to_vec_pretty(state).map_err(|e| err(e.into()))?;
     let mut f = std::fs::File::create(&tmp).map_err(err)?;

@@ -131,7 +131,7 @@ fn control_defaults() {
     assert_eq!(
         config.registry,
         BuiltinRegistry {
-            state_file: None,
+            state_file: Some(PathBuf::from("/var/lib/lb/registry.json")),
             default_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
         }
@@ -491,9 +491,11 @@ fn registry_default_ttl_above_max_ttl() {
 }
 
 #[test]
-fn registry_state_file_must_be_absolute() {
+fn registry_state_file_must_be_absolute_or_empty_for_memory_only() {
+    let text = format!("{GLOBAL}[registry]\nstate_file = \"registry.json\"\n");
+    one_error(&text, 4, "registry.state_file", "absolute");
     let text = format!("{GLOBAL}[registry]\nstate_file = \"\"\n");
-    one_error(&text, 4, "registry.state_file", "must not be empty");
+    assert_eq!(parse(&text, "t.toml").unwrap().registry.state_file, None);
 }
 
 // ---- [[source]]: shape ----
