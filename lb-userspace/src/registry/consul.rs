@@ -496,9 +496,9 @@ pub(super) async fn sleep_unless_closed(out: &SourceHandle, delay: Duration) -> 
 /// A duration as Go's `time.ParseDuration` reads it (`5m`, `30s`, `250ms`).
 fn go_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 60_000 == 0 {
+    if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -425,7 +425,12 @@ fn endpoint(
         "conditions": conditions,
         "nodeName": "node-1",
         "zone": "zone-a",
-        "targetRef": {"kind": "Pod", "namespace": NS, "name": pod, "uid": "1f0c4b8e-0000-4000-8000-000000000001"}
+        "targetRef": {
+            "kind": "Pod",
+            "namespace": NS,
+            "name": pod,
+            "uid": "1f0c4b8e-0000-4000-8000-000000000001"
+        }
     })
 }
 
@@ -615,7 +620,9 @@ async fn bookmark_moves_the_resume_point() {
         json!([ready("10.0.0.1")]),
     )])
     .await;
-    let watcher = KubernetesWatcher::new(&config(&api.url, &["web"], None))
+    // A token file as the kubelet writes it (no newline): kube reads it, and re-reads it.
+    let token = TempFile::new("k8s-token-rotated", "rotating-token");
+    let watcher = KubernetesWatcher::new(&config(&api.url, &["web"], Some(&token)))
         .unwrap()
         .with_backoff(fast());
     let mut source = Running::start(watcher);
@@ -624,6 +631,9 @@ async fn bookmark_moves_the_resume_point() {
         vec![ep("web", "10.0.0.1", 80, 1)]
     );
     eventually("a watch", || api.seen().iter().any(Seen::is_watch)).await;
+    for s in api.seen() {
+        assert_eq!(s.authorization.as_deref(), Some("Bearer rotating-token"));
+    }
 
     let mark = api.bookmark();
     // Give the bookmark time to arrive, then end the watch as the server's timeout would.
