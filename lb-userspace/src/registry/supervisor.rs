@@ -63,17 +63,24 @@ impl SourceSet {
 
     fn spawn(&self, c: &SourceConfig) -> Option<JoinHandle<()>> {
         let handle = SourceHandle::new(c.name(), self.tx.clone());
-        let started = match c {
-            SourceConfig::Etcd(e) => super::etcd::EtcdWatcher::new(e).map(|w| run(w, handle)),
-            SourceConfig::Consul(_) | SourceConfig::Kubernetes(_) => {
-                error!(source = c.name(), "this source kind is not built in yet");
-                return None;
-            }
+        let report = handle.clone();
+        let started: Result<JoinHandle<()>, String> = match c {
+            SourceConfig::Etcd(e) => super::etcd::EtcdWatcher::new(e)
+                .map(|w| run(w, handle))
+                .map_err(|e| e.to_string()),
+            SourceConfig::Consul(e) => super::consul::ConsulWatcher::new(e)
+                .map(|w| run(w, handle))
+                .map_err(|e| e.to_string()),
+            SourceConfig::Kubernetes(e) => super::kubernetes::KubernetesWatcher::new(e)
+                .map(|w| run(w, handle))
+                .map_err(|e| e.to_string()),
         };
         match started {
             Ok(task) => Some(task),
             Err(e) => {
                 error!(source = c.name(), error = %e, "source not started");
+                // Shows in status and lb_source_errors_total, not only in the log.
+                report.error(format!("not started: {e}"));
                 None
             }
         }
