@@ -330,44 +330,46 @@ fn layout_key(name: &str) -> LayoutKey {
     k
 }
 
-/// Opens the pinned layout record, or creates and pins an empty one.
+/// Opens the pinned layout record, or creates and pins an empty one (also in place of a pin
+/// that is not a record: then no version is known and every pinned map is replaced).
 fn layout_record(pins: &PinDir) -> Result<BpfHashMap<MapData, LayoutKey, u32>, DataplaneError> {
     let path = pins.map(LAYOUT_MAP);
     let err = |source| DataplaneError::Map {
         name: LAYOUT_MAP,
         source,
     };
-    let data = match MapData::from_pin(&path) {
-        Ok(d) => d,
-        Err(_) => {
-            let fd = create_map(&MapParams {
-                map_type: BPF_MAP_TYPE_HASH,
-                key_size: 16,
-                value_size: 4,
-                max_entries: 64,
-                flags: 0,
-                name: LAYOUT_MAP,
-            })
-            .map_err(|e| {
-                DataplaneError::Pin(super::pin::PinError::Io {
-                    path: path.clone(),
-                    source: e,
-                })
-            })?;
-            let data = MapData::from_fd(fd).map_err(err)?;
-            data.pin(&path).map_err(|e| DataplaneError::Map {
-                name: LAYOUT_MAP,
-                source: aya::maps::MapError::PinError {
-                    name: Some(LAYOUT_MAP.into()),
-                    error: e,
-                },
-            })?;
-            data
-        }
-    };
-    Map::from_map_data(data)
-        .and_then(BpfHashMap::try_from)
-        .map_err(err)
+    let as_record = |data: MapData| Map::from_map_data(data).and_then(BpfHashMap::try_from);
+    if let Ok(record) = MapData::from_pin(&path).and_then(as_record) {
+        return Ok(record);
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(pin_io(&path, e)),
+        _ => {}
+    }
+    let fd = create_map(&MapParams {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 16,
+        value_size: 4,
+        max_entries: 64,
+        flags: 0,
+        name: LAYOUT_MAP,
+    })
+    .map_err(|e| pin_io(&path, e))?;
+    let data = MapData::from_fd(fd).map_err(err)?;
+    data.pin(&path).map_err(|error| {
+        err(aya::maps::MapError::PinError {
+            name: Some(LAYOUT_MAP.into()),
+            error,
+        })
+    })?;
+    as_record(data).map_err(err)
+}
+
+fn pin_io(path: &Path, source: std::io::Error) -> DataplaneError {
+    DataplaneError::Pin(super::pin::PinError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Before loading: decides for every pinned map, unpins the incompatible ones (with a warning
@@ -456,12 +458,7 @@ pub fn record_and_verify(pins: &PinDir, conntrack_entries: u32) -> Result<(), Da
 }
 
 fn unpin(path: &Path) -> Result<(), DataplaneError> {
-    std::fs::remove_file(path).map_err(|source| {
-        DataplaneError::Pin(super::pin::PinError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    })
+    std::fs::remove_file(path).map_err(|e| pin_io(path, e))
 }
 
 #[cfg(test)]
