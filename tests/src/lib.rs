@@ -14,6 +14,7 @@ pub mod admin;
 pub mod bench;
 pub mod cleanup;
 pub mod etcd;
+pub mod fake_consul;
 pub mod fixture;
 pub mod lab;
 pub mod netns;

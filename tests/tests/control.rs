@@ -624,3 +624,42 @@ fn etcd_changes_reach_the_data_plane_and_an_outage_loses_nothing() {
     );
     drop(lab);
 }
+
+/// Consul as the source (a stand-in serving Consul's documented responses: no Consul agent
+/// can run here): a change to the passing set reaches the data plane; a removal leaves it.
+#[test]
+fn consul_changes_reach_the_data_plane() {
+    let topo = Topology::two_arm(3).unwrap();
+    let consul = lb_tests::fake_consul::FakeConsul::start_in(&topo.lb.path()).unwrap();
+    let dir = Dir::new("consul");
+    let d = dir.0.clone();
+    let url = consul.url();
+    let lab = Lab::start_config(
+        topo,
+        move |t| {
+            config(t, &[0], None, &d)
+                + &format!("\n[[source]]\nkind = \"consul\"\naddress = \"{url}\"\nservices = [\"web\"]\n")
+        },
+        &[],
+    );
+    let admin = AdminClient::new(&dir.socket(), TOKEN);
+    wait_until("admin API answers", Duration::from_secs(10), || admin.get("/healthz").is_ok());
+    let names = lab.names();
+    let (b1, b2) = (ip(&lab, 1), ip(&lab, 2));
+
+    let t0 = Instant::now();
+    consul.set(&[("web", &b1, 8080, 1), ("web", &b2, 8080, 1)]);
+    let added = t0.elapsed() + time_until_reached(&lab, &names[1]);
+    println!("consul change -> forwarding: {added:?}");
+    time_until_reached(&lab, &names[2]);
+    assert_eq!(admin.backend("web", &format!("{b1}:8080")).unwrap()["origin"], "consul");
+
+    consul.set(&[("web", &b2, 8080, 1)]);
+    wait_until("removed instance leaves the table", Duration::from_secs(10), || {
+        admin.backend("web", &format!("{b1}:8080")).is_err()
+    });
+    let s = spread(&lab, 60);
+    assert_eq!(s.errors, 0, "{s}");
+    assert_eq!(s.count(&names[1]), 0, "removed instance still gets flows\n{s}");
+    drop(lab);
+}

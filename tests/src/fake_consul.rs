@@ -1,0 +1,164 @@
+//! A stand-in for a Consul agent's `/v1/health/service/NAME` endpoint, for end-to-end tests
+//! of the agent's Consul source (no Consul can be installed here). It answers in the
+//! documented shape: a JSON array of `{Node, Service, Checks}` with an `X-Consul-Index`
+//! header, and holds blocking queries (`?index=N`) until the set changes or the wait ends.
+//!
+//! It runs inside a test namespace (bound on that namespace's loopback) so an agent there can
+//! reach it; threads, stopped on drop.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::Path,
+    sync::{Arc, Condvar, Mutex, atomic::{AtomicBool, Ordering}},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+/// Longest a blocking query is held (Consul's default `wait` is 5 minutes; tests need less).
+const MAX_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct State {
+    index: u64,
+    /// (service, address, port, weight) of passing instances.
+    instances: Vec<(String, String, u16, u32)>,
+}
+
+type Shared = Arc<(Mutex<State>, Condvar)>;
+
+pub struct FakeConsul {
+    pub addr: SocketAddr,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeConsul {
+    /// Starts it on the loopback of the namespace at `netns` (`/run/netns/NAME`).
+    pub fn start_in(netns: &Path) -> Result<FakeConsul> {
+        let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+        let shared: Shared = Arc::new((Mutex::new(State { index: 1, ..State::default() }), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sh, st) = (shared.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid fd; this thread (and those it spawns) live in the ns.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = tx.send(Err(std::io::Error::last_os_error()));
+                return;
+            }
+            let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = listener.set_nonblocking(true);
+            let _ = tx.send(listener.local_addr());
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (sh, st) = (sh.clone(), st.clone());
+                        std::thread::spawn(move || serve(conn, &sh, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let addr = rx.recv().context("fake consul thread")??;
+        Ok(FakeConsul { addr, shared, stop, thread: Some(thread) })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the passing instances (service, address, port, weight) and bumps the index,
+    /// waking blocked queries.
+    pub fn set(&self, instances: &[(&str, &str, u16, u32)]) {
+        let (m, cv) = &*self.shared;
+        let mut s = m.lock().unwrap();
+        s.instances = instances.iter().map(|(a, b, c, d)| (a.to_string(), b.to_string(), *c, *d)).collect();
+        s.index += 1;
+        cv.notify_all();
+    }
+}
+
+impl Drop for FakeConsul {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut out = conn;
+    // Keep-alive: answer requests until the client closes.
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+        }
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let Some(service) = path.strip_prefix("/v1/health/service/") else {
+            let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        };
+        let wanted: u64 = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("index="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (m, cv) = &**shared;
+        let mut s = m.lock().unwrap();
+        let deadline = Instant::now() + MAX_WAIT;
+        while s.index == wanted && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            s = cv.wait_timeout(s, Duration::from_millis(50)).unwrap().0;
+        }
+        let body = json!(s
+            .instances
+            .iter()
+            .filter(|(svc, ..)| svc == service)
+            .map(|(svc, addr, port, weight)| json!({
+                "Node": {"ID": "n1", "Node": "node-1", "Address": addr, "Datacenter": "dc1"},
+                "Service": {
+                    "ID": format!("{svc}-{addr}-{port}"), "Service": svc, "Tags": ["test"],
+                    "Address": addr, "Port": port, "Meta": {"fake": "yes"},
+                    "Weights": {"Passing": weight, "Warning": 1}
+                },
+                "Checks": [{"Node": "node-1", "CheckID": "serfHealth", "Status": "passing"}]
+            }))
+            .collect::<Vec<_>>())
+        .to_string();
+        let index = s.index;
+        drop(s);
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: {index}\r\nX-Consul-Knownleader: true\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
