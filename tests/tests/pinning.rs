@@ -6,7 +6,7 @@
 //! - the next agent adopts (one log line), keeps ids and tables (same checksum, no table
 //!   rebuilt), loses no conntrack entry, and takes over the links in place without dropping a
 //!   packet;
-//! - a clean shutdown removes the pins and detaches;
+//! - a clean shutdown removes the pins and detaches; `--keep-dataplane` leaves them;
 //! - a pinned map of another layout (faked with bpftool) is replaced, with a warning that
 //!   names it and the consequence, and that consequence is real.
 
@@ -88,8 +88,9 @@ impl Drop for Bpffs {
     }
 }
 
-/// Topology, servers and an agent pinning on `fs`; returns once the VIP answers.
-fn start(fs: &Bpffs, extra_global: &str) -> Lab {
+/// Topology, servers and an agent (`lb run ... agent_args`) pinning on `fs`; returns once
+/// the VIP answers.
+fn start(fs: &Bpffs, extra_global: &str, agent_args: &[&str]) -> Lab {
     let global = format!("pin_path = \"{}\"\n{extra_global}", fs.pin_path().display());
     Lab::start_config(
         Topology::two_arm(3).unwrap(),
@@ -97,7 +98,7 @@ fn start(fs: &Bpffs, extra_global: &str) -> Lab {
             let all: Vec<usize> = (0..t.backends.len()).collect();
             config_text_with(t, &all, None, &global)
         },
-        &[],
+        agent_args,
     )
 }
 
@@ -240,7 +241,7 @@ fn kill9(agent: &mut NsChild) {
 #[test]
 fn kill_9_keeps_forwarding_and_the_next_agent_adopts() {
     let fs = Bpffs::mount();
-    let mut lab = start(&fs, "");
+    let mut lab = start(&fs, "", &[]);
     let names = lab.names();
     let ifaces = lab.topo.lb_interfaces();
     let applied = log_line(&lab.agent, "config applied");
@@ -360,7 +361,7 @@ fn kill_9_keeps_forwarding_and_the_next_agent_adopts() {
 #[test]
 fn a_pinned_map_of_another_layout_is_replaced() {
     let fs = Bpffs::mount();
-    let mut lab = start(&fs, "");
+    let mut lab = start(&fs, "", &[]);
     let names = lab.names();
     let mut conns: Vec<(TcpStream, String)> = (0..5).map(|_| lab.client_connect()).collect();
     for (s, _) in conns.iter_mut() {
@@ -491,5 +492,53 @@ fn pin_path_off_bpffs_is_refused_with_a_hint() {
     for i in topo.lb_interfaces() {
         let l = topo.lb.ip(["link", "show", "dev", &i]).unwrap();
         assert!(!String::from_utf8_lossy(&l.stdout).contains("xdp"));
+    }
+}
+
+/// `lb run --keep-dataplane`: SIGTERM exits cleanly but leaves the links and maps pinned and
+/// forwarding; the next agent adopts them.
+#[test]
+fn keep_dataplane_exit_leaves_it_forwarding_for_the_next_agent() {
+    let fs = Bpffs::mount();
+    let mut lab = start(&fs, "", &["--keep-dataplane"]);
+    let ifaces = lab.topo.lb_interfaces();
+    let mut conns: Vec<(TcpStream, String)> = (0..10).map(|_| lab.client_connect()).collect();
+    for (s, _) in conns.iter_mut() {
+        echo(s, b"before").unwrap();
+    }
+
+    let st = lab.agent.stop(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "exit {st:?}\n{}", lab.agent.output());
+    assert!(
+        lab.agent
+            .output()
+            .contains("exiting with the data plane pinned and forwarding"),
+        "{}",
+        lab.agent.output()
+    );
+    for i in &ifaces {
+        assert!(fs.link(i).exists(), "link pin for {i} removed");
+        assert!(xdp_attached(&lab, i), "XDP gone from {i}");
+    }
+    for (s, b) in conns.iter_mut() {
+        echo(s, b"agent gone").unwrap_or_else(|e| panic!("connection via {b} broke: {e}"));
+    }
+    let spread = tcp_name_spread(
+        &lab.topo.client.ns,
+        IpAddr::V4(VIP4),
+        TCP_PORT,
+        60,
+        DEFAULT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(spread.errors, 0, "{spread}");
+
+    lab.agent = lab.spawn_agent(&[]);
+    let adopted = log_line(&lab.agent, "adopted the pinned data plane");
+    assert_eq!(field(&adopted, "services"), "2", "{adopted}");
+    assert_eq!(field(&adopted, "replaced"), "[]", "{adopted}");
+    wait_for_takeover(&lab.agent, ifaces.len());
+    for (s, b) in conns.iter_mut() {
+        echo(s, b"adopted").unwrap_or_else(|e| panic!("connection via {b} broke: {e}"));
     }
 }
