@@ -11,7 +11,10 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::Path,
-    sync::{Arc, Condvar, Mutex, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -41,8 +44,15 @@ pub struct FakeConsul {
 impl FakeConsul {
     /// Starts it on the loopback of the namespace at `netns` (`/run/netns/NAME`).
     pub fn start_in(netns: &Path) -> Result<FakeConsul> {
-        let file = std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
-        let shared: Shared = Arc::new((Mutex::new(State { index: 1, ..State::default() }), Condvar::new()));
+        let file =
+            std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+        let shared: Shared = Arc::new((
+            Mutex::new(State {
+                index: 1,
+                ..State::default()
+            }),
+            Condvar::new(),
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (sh, st) = (shared.clone(), stop.clone());
@@ -72,7 +82,12 @@ impl FakeConsul {
             }
         });
         let addr = rx.recv().context("fake consul thread")??;
-        Ok(FakeConsul { addr, shared, stop, thread: Some(thread) })
+        Ok(FakeConsul {
+            addr,
+            shared,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -85,7 +100,10 @@ impl FakeConsul {
     pub fn set(&self, instances: &[(&str, &str, u16, u32)]) {
         let (m, cv) = &*self.shared;
         let mut s = m.lock().unwrap();
-        s.instances = instances.iter().map(|(a, b, c, d)| (a.to_string(), b.to_string(), *c, *d)).collect();
+        s.instances = instances
+            .iter()
+            .map(|(a, b, c, d)| (a.to_string(), b.to_string(), *c, *d))
+            .collect();
         s.index += 1;
         cv.notify_all();
     }
@@ -138,7 +156,8 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
         while s.index == wanted && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             s = cv.wait_timeout(s, Duration::from_millis(50)).unwrap().0;
         }
-        let body = json!(s
+        let body =
+            json!(s
             .instances
             .iter()
             .filter(|(svc, ..)| svc == service)
@@ -152,7 +171,7 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
                 "Checks": [{"Node": "node-1", "CheckID": "serfHealth", "Status": "passing"}]
             }))
             .collect::<Vec<_>>())
-        .to_string();
+            .to_string();
         let index = s.index;
         drop(s);
         let _ = write!(

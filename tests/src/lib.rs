@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cleanup;
 pub mod etcd;
 pub mod fake_consul;
+pub mod fake_k8s;
 pub mod fixture;
 pub mod lab;
 pub mod netns;

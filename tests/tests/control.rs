@@ -638,12 +638,16 @@ fn consul_changes_reach_the_data_plane() {
         topo,
         move |t| {
             config(t, &[0], None, &d)
-                + &format!("\n[[source]]\nkind = \"consul\"\naddress = \"{url}\"\nservices = [\"web\"]\n")
+                + &format!(
+                    "\n[[source]]\nkind = \"consul\"\naddress = \"{url}\"\nservices = [\"web\"]\n"
+                )
         },
         &[],
     );
     let admin = AdminClient::new(&dir.socket(), TOKEN);
-    wait_until("admin API answers", Duration::from_secs(10), || admin.get("/healthz").is_ok());
+    wait_until("admin API answers", Duration::from_secs(10), || {
+        admin.get("/healthz").is_ok()
+    });
     let names = lab.names();
     let (b1, b2) = (ip(&lab, 1), ip(&lab, 2));
 
@@ -652,14 +656,88 @@ fn consul_changes_reach_the_data_plane() {
     let added = t0.elapsed() + time_until_reached(&lab, &names[1]);
     println!("consul change -> forwarding: {added:?}");
     time_until_reached(&lab, &names[2]);
-    assert_eq!(admin.backend("web", &format!("{b1}:8080")).unwrap()["origin"], "consul");
+    assert_eq!(
+        admin.backend("web", &format!("{b1}:8080")).unwrap()["origin"],
+        "consul"
+    );
 
     consul.set(&[("web", &b2, 8080, 1)]);
-    wait_until("removed instance leaves the table", Duration::from_secs(10), || {
-        admin.backend("web", &format!("{b1}:8080")).is_err()
-    });
+    wait_until(
+        "removed instance leaves the table",
+        Duration::from_secs(10),
+        || admin.backend("web", &format!("{b1}:8080")).is_err(),
+    );
     let s = spread(&lab, 60);
     assert_eq!(s.errors, 0, "{s}");
-    assert_eq!(s.count(&names[1]), 0, "removed instance still gets flows\n{s}");
+    assert_eq!(
+        s.count(&names[1]),
+        0,
+        "removed instance still gets flows\n{s}"
+    );
+    drop(lab);
+}
+
+/// Kubernetes as the source (a stand-in serving the documented EndpointSlice list and watch:
+/// no API server can run here): ready endpoints take flows, a terminating-but-serving one is
+/// drained (no new flows), a removed one leaves the table.
+#[test]
+fn kubernetes_changes_reach_the_data_plane() {
+    let topo = Topology::two_arm(3).unwrap();
+    let k8s = lb_tests::fake_k8s::FakeKubernetes::start_in(&topo.lb.path(), "web", 8080).unwrap();
+    let dir = Dir::new("k8s");
+    std::fs::write(dir.0.join("sa-token"), "test-token").unwrap();
+    let d = dir.0.clone();
+    let url = k8s.url();
+    let lab = Lab::start_config(
+        topo,
+        move |t| {
+            config(t, &[0], None, &d)
+                + &format!(
+                    "\n[[source]]\nkind = \"kubernetes\"\napi_server = \"{url}\"\nservices = [\"web\"]\ntoken_file = \"{}\"\n",
+                    d.join("sa-token").display()
+                )
+        },
+        &[],
+    );
+    let admin = AdminClient::new(&dir.socket(), TOKEN);
+    wait_until("admin API answers", Duration::from_secs(10), || {
+        admin.get("/healthz").is_ok()
+    });
+    let names = lab.names();
+    let (b1, b2) = (ip(&lab, 1), ip(&lab, 2));
+
+    let t0 = Instant::now();
+    k8s.set(&[(&b1, true, true, false), (&b2, true, true, false)]);
+    let added = t0.elapsed() + time_until_reached(&lab, &names[1]);
+    println!("kubernetes change -> forwarding: {added:?}");
+    time_until_reached(&lab, &names[2]);
+    assert_eq!(
+        admin.backend("web", &format!("{b1}:8080")).unwrap()["origin"],
+        "kubernetes"
+    );
+
+    // b1 terminating but serving: drained.
+    k8s.set(&[(&b1, false, true, true), (&b2, true, true, false)]);
+    wait_until(
+        "terminating endpoint drained",
+        Duration::from_secs(10),
+        || admin.backend("web", &format!("{b1}:8080")).unwrap()["effective_weight"] == 0,
+    );
+    let s = spread(&lab, 60);
+    assert_eq!(s.errors, 0, "{s}");
+    assert_eq!(
+        s.count(&names[1]),
+        0,
+        "terminating endpoint got new flows\n{s}"
+    );
+
+    // b2 gone.
+    k8s.set(&[(&b1, false, true, true)]);
+    wait_until(
+        "removed endpoint leaves the table",
+        Duration::from_secs(10),
+        || admin.backend("web", &format!("{b2}:8080")).is_err(),
+    );
+    assert_eq!(spread(&lab, 30).count(&names[2]), 0);
     drop(lab);
 }

@@ -1,0 +1,221 @@
+//! A stand-in for the Kubernetes API server's EndpointSlice list and watch, for end-to-end
+//! tests of the agent's Kubernetes source (no API server can be installed here). It answers
+//! in the documented shapes: `EndpointSliceList` with `metadata.resourceVersion`, and for
+//! `?watch=true` a chunked stream of `{"type": "MODIFIED", "object": EndpointSlice}` lines,
+//! ended after a couple of seconds like a watch timeout.
+//!
+//! One slice for one service; it runs inside a test namespace; threads, stopped on drop.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::Path,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+/// How long one watch request stays open.
+const WATCH_FOR: Duration = Duration::from_secs(2);
+
+struct State {
+    resource_version: u64,
+    service: String,
+    /// (address, ready, serving, terminating).
+    endpoints: Vec<(String, bool, bool, bool)>,
+    port: u16,
+}
+
+type Shared = Arc<(Mutex<State>, Condvar)>;
+
+pub struct FakeKubernetes {
+    pub addr: SocketAddr,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeKubernetes {
+    /// Serves one EndpointSlice of `service` (port `port`) on the loopback of the namespace
+    /// at `netns`.
+    pub fn start_in(netns: &Path, service: &str, port: u16) -> Result<FakeKubernetes> {
+        let file =
+            std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+        let shared: Shared = Arc::new((
+            Mutex::new(State {
+                resource_version: 100,
+                service: service.into(),
+                endpoints: Vec::new(),
+                port,
+            }),
+            Condvar::new(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sh, st) = (shared.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid fd; this thread (and those it spawns) live in the ns.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = tx.send(Err(std::io::Error::last_os_error()));
+                return;
+            }
+            let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = listener.set_nonblocking(true);
+            let _ = tx.send(listener.local_addr());
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (sh, st) = (sh.clone(), st.clone());
+                        std::thread::spawn(move || serve(conn, &sh, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let addr = rx.recv().context("fake kubernetes thread")??;
+        Ok(FakeKubernetes {
+            addr,
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the slice's endpoints: (address, ready, serving, terminating).
+    pub fn set(&self, endpoints: &[(&str, bool, bool, bool)]) {
+        let (m, cv) = &*self.shared;
+        let mut s = m.lock().unwrap();
+        s.endpoints = endpoints
+            .iter()
+            .map(|(a, r, sv, t)| (a.to_string(), *r, *sv, *t))
+            .collect();
+        s.resource_version += 1;
+        cv.notify_all();
+    }
+}
+
+impl Drop for FakeKubernetes {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn slice(s: &State) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{}-abcde", s.service),
+            "namespace": "default",
+            "resourceVersion": s.resource_version.to_string(),
+            "labels": {"kubernetes.io/service-name": s.service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+        },
+        "addressType": "IPv4",
+        "endpoints": s.endpoints.iter().map(|(a, ready, serving, terminating)| json!({
+            "addresses": [a],
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+            "nodeName": "node-1",
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": s.port, "protocol": "TCP"}],
+    })
+}
+
+fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+        }
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if !path.ends_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices") {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
+            let _ = write!(
+                out,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            continue;
+        }
+        let watch = query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1");
+        let (m, cv) = &**shared;
+        if !watch {
+            let s = m.lock().unwrap();
+            let body = json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSliceList",
+                "metadata": {"resourceVersion": s.resource_version.to_string()},
+                "items": [slice(&s)],
+            })
+            .to_string();
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            continue;
+        }
+        let mut seen: u64 = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").is_err() {
+            return;
+        }
+        let deadline = Instant::now() + WATCH_FOR;
+        let mut s = m.lock().unwrap();
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            if s.resource_version > seen {
+                seen = s.resource_version;
+                let event = format!("{}\n", json!({"type": "MODIFIED", "object": slice(&s)}));
+                if write!(out, "{:x}\r\n{event}\r\n", event.len())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            s = cv.wait_timeout(s, Duration::from_millis(50)).unwrap().0;
+        }
+        drop(s);
+        let _ = write!(out, "0\r\n\r\n");
+        let _ = out.flush();
+    }
+}
