@@ -3,6 +3,7 @@
 //! `/proc/stat` is not namespaced: it counts every CPU's time, whatever runs where, which is
 //! what "whole-machine CPU per request" means (load generator, proxies, kernel, all of it).
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -71,8 +72,10 @@ pub fn busy_share(window: Duration) -> Result<f64> {
 }
 
 /// When a run may start: the machine's busy share over `sample` at most `threshold`, tried
-/// up to `tries` times with `pause` between.
-#[derive(Debug, Clone, Copy)]
+/// up to `tries` times with `pause` between, and never more than `budget` of waiting over the
+/// whole bench (past it, one sample is taken and recorded, so a machine that is never idle
+/// cannot stretch the bench without bound).
+#[derive(Debug, Clone)]
 pub struct IdleGate {
     /// Busy share (0..=1) at or under which the machine counts as idle.
     pub threshold: f64,
@@ -82,6 +85,9 @@ pub struct IdleGate {
     pub tries: u32,
     /// Wait between samples.
     pub pause: Duration,
+    /// Total waiting allowed over all runs.
+    pub budget: Duration,
+    spent: Cell<Duration>,
 }
 
 impl Default for IdleGate {
@@ -89,8 +95,10 @@ impl Default for IdleGate {
         IdleGate {
             threshold: 0.10,
             sample: Duration::from_secs(1),
-            tries: 8,
+            tries: 4,
             pause: Duration::from_secs(2),
+            budget: Duration::from_secs(240),
+            spent: Cell::new(Duration::ZERO),
         }
     }
 }
@@ -109,7 +117,18 @@ pub struct IdleCheck {
 }
 
 impl IdleGate {
-    /// Samples until the machine is idle or the tries run out; never fails the run.
+    /// A gate with one-second samples 2 s apart.
+    pub fn new(threshold: f64, tries: u32, budget: Duration) -> IdleGate {
+        IdleGate {
+            threshold,
+            tries,
+            budget,
+            ..IdleGate::default()
+        }
+    }
+
+    /// Samples until the machine is idle or the tries (or the budget) run out; never fails
+    /// the run.
     pub fn wait(&self) -> Result<IdleCheck> {
         let start = Instant::now();
         let mut tries = 0;
@@ -117,7 +136,9 @@ impl IdleGate {
             tries += 1;
             let busy = busy_share(self.sample)?;
             let idle = busy <= self.threshold;
-            if idle || tries >= self.tries.max(1) {
+            let over_budget = self.spent.get() + start.elapsed() >= self.budget;
+            if idle || tries >= self.tries.max(1) || over_budget {
+                self.spent.set(self.spent.get() + start.elapsed());
                 return Ok(IdleCheck {
                     busy_share: busy,
                     tries,
@@ -133,6 +154,21 @@ impl IdleGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spent_budget_means_one_sample() {
+        let gate = IdleGate {
+            threshold: -1.0, // never idle
+            sample: Duration::from_millis(10),
+            tries: 100,
+            pause: Duration::from_millis(1),
+            budget: Duration::ZERO,
+            ..IdleGate::default()
+        };
+        let c = gate.wait().unwrap();
+        assert_eq!(c.tries, 1);
+        assert!(!c.idle);
+    }
 
     #[test]
     fn parses_the_cpu_line() {

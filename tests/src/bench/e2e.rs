@@ -54,6 +54,8 @@ pub struct Sample {
     pub busy_share: f64,
     /// What the idle gate saw before the run.
     pub idle: IdleCheck,
+    /// SYNs the client had to send again (a connection setup that waited for a timeout).
+    pub syn_retrans: u64,
 }
 
 /// Medians over the rounds of one configuration in one mode.
@@ -86,6 +88,9 @@ pub struct E2eResults {
     pub rounds: usize,
     /// Whether the agent ran with `pin_path = ""` and a private admin socket.
     pub agent_extra_keys: bool,
+    /// The agent's per-reason packet counters at the end of each round's run (its
+    /// `reasons:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`.
+    pub agent_reasons: Vec<(usize, String)>,
 }
 
 impl E2eResults {
@@ -135,13 +140,17 @@ pub struct E2eOptions {
     pub rounds: usize,
     /// wrk's shape.
     pub load: Load,
-    /// When a run may start.
-    pub gate: IdleGate,
 }
 
 /// Runs the interleaved rounds on `lab`. A configuration that fails to start in a round is
 /// recorded in `failures` and skipped for that round; the others go on.
-pub fn run(lab: &BenchLab, tools: &Tools, opts: &E2eOptions) -> Result<E2eResults> {
+/// `gate` decides when each run may start.
+pub fn run(
+    lab: &BenchLab,
+    tools: &Tools,
+    opts: &E2eOptions,
+    gate: &IdleGate,
+) -> Result<E2eResults> {
     let mut res = E2eResults {
         load: Some(opts.load),
         rounds: opts.rounds,
@@ -153,7 +162,7 @@ pub fn run(lab: &BenchLab, tools: &Tools, opts: &E2eOptions) -> Result<E2eResult
             if crate::cleanup::interrupted() {
                 anyhow::bail!("interrupted");
             }
-            let active = match peers::start(peer, lab, tools) {
+            let mut active = match peers::start(peer, lab, tools) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("lb-bench: round {round}: {} not started: {e:#}", peer.key());
@@ -162,10 +171,10 @@ pub fn run(lab: &BenchLab, tools: &Tools, opts: &E2eOptions) -> Result<E2eResult
                 }
             };
             for mode in Mode::BOTH {
-                let sample = one_run(lab, peer, mode, round, opts)
+                let sample = one_run(lab, peer, mode, round, &opts.load, gate)
                     .with_context(|| format!("{} {}", peer.key(), mode.key()))?;
                 eprintln!(
-                    "lb-bench: round {} {:<13} {:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>6.1} us/req  (idle before: {:.0}% busy{})",
+                    "lb-bench: round {} {:<13} {:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>6.1} us/req  SYN retransmits {} (idle before: {:.0}% busy{})",
                     round + 1,
                     peer.key(),
                     mode.key(),
@@ -173,10 +182,16 @@ pub fn run(lab: &BenchLab, tools: &Tools, opts: &E2eOptions) -> Result<E2eResult
                     sample.wrk.p50_us,
                     sample.wrk.p99_us,
                     sample.cpu_us_per_req,
+                    sample.syn_retrans,
                     sample.idle.busy_share * 100.0,
                     if sample.idle.idle { "" } else { ", NOT idle" }
                 );
                 res.samples.push(sample);
+            }
+            if peer == Peer::Lb
+                && let Some(out) = active.stop()
+            {
+                res.agent_reasons.push((round, reasons_line(&out)));
             }
             drop(active);
         }
@@ -189,14 +204,18 @@ fn one_run(
     peer: Peer,
     mode: Mode,
     round: usize,
-    opts: &E2eOptions,
+    load: &Load,
+    gate: &IdleGate,
 ) -> Result<Sample> {
-    let idle = opts.gate.wait()?;
+    let idle = gate.wait()?;
     let url = format!("http://{}:{HTTP_PORT}/", peer.target(lab));
+    let syn_before = syn_retransmits(&lab.topo.client.ns)?;
     let before = CpuTimes::now()?;
-    let report = wrk::run(&lab.topo.client.ns, &url, mode == Mode::Close, &opts.load)?;
+    let report = wrk::run(&lab.topo.client.ns, &url, mode == Mode::Close, load)?;
     let (busy, total) = CpuTimes::now()?.since(&before);
+    let syn_retrans = syn_retransmits(&lab.topo.client.ns)?.saturating_sub(syn_before);
     Ok(Sample {
+        syn_retrans,
         round,
         peer,
         mode,
@@ -205,4 +224,29 @@ fn one_run(
         wrk: report,
         idle,
     })
+}
+
+/// The client namespace's count of retransmitted SYNs (`TcpExtTCPSynRetrans`).
+fn syn_retransmits(ns: &crate::netns::Netns) -> Result<u64> {
+    // -a: absolute values, -s: leave nstat's history file alone, -z: print zeros too.
+    let out = ns.run("nstat", ["-asz", "TcpExtTCPSynRetrans"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("TcpExtTCPSynRetrans"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+/// The counters of the agent's `reasons:` line, or a note that it printed none.
+pub fn reasons_line(agent_output: &str) -> String {
+    agent_output
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("reasons:"))
+        .map_or_else(
+            || "(no counter table printed)".into(),
+            |r| r.trim().to_owned(),
+        )
 }

@@ -126,14 +126,24 @@ impl Active<'_> {
     pub fn child(&mut self) -> Option<&mut NsChild> {
         self.child.as_mut()
     }
+
+    /// Stops the process now and returns everything it printed (for the agent: its counter
+    /// table, printed at exit). The rules are undone on drop as usual.
+    pub fn stop(&mut self) -> Option<String> {
+        let mut c = self.child.take()?;
+        if let Err(e) = c.stop(NsChild::STOP_GRACE) {
+            eprintln!("lb-bench: stopping {}: {e:#}", self.peer.key());
+        }
+        Some(c.output())
+    }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take()
-            && let Err(e) = c.stop(NsChild::STOP_GRACE)
+        if let Some(out) = self.stop()
+            && std::env::var_os("LB_BENCH_DEBUG").is_some()
         {
-            eprintln!("lb-bench: stopping {}: {e:#}", self.peer.key());
+            eprintln!("--- {} output ---\n{out}", self.peer.key());
         }
         let lb = &self.lab.topo.lb;
         for u in self.undo.drain(..).rev() {
@@ -263,6 +273,10 @@ fn agent_config(lab: &BenchLab, extra_keys: bool) -> String {
     if extra_keys {
         s += "pin_path = \"\"\n";
     }
+    if let Ok(x) = std::env::var("LB_BENCH_TMP_GLOBAL") {
+        s += &x.replace("\\n", "\n");
+        s.push('\n');
+    }
     if extra_keys {
         s += &format!(
             "\n[admin]\nlisten = \"unix:{}\"\n",
@@ -297,7 +311,11 @@ fn start_agent(lab: &BenchLab, tools: &Tools) -> Result<NsChild> {
     }
     // A private bpffs (gone with the process), in case this agent version pins anyway.
     let mut cmd = lab.topo.lb.command_with_bpffs(&tools.lb);
-    cmd.arg("run").arg("--config").arg(&path);
+    // The counter table once, at exit: its drop reasons go into the results.
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&path)
+        .args(["--stats-interval", "3600"]);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
     }

@@ -197,7 +197,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
 /// `r2 = data; r3 = data_end; if r2 + len > r3 drop; *(u32 *)(r2 + i) = frame[i..i+4]...;
 /// return XDP_TX`.
 fn program(frame: &[u8]) -> Result<Vec<u64>> {
-    if frame.is_empty() || frame.len() % 4 != 0 || frame.len() > 512 {
+    if frame.is_empty() || !frame.len().is_multiple_of(4) || frame.len() > 512 {
         bail!(
             "frame length {} is not a multiple of 4 up to 512",
             frame.len()

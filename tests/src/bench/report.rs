@@ -221,6 +221,12 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
     for (p, why) in &e2e.failures {
         let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
     }
+    if !e2e.agent_reasons.is_empty() {
+        let _ = writeln!(md, "\nThe agent's packet counters by reason, per round:\n");
+        for (round, r) in &e2e.agent_reasons {
+            let _ = writeln!(md, "- round {}: `{r}`", round + 1);
+        }
+    }
     if !e2e.agent_extra_keys {
         let _ = writeln!(
             md,
@@ -238,7 +244,7 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         .iter()
         .map(|x| {
             format!(
-                "{{\"round\":{},\"config\":{},\"mode\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"socket_errors\":{},\"bad_status\":{},\"cpu_us_per_req\":{},\"busy_share_during\":{},\"busy_share_before\":{},\"idle_before\":{},\"idle_tries\":{}}}",
+                "{{\"round\":{},\"config\":{},\"mode\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"socket_errors\":{},\"bad_status\":{},\"cpu_us_per_req\":{},\"busy_share_during\":{},\"busy_share_before\":{},\"idle_before\":{},\"idle_tries\":{},\"syn_retransmits\":{}}}",
                 x.round,
                 json_str(x.peer.key()),
                 json_str(x.mode.key()),
@@ -253,7 +259,8 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
                 json_num(x.busy_share),
                 json_num(x.idle.busy_share),
                 x.idle.idle,
-                x.idle.tries
+                x.idle.tries,
+                x.syn_retrans
             )
         })
         .collect();
@@ -286,7 +293,7 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         })
         .collect();
     format!(
-        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"medians\":[{}],\"runs\":[{}],\"failures\":[{}],\"targets\":{}}}",
+        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"medians\":[{}],\"runs\":[{}],\"failures\":[{}],\"agent_reasons\":[{}],\"targets\":{}}}",
         load.threads,
         load.connections,
         load.duration.as_secs(),
@@ -295,6 +302,11 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         medians.join(","),
         runs.join(","),
         failures.join(","),
+        e2e.agent_reasons
+            .iter()
+            .map(|(r, t)| format!("{{\"round\":{r},\"reasons\":{}}}", json_str(t)))
+            .collect::<Vec<_>>()
+            .join(","),
         targets_json(&e2e_targets(e2e))
     )
 }
@@ -436,7 +448,7 @@ fn thousands(x: f64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

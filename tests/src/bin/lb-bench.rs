@@ -77,8 +77,11 @@ struct Args {
     #[arg(long, default_value_t = 0.10)]
     idle_threshold: f64,
     /// ...checked up to this many times (2 s apart), then it runs anyway (and says so).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     idle_tries: u32,
+    /// Seconds of idle-waiting allowed over the whole bench.
+    #[arg(long, default_value_t = 240)]
+    idle_budget: u64,
     /// The agent [default: `lb` next to this executable].
     #[arg(long)]
     lb: Option<PathBuf>,
@@ -324,11 +327,11 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
         needed.extend(rate_peers);
     }
     peers::check_tools(&needed, &tools)?;
-    let gate = IdleGate {
-        threshold: args.idle_threshold,
-        tries: args.idle_tries,
-        ..IdleGate::default()
-    };
+    let gate = IdleGate::new(
+        args.idle_threshold,
+        args.idle_tries,
+        Duration::from_secs(args.idle_budget),
+    );
     let lab = BenchLab::start()?;
     let e2e = if want_e2e {
         let opts = E2eOptions {
@@ -339,9 +342,8 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
                 connections: args.connections,
                 duration: Duration::from_secs(args.duration),
             },
-            gate,
         };
-        Some(e2e::run(&lab, &tools, &opts)?)
+        Some(e2e::run(&lab, &tools, &opts, &gate)?)
     } else {
         None
     };
