@@ -129,6 +129,15 @@ impl Agent {
         for m in initial {
             agent.record_source(m);
         }
+        // Inherited links count as attached, so `apply` will not enable forwarding on their
+        // interfaces: the data plane needs it (bpf_fib_lookup), whoever turned it off since.
+        let inherited: Vec<String> = agent.dp.inherited().map(str::to_string).collect();
+        for iface in inherited {
+            agent
+                .forwarding
+                .enable(&iface)
+                .map_err(|source| AgentError::Forwarding { iface, source })?;
+        }
         agent.apply(&config)?;
         // Only now, with every map as the config wants it, does our program replace the
         // previous agent's in the links it left pinned (atomically: forwarding never stops).
