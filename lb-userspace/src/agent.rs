@@ -58,9 +58,10 @@ pub struct AgentChannels {
     pub health: UnboundedSender<HealthEvent>,
 }
 
-/// Source messages already at hand at start (the built-in registry's persisted
-/// instances), applied with the first generation so the first tables include them.
-pub type InitialSources = Vec<SourceMessage>;
+/// How long the first generation waits for every source's first report: the first tables
+/// should hold the registries' backends (with an adopted data plane, the pinned tables keep
+/// forwarding meanwhile), but a source that cannot be reached must not hold up the start.
+pub const FIRST_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A source as the agent knows it: its last complete set (kept when it fails: the
 /// last-known-good) and its error count.
@@ -94,14 +95,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Loads the config and the programs, attaches, starts the config's sources, and
-    /// applies generation 1. Must run inside a tokio runtime (sources and health checks are
-    /// tasks).
-    pub fn start(
+    /// Loads the config and the programs (adopting pinned ones), starts the config's
+    /// sources, waits up to [`FIRST_REPORT_WAIT`] for each to report once on `reports` (the
+    /// receiving end of `channels.sources`; the built-in registry `builtin` has reported
+    /// already when given), then attaches and applies generation 1. Must run inside a tokio
+    /// runtime (sources and health checks are tasks).
+    pub async fn start(
         path: PathBuf,
         opts: AgentOptions,
         channels: AgentChannels,
-        initial: InitialSources,
+        reports: &mut tokio::sync::mpsc::UnboundedReceiver<SourceMessage>,
     ) -> Result<Self, AgentError> {
         let config = config::load(&path)?;
         let dp = Dataplane::load(LoadOptions {
@@ -126,9 +129,8 @@ impl Agent {
                 syncs: 0,
             },
         };
-        for m in initial {
-            agent.record_source(m);
-        }
+        agent.control.running.reconcile(&config.sources);
+        agent.first_reports(&config, reports).await;
         // Inherited links count as attached, so `apply` will not enable forwarding on their
         // interfaces: the data plane needs it (bpf_fib_lookup), whoever turned it off since.
         let inherited: Vec<String> = agent.dp.inherited().map(str::to_string).collect();
@@ -144,6 +146,35 @@ impl Agent {
         let mode = agent.mode(&config);
         agent.dp.take_over_links(mode)?;
         Ok(agent)
+    }
+
+    /// Records source reports until every source (the built-in registry and each
+    /// `[[source]]`) has sent one, or [`FIRST_REPORT_WAIT`] passed.
+    async fn first_reports(
+        &mut self,
+        config: &Config,
+        reports: &mut tokio::sync::mpsc::UnboundedReceiver<SourceMessage>,
+    ) {
+        let mut waiting: BTreeSet<String> = config
+            .sources
+            .iter()
+            .map(|s| s.name().to_owned())
+            .chain([crate::registry::builtin::SOURCE_NAME.to_owned()])
+            .collect();
+        let deadline = tokio::time::Instant::now() + FIRST_REPORT_WAIT;
+        while !waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, reports.recv()).await {
+                Ok(Some(m)) => {
+                    waiting.remove(&m.source);
+                    self.record_source(m);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(sources = ?waiting, "no first report within {FIRST_REPORT_WAIT:?}; starting without their backends");
+                    break;
+                }
+            }
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -174,7 +205,7 @@ impl Agent {
             warn!(
                 old = self.config.global.conntrack.max_entries,
                 new = config.global.conntrack.max_entries,
-                "conntrack.max_entries changes take effect at the next restart"
+                "conntrack.max_entries changes take effect at the next start without pinned maps (after a clean shutdown)"
             );
         }
         self.apply(&config)

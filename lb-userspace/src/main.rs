@@ -199,10 +199,6 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
         c.registry.clone(),
         SourceHandle::new(builtin::SOURCE_NAME, source_tx.clone()),
     )?;
-    let mut initial = Vec::new();
-    while let Ok(m) = source_rx.try_recv() {
-        initial.push(m);
-    }
     let mut agent = Agent::start(
         path.clone(),
         AgentOptions {
@@ -212,8 +208,9 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
             sources: source_tx,
             health: health_tx,
         },
-        initial,
-    )?;
+        &mut source_rx,
+    )
+    .await?;
     let c = agent.config().clone();
     let registry = Arc::new(Mutex::new(registry));
     let token = c
