@@ -8,18 +8,18 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::TcpStream,
     path::Path,
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+
+use crate::ns_server::NsServer;
 use serde_json::{Value, json};
 
 /// How long one watch request stays open.
@@ -36,18 +36,14 @@ struct State {
 type Shared = Arc<(Mutex<State>, Condvar)>;
 
 pub struct FakeKubernetes {
-    pub addr: SocketAddr,
     shared: Shared,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    server: NsServer,
 }
 
 impl FakeKubernetes {
     /// Serves one EndpointSlice of `service` (port `port`) on the loopback of the namespace
     /// at `netns`.
     pub fn start_in(netns: &Path, service: &str, port: u16) -> Result<FakeKubernetes> {
-        let file =
-            std::fs::File::open(netns).with_context(|| format!("open {}", netns.display()))?;
         let shared: Shared = Arc::new((
             Mutex::new(State {
                 resource_version: 100,
@@ -57,45 +53,16 @@ impl FakeKubernetes {
             }),
             Condvar::new(),
         ));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (sh, st) = (shared.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            // SAFETY: setns on a valid fd; this thread (and those it spawns) live in the ns.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let _ = tx.send(Err(std::io::Error::last_os_error()));
-                return;
-            }
-            let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = listener.set_nonblocking(true);
-            let _ = tx.send(listener.local_addr());
-            while !st.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let (sh, st) = (sh.clone(), st.clone());
-                        std::thread::spawn(move || serve(conn, &sh, &st));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        let addr = rx.recv().context("fake kubernetes thread")??;
-        Ok(FakeKubernetes {
-            addr,
-            shared,
-            stop,
-            thread: Some(thread),
-        })
+        let sh = shared.clone();
+        let server = NsServer::start_in(
+            netns,
+            Arc::new(move |conn, stop: &AtomicBool| serve(conn, &sh, stop)),
+        )?;
+        Ok(FakeKubernetes { shared, server })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Replaces the slice's endpoints: (address, ready, serving, terminating).
@@ -113,11 +80,9 @@ impl FakeKubernetes {
 
 impl Drop for FakeKubernetes {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        // Wake blocked requests so their threads see the stop flag.
         self.shared.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.server.stop();
     }
 }
 
@@ -142,7 +107,6 @@ fn slice(s: &State) -> Value {
 }
 
 fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
-    let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(read_half) = conn.try_clone() else {
         return;

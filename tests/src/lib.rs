@@ -19,6 +19,7 @@ pub mod fake_k8s;
 pub mod fixture;
 pub mod lab;
 pub mod netns;
+pub mod ns_server;
 pub mod servers;
 pub mod topology;
 pub mod xdp;

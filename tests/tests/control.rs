@@ -77,13 +77,30 @@ fn config(topo: &Topology, static_backends: &[usize], health: Option<&str>, dir:
 }
 
 fn start(tag: &str, static_backends: &[usize], health: Option<&str>) -> (Lab, AdminClient, Dir) {
+    start_on(
+        Topology::two_arm(3).unwrap(),
+        tag,
+        static_backends,
+        health,
+        |_| String::new(),
+    )
+}
+
+/// [`start`] on `topo`, with `extra(dir)` appended to the config (e.g. a `[[source]]`).
+fn start_on(
+    topo: Topology,
+    tag: &str,
+    static_backends: &[usize],
+    health: Option<&str>,
+    extra: impl FnOnce(&Path) -> String,
+) -> (Lab, AdminClient, Dir) {
     let dir = Dir::new(tag);
     let d = dir.0.clone();
     let sb = static_backends.to_vec();
     let health = health.map(str::to_string);
     let lab = Lab::start_config(
-        Topology::two_arm(3).unwrap(),
-        move |t| config(t, &sb, health.as_deref(), &d),
+        topo,
+        move |t| config(t, &sb, health.as_deref(), &d) + &extra(&d),
         &[],
     );
     let admin = AdminClient::new(&dir.socket(), TOKEN);
@@ -540,22 +557,9 @@ fn etcd_changes_reach_the_data_plane_and_an_outage_loses_nothing() {
     let topo = Topology::two_arm(3).unwrap();
     let mut etcd =
         lb_tests::etcd::EtcdServer::start_in(&topo.lb).expect("etcd in the LB namespace");
-    let dir = Dir::new("etcd");
-    let d = dir.0.clone();
     let url = etcd.url();
-    let lab = Lab::start_config(
-        topo,
-        move |t| {
-            config(t, &[0], None, &d)
-                + &format!(
-                    "\n[[source]]\nkind = \"etcd\"\nendpoints = [\"{url}\"]\nprefix = \"/lb/\"\n"
-                )
-        },
-        &[],
-    );
-    let admin = AdminClient::new(&dir.socket(), TOKEN);
-    wait_until("admin API answers", Duration::from_secs(10), || {
-        admin.get("/healthz").is_ok()
+    let (lab, admin, _dir) = start_on(topo, "etcd", &[0], None, |_| {
+        format!("\n[[source]]\nkind = \"etcd\"\nendpoints = [\"{url}\"]\nprefix = \"/lb/\"\n")
     });
     let names = lab.names();
     let key = |i: usize| format!("/lb/web/{}:8080", ip(&lab, i));
@@ -631,22 +635,9 @@ fn etcd_changes_reach_the_data_plane_and_an_outage_loses_nothing() {
 fn consul_changes_reach_the_data_plane() {
     let topo = Topology::two_arm(3).unwrap();
     let consul = lb_tests::fake_consul::FakeConsul::start_in(&topo.lb.path()).unwrap();
-    let dir = Dir::new("consul");
-    let d = dir.0.clone();
     let url = consul.url();
-    let lab = Lab::start_config(
-        topo,
-        move |t| {
-            config(t, &[0], None, &d)
-                + &format!(
-                    "\n[[source]]\nkind = \"consul\"\naddress = \"{url}\"\nservices = [\"web\"]\n"
-                )
-        },
-        &[],
-    );
-    let admin = AdminClient::new(&dir.socket(), TOKEN);
-    wait_until("admin API answers", Duration::from_secs(10), || {
-        admin.get("/healthz").is_ok()
+    let (lab, admin, _dir) = start_on(topo, "consul", &[0], None, |_| {
+        format!("\n[[source]]\nkind = \"consul\"\naddress = \"{url}\"\nservices = [\"web\"]\n")
     });
     let names = lab.names();
     let (b1, b2) = (ip(&lab, 1), ip(&lab, 2));
@@ -684,24 +675,14 @@ fn consul_changes_reach_the_data_plane() {
 fn kubernetes_changes_reach_the_data_plane() {
     let topo = Topology::two_arm(3).unwrap();
     let k8s = lb_tests::fake_k8s::FakeKubernetes::start_in(&topo.lb.path(), "web", 8080).unwrap();
-    let dir = Dir::new("k8s");
-    std::fs::write(dir.0.join("sa-token"), "test-token").unwrap();
-    let d = dir.0.clone();
     let url = k8s.url();
-    let lab = Lab::start_config(
-        topo,
-        move |t| {
-            config(t, &[0], None, &d)
-                + &format!(
-                    "\n[[source]]\nkind = \"kubernetes\"\napi_server = \"{url}\"\nservices = [\"web\"]\ntoken_file = \"{}\"\n",
-                    d.join("sa-token").display()
-                )
-        },
-        &[],
-    );
-    let admin = AdminClient::new(&dir.socket(), TOKEN);
-    wait_until("admin API answers", Duration::from_secs(10), || {
-        admin.get("/healthz").is_ok()
+    let (lab, admin, _dir) = start_on(topo, "k8s", &[0], None, |dir| {
+        let token = dir.join("sa-token");
+        std::fs::write(&token, "test-token").unwrap();
+        format!(
+            "\n[[source]]\nkind = \"kubernetes\"\napi_server = \"{url}\"\nservices = [\"web\"]\ntoken_file = \"{}\"\n",
+            token.display()
+        )
     });
     let names = lab.names();
     let (b1, b2) = (ip(&lab, 1), ip(&lab, 2));
