@@ -73,6 +73,10 @@ struct SourceState {
     last_error: Option<String>,
 }
 
+/// How long a conntrack walk is reused: a full table is a quarter million entries, each a
+/// syscall or two, and scrapes should not stall the agent's loop.
+const CONNTRACK_SCAN_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The inputs merged with the config into the tables: registries and health.
 struct Control {
     sources: BTreeMap<String, SourceState>,
@@ -80,6 +84,8 @@ struct Control {
     health: HealthManager,
     merged: Merged,
     syncs: u64,
+    /// Last conntrack walk (live entries per service id) and when it was made.
+    conntrack_scan: std::cell::RefCell<Option<(std::time::Instant, BTreeMap<u32, u64>)>>,
 }
 
 pub struct Agent {
@@ -127,6 +133,7 @@ impl Agent {
                 health: HealthManager::new(channels.health),
                 merged: Merged::default(),
                 syncs: 0,
+                conntrack_scan: Default::default(),
             },
         };
         agent.control.running.reconcile(&config.sources);
@@ -364,8 +371,21 @@ impl Agent {
         ));
     }
 
-    /// Everything `lb status` and the metrics show. Walks the conntrack map (not cheap:
-    /// call it per scrape, not per packet).
+    /// Live conntrack entries per service id, walked at most every [`CONNTRACK_SCAN_TTL`].
+    fn conntrack_per_service(&self) -> BTreeMap<u32, u64> {
+        let mut cache = self.control.conntrack_scan.borrow_mut();
+        match &*cache {
+            Some((at, counts)) if at.elapsed() < CONNTRACK_SCAN_TTL => counts.clone(),
+            _ => {
+                let counts = self.dp.conntrack_per_service();
+                *cache = Some((std::time::Instant::now(), counts.clone()));
+                counts
+            }
+        }
+    }
+
+    /// Everything `lb status` and the metrics show (conntrack counts up to
+    /// [`CONNTRACK_SCAN_TTL`] old).
     pub fn status(&self) -> Status {
         let counters = self.dp.counters();
         let health: BTreeMap<(String, crate::sync::BackendKey), crate::health::TargetHealth> = self
@@ -375,7 +395,7 @@ impl Agent {
             .into_iter()
             .map(|t| ((t.service.clone(), t.backend), t))
             .collect();
-        let per_service = self.dp.conntrack_per_service();
+        let per_service = self.conntrack_per_service();
         let mut services = Vec::new();
         for applied in self.reconciler.applied() {
             let d = &applied.desired;
