@@ -88,6 +88,8 @@ pub struct E2eResults {
     pub rounds: usize,
     /// Whether the agent ran with `pin_path = ""` and a private admin socket.
     pub agent_extra_keys: bool,
+    /// Whether the backends kept TIME_WAIT sockets (see `BenchLab::start`).
+    pub backend_time_wait: bool,
     /// The agent's per-reason packet counters at the end of each round's run (its
     /// `reasons:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`.
     pub agent_reasons: Vec<(usize, String)>,
@@ -155,6 +157,7 @@ pub fn run(
         load: Some(opts.load),
         rounds: opts.rounds,
         agent_extra_keys: peers::agent_takes_extra_keys(lab, tools),
+        backend_time_wait: lab.backend_time_wait,
         ..Default::default()
     };
     for round in 0..opts.rounds {
@@ -165,7 +168,11 @@ pub fn run(
             let mut active = match peers::start(peer, lab, tools) {
                 Ok(a) => a,
                 Err(e) => {
-                    eprintln!("lb-bench: round {round}: {} not started: {e:#}", peer.key());
+                    eprintln!(
+                        "lb-bench: round {}: {} not started: {e:#}",
+                        round + 1,
+                        peer.key()
+                    );
                     res.failures.push((peer, format!("{e:#}")));
                     continue;
                 }

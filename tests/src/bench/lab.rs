@@ -61,18 +61,30 @@ pub struct BenchLab {
     pub dir: ScratchDir,
     /// The network.
     pub topo: Topology,
+    /// Whether the backends keep TIME_WAIT sockets.
+    pub backend_time_wait: bool,
 }
 
 impl BenchLab {
     /// Builds the network, starts nginx on each backend and waits until each answers.
-    pub fn start() -> Result<BenchLab> {
+    ///
+    /// `backend_time_wait`: whether the backends keep TIME_WAIT sockets (the default). Off,
+    /// a connection the backend closed is gone at once, so a later SYN on the same 4-tuple
+    /// is never refused by PAWS (see "TIME_WAIT" in tests/src/bin/lb-bench.rs).
+    pub fn start(backend_time_wait: bool) -> Result<BenchLab> {
         let topo = Topology::two_arm(3).context("build the topology")?;
         let dir = ScratchDir::new()?;
         tune(&topo)?;
+        if !backend_time_wait {
+            for b in &topo.backends {
+                b.ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
+            }
+        }
         let mut lab = BenchLab {
             servers: Vec::new(),
             dir,
             topo,
+            backend_time_wait,
         };
         for i in 0..lab.topo.backends.len() {
             let server = start_backend(&lab, i)?;

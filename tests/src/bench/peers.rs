@@ -232,14 +232,22 @@ pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<
         }
     }
     let target = IpAddr::V4(peer.target(lab));
-    wait_http_ok(
+    if let Err(e) = wait_http_ok(
         &lab.topo.client.ns,
         target,
         HTTP_PORT,
         Duration::from_secs(20),
         active.child.as_mut(),
-    )
-    .with_context(|| format!("{} never served {target}", peer.key()))?;
+    ) {
+        let said = active.stop().unwrap_or_default();
+        let tail: Vec<&str> = said.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(e.context(format!(
+            "{} never served {target}; its last output:\n{}",
+            peer.key(),
+            tail.join("\n")
+        )));
+    }
     Ok(active)
 }
 

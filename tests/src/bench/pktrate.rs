@@ -137,7 +137,8 @@ pub fn run(
                     Ok(a) => a,
                     Err(e) => {
                         eprintln!(
-                            "lb-bench: flood round {round}: {} not started: {e:#}",
+                            "lb-bench: flood round {}: {} not started: {e:#}",
+                            round + 1,
                             peer.key()
                         );
                         res.failures.push((peer, format!("{e:#}")));

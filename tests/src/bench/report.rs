@@ -180,8 +180,14 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
     );
     let _ = writeln!(
         md,
-        "Runs started on an idle machine (busy <= 10 % over 1 s): {idle}/{all}; highest busy share before a run: {:.0} %.\n",
-        max_busy * 100.0
+        "Runs started on an idle machine (busy <= 10 % over 1 s): {idle}/{all}; highest busy share before a run: {:.0} %. \
+         Backends {} TIME_WAIT sockets. CPU is whole-machine busy time over the run / requests.\n",
+        max_busy * 100.0,
+        if e2e.backend_time_wait {
+            "kept"
+        } else {
+            "kept no"
+        }
     );
     let base = |p: Peer, m: Mode| summary(&s, p, m).map(|x| x.rps);
     let _ = writeln!(
@@ -293,12 +299,13 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         })
         .collect();
     format!(
-        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"medians\":[{}],\"runs\":[{}],\"failures\":[{}],\"agent_reasons\":[{}],\"targets\":{}}}",
+        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"backend_time_wait\":{},\"medians\":[{}],\"runs\":[{}],\"failures\":[{}],\"agent_reasons\":[{}],\"targets\":{}}}",
         load.threads,
         load.connections,
         load.duration.as_secs(),
         e2e.rounds,
         e2e.agent_extra_keys,
+        e2e.backend_time_wait,
         medians.join(","),
         runs.join(","),
         failures.join(","),
@@ -395,7 +402,7 @@ pub struct Bar {
 }
 
 /// Width of every chart panel.
-pub const SVG_WIDTH: f64 = 720.0;
+pub const SVG_WIDTH: f64 = 860.0;
 
 /// A horizontal bar chart panel starting at `y`; returns its SVG and height.
 pub fn bar_panel(title: &str, bars: &[Bar], y: f64) -> (String, f64) {

@@ -15,6 +15,16 @@
 //!   when one of N backends leaves.
 //!
 //! Results go to `bench/results/<timestamp>.{md,json,svg}` and the tables to stdout.
+//!
+//! TIME_WAIT. One client address opening ~10^4 connections a second makes the kernel hand
+//! out the same client port again within a second or so. Behind any NAT the backend then
+//! sees SYNs for 4-tuples it still holds in TIME_WAIT, and since Linux randomises TCP
+//! timestamps per connection, PAWS refuses many of them (the client waits a 1 s SYN
+//! retransmission): with Linux's default TIME_WAIT on the backends, kube-proxy-style
+//! `masquerade --random-fully` loses ~1500 SYNs per 5 s run here. That measures this one
+//! client's port reuse more than the NAT, so by default the backends keep no TIME_WAIT
+//! (`tcp_max_tw_buckets = 0`, the same for every configuration); `--backend-time-wait`
+//! measures with it. Every run records the client's SYN retransmits either way.
 
 use std::{
     fmt::Write as _,
@@ -82,6 +92,10 @@ struct Args {
     /// Seconds of idle-waiting allowed over the whole bench.
     #[arg(long, default_value_t = 240)]
     idle_budget: u64,
+    /// Let the backends keep TIME_WAIT sockets (Linux's default). Off by default: see
+    /// "TIME_WAIT" in `lb-bench --help`'s source docs (tests/src/bin/lb-bench.rs).
+    #[arg(long)]
+    backend_time_wait: bool,
     /// The agent [default: `lb` next to this executable].
     #[arg(long)]
     lb: Option<PathBuf>,
@@ -332,7 +346,15 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
         args.idle_tries,
         Duration::from_secs(args.idle_budget),
     );
-    let lab = BenchLab::start()?;
+    let lab = BenchLab::start(args.backend_time_wait)?;
+    // A copy of the agent: builds in the shared target directory during the bench must not
+    // swap the binary between rounds.
+    let stable_lb = lab.file("lb");
+    std::fs::copy(&tools.lb, &stable_lb).with_context(|| format!("copy {}", tools.lb.display()))?;
+    let tools = Tools {
+        lb: stable_lb,
+        ..tools
+    };
     let e2e = if want_e2e {
         let opts = E2eOptions {
             peers,
@@ -412,9 +434,13 @@ fn main() -> anyhow::Result<()> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# lb-bench {stamp} ({} cores, kernel {}, took {:.0} s)\n",
+        "# lb-bench {stamp} ({} cores, kernel {}, source {}, agent {}, took {:.0} s)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel_release(),
+        source_version(),
+        args.lb
+            .as_ref()
+            .map_or("target/release/lb".into(), |p| p.display().to_string()),
         started.elapsed().as_secs_f64()
     );
     if !targets.is_empty() {
@@ -537,6 +563,18 @@ fn main() -> anyhow::Result<()> {
     print!("{md}");
     println!("\nwritten: {}/{stamp}.{{md,json,svg}}", args.out.display());
     Ok(())
+}
+
+/// `git describe --always --dirty` of the workspace (what was measured).
+fn source_version() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "?".into())
 }
 
 fn kernel_release() -> String {
