@@ -54,7 +54,8 @@ pub fn reply(key: &FlowKey, flags: u8, now: u64) -> Option<&'static NatEntry> {
 #[inline(always)]
 fn touch(state: &mut u8, last_seen_ns: &mut u64, proto: u8, flags: u8, now: u64) {
     let next = flow_state::next(*state, proto, flags);
-    if next != *state || now.wrapping_sub(*last_seen_ns) > lb_common::CT_TOUCH_NS {
+    // Saturating: CPUs may read the clock up to a tick apart (see `clock`).
+    if next != *state || now.saturating_sub(*last_seen_ns) > lb_common::CT_TOUCH_NS {
         *state = next;
         *last_seen_ns = now;
     }

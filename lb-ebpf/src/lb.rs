@@ -2,10 +2,11 @@
 //! FIB, SNAT) -> NAT rewrite -> XDP_TX / XDP_REDIRECT. Replies from backends take the reverse
 //! path back to the client.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Reason, ServiceKey, ServiceValue, Settings};
 
 use crate::{
+    clock,
     conntrack::{self, ClientSide},
     headers::EthHdr,
     maps::{DEVMAP, SERVICES, SETTINGS},
@@ -44,8 +45,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now_ns();
     if !ratelimit::admit(svc, &pkt.key, now) {
         service_drop(svc.id, Reason::RateLimited);
         return xdp_action::XDP_DROP;
@@ -92,8 +92,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Set
 /// Translates a backend's reply back to client <- VIP. `None` if it is not one of ours.
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now_ns();
     let nat = conntrack::reply(&pkt.key, pkt.tcp_flags, now)?;
     let rw = Rewrite {
         src: &nat.orig.dst,

@@ -8,6 +8,7 @@
 // key (up to 40 bytes) onto the 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod clock;
 mod conntrack;
 mod fib;
 mod headers;

@@ -11,6 +11,8 @@ use lb_common::{
     ServiceKey, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
 };
 
+use crate::clock::ClockCache;
+
 /// Inner Maglev arrays: `BPF_F_INNER_MAP` lets them differ in size (each service has its own
 /// table size); `BPF_F_MMAPABLE` lets the agent fill one with a single copy. Must match
 /// `lb-userspace/src/dataplane/table.rs`.
@@ -75,3 +77,7 @@ pub struct Scratch {
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU copy of the coarse clock (see `clock`). Not pinned: a new program fills its own.
+#[map]
+pub static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
