@@ -99,6 +99,9 @@ struct Args {
     /// The agent [default: `lb` next to this executable].
     #[arg(long)]
     lb: Option<PathBuf>,
+    /// A line written under the results' title (e.g. which agent build was measured).
+    #[arg(long)]
+    note: Option<String>,
     /// Envoy [default: found in target/bench-venv, where `cargo xtask bench` installs it].
     #[arg(long)]
     envoy: Option<PathBuf>,
@@ -443,6 +446,9 @@ fn main() -> anyhow::Result<()> {
             .map_or("target/release/lb".into(), |p| p.display().to_string()),
         started.elapsed().as_secs_f64()
     );
+    if let Some(note) = &args.note {
+        let _ = writeln!(md, "{note}\n");
+    }
     if !targets.is_empty() {
         let _ = writeln!(
             md,
@@ -503,7 +509,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let json = format!(
-        "{{\"timestamp\":{stamp},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"targets\":{}}}\n",
+        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"targets\":{}}}\n",
+        args.note.as_deref().map_or("null".into(), report::json_str),
         args.runs,
         report::json_num(floor),
         paths
