@@ -111,11 +111,13 @@ const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
 
 impl VipAddrKey {
     pub const fn new(addr: Addr, family: u8) -> Self {
-        Self {
-            addr,
-            family,
-            _pad: [0; 3],
-        }
+        // Zeroed whole rather than `_pad: [0; 3]`, which the BPF target compiles to a call
+        // of a byte-by-byte memset subprogram.
+        // SAFETY: plain integers: all-zero is a valid value.
+        let mut k: Self = unsafe { core::mem::zeroed() };
+        k.addr = addr;
+        k.family = family;
+        k
     }
 }
 
@@ -224,6 +226,18 @@ pub struct RateKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<RateKey>() == 24);
+
+impl RateKey {
+    pub const fn new(src: Addr, service_id: u32, family: u8) -> Self {
+        // Zeroed whole for the same reason as `VipAddrKey::new`.
+        // SAFETY: plain integers: all-zero is a valid value.
+        let mut k: Self = unsafe { core::mem::zeroed() };
+        k.src = src;
+        k.service_id = service_id;
+        k.family = family;
+        k
+    }
+}
 
 /// Value of the `RATE_LIMIT` map; see [`crate::token_bucket`].
 #[repr(C)]

@@ -16,12 +16,7 @@ pub fn admit(svc: &ServiceValue, key: &FlowKey, now: u64) -> bool {
         src.words[2] = 0;
         src.words[3] = 0;
     }
-    let rk = RateKey {
-        src,
-        service_id: svc.id,
-        family: key.family,
-        _pad: [0; 3],
-    };
+    let rk = RateKey::new(src, svc.id, key.family);
     match RATE_LIMIT.get_ptr_mut(&rk) {
         // Concurrent CPUs may race on one bucket; the loss is a few extra admitted packets,
         // cheaper than a lock on every packet.
