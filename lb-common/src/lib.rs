@@ -20,6 +20,7 @@ pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod reason;
+pub mod service_slot;
 pub mod token_bucket;
 pub mod types;
 

@@ -83,6 +83,22 @@ pub struct ServiceValue {
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
 
+/// Value of the `SERVICE_SLOTS` array: a direct-mapped copy of `SERVICES` (see
+/// [`crate::service_slot`]). Host order but for `key`, which is as in `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSlot {
+    /// Seqlock sequence: odd while the agent rewrites the slot.
+    pub seq: u32,
+    /// `SLOT_EMPTY`, `SLOT_ONE` or `SLOT_SHARED`.
+    pub kind: u32,
+    /// The one service's key and record (`SLOT_ONE`; zero otherwise).
+    pub key: ServiceKey,
+    pub _pad: u32,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 64);
+
 /// Value of the `BACKENDS` array, indexed by backend id (the ids in Maglev tables).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -331,6 +347,7 @@ mod pod {
     unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for ServiceSlot {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NatEntry {}

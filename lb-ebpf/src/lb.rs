@@ -9,10 +9,10 @@ use crate::{
     clock,
     conntrack::{self, ClientSide},
     headers::EthHdr,
-    maps::{DEVMAP, SERVICES, SETTINGS},
+    maps::{DEVMAP, SETTINGS},
     nat::{self, Rewrite},
     parse::{self, Packet, ptr_at},
-    ratelimit,
+    ratelimit, service,
     stats::{self, count, service_drop},
 };
 
@@ -27,9 +27,8 @@ pub fn process(ctx: &XdpContext) -> u32 {
     };
     let k = &pkt.key;
     let skey = ServiceKey::new(k.dst, k.dst_port, k.proto, k.family);
-    // SAFETY: read-only use of the map value within this run.
-    if let Some(svc) = unsafe { SERVICES.get(&skey) } {
-        return to_backend(ctx, &pkt, svc, settings);
+    if let Some(svc) = service::lookup(&skey) {
+        return to_backend(ctx, &pkt, &svc, settings);
     }
     // Replies come back to our SNAT ports; skip the lookup for everything else.
     let dport = u16::from_be(k.dst_port);

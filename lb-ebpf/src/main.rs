@@ -17,6 +17,7 @@ mod maps;
 mod nat;
 mod parse;
 mod ratelimit;
+mod service;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendValue, Bucket, CtEntry, FlowKey, MAX_BACKENDS, MAX_SERVICES, NatEntry, RateKey,
-    ServiceKey, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
+    ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
+    service_slot::SERVICE_SLOTS as SERVICE_SLOTS_LEN,
 };
 
 use crate::clock::ClockCache;
@@ -21,6 +22,10 @@ const MAGLEV_INNER_FLAGS: usize = 0x1000 | 0x400;
 /// (VIP, port, protocol) -> service.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Direct-mapped copy of `SERVICES`, read first (see `lb_common::service_slot`).
+#[map]
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(SERVICE_SLOTS_LEN, 0);
 
 /// Every VIP address (any port); see `Reason`'s drop-or-pass rule.
 #[map]

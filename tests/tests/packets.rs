@@ -7,9 +7,15 @@
 //! The program runs inside a namespace made for the test, where the FIB has routes and
 //! permanent neighbour entries with fixed MACs, so next-hop lookups are deterministic.
 
-use lb_common::{CT_CLOSING, CT_ESTABLISHED, CT_SYN_SENT, Reason};
+use lb_common::{
+    Addr, CT_CLOSING, CT_ESTABLISHED, CT_SYN_SENT, Reason, ServiceKey, service_slot::slot_of,
+};
 use lb_tests::fixture::*;
-use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use lb_userspace::{
+    config,
+    dataplane::{Dataplane, LoadOptions},
+    sync::DesiredState,
+};
 
 struct Row {
     name: &'static str,
@@ -532,6 +538,98 @@ fn pass_and_malformed_table() {
         0,
         "no malformed packet may reach the service"
     );
+}
+
+/// Services whose keys hash to one `SERVICE_SLOTS` slot are both served (the packet path
+/// asks `SERVICES` for a shared slot), and the slot follows removals: back to the one
+/// remaining service, then empty.
+#[test]
+fn services_sharing_a_slot() {
+    let mut fx = Fx::start();
+    let vip = "10.200.100.1";
+    let key = |port: u16| {
+        ServiceKey::new(
+            Addr::from(ip(vip)),
+            port.to_be(),
+            lb_common::PROTO_TCP,
+            lb_common::FAMILY_V4,
+        )
+    };
+    let web_slot = slot_of(&key(80));
+    let port = (81..u16::MAX)
+        .find(|p| slot_of(&key(*p)) == web_slot)
+        .expect("a port that shares web's slot");
+    let with_shared = format!(
+        "{CONFIG}\n[[service]]\nname = \"shared\"\nvip = \"{vip}\"\nport = {port}\n\
+         protocol = \"tcp\"\n[[service.backend]]\naddress = \"10.200.11.2\"\nport = 8081\n"
+    );
+    let apply = |fx: &mut Fx, toml: &str| {
+        let cfg = config::parse(toml, "fixtures.toml").expect("valid config");
+        fx.rec
+            .apply(&mut fx.dp, &DesiredState::from_config(&cfg))
+            .expect("apply");
+    };
+    let syn = |sport: u16, dport: u16| Pkt::from_client("10.200.1.2", sport, vip, dport, SYN);
+    let web_flow = syn(34000, 80);
+    let (v, _) = fx.run(fx.lb_c, &web_flow.bytes());
+    assert_eq!(v, XDP_REDIRECT);
+    apply(&mut fx, &with_shared);
+    let ack = |p: &Pkt| Pkt {
+        l4: ACK,
+        ..p.clone()
+    };
+    let out = forwarded_bytes(&mut fx, &ack(&web_flow), "web, established, shared slot");
+    assert_eq!(
+        &out[36..38],
+        &8080u16.to_be_bytes(),
+        "to web's backend port"
+    );
+    let out = forwarded_bytes(&mut fx, &syn(34001, port), "new service in web's slot");
+    assert_eq!(
+        &out[36..38],
+        &8081u16.to_be_bytes(),
+        "to its own backend port"
+    );
+    assert_eq!(fx.service("shared").new_flows, 1);
+
+    apply(&mut fx, CONFIG);
+    forwarded_bytes(&mut fx, &ack(&web_flow), "web, alone in its slot again");
+    let gone = syn(34002, port);
+    fx.check(&Row {
+        name: "removed service",
+        ingress: fx.lb_c,
+        input: gone.bytes(),
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::NoService,
+    });
+
+    let without_web = CONFIG.replacen("port = 80\n", "port = 8000\n", 1);
+    apply(&mut fx, &without_web);
+    fx.check(&Row {
+        name: "web removed: its slot is empty",
+        ingress: fx.lb_c,
+        input: ack(&web_flow).bytes(),
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::NoService,
+    });
+    forwarded_bytes(&mut fx, &syn(34003, 8000), "web's key moved to port 8000");
+}
+
+/// Runs a row expecting a forwarded packet and returns the output bytes (rewritten: their
+/// exact form is checked by the flow tests).
+fn forwarded_bytes(fx: &mut Fx, p: &Pkt, name: &'static str) -> Vec<u8> {
+    let before = fx.reasons();
+    let (verdict, out) = fx.run(fx.lb_c, &p.bytes());
+    assert_eq!(verdict, XDP_REDIRECT, "{name}");
+    let after = fx.reasons();
+    assert_eq!(
+        after[Reason::Forwarded as usize] - before[Reason::Forwarded as usize],
+        1,
+        "{name}"
+    );
+    out
 }
 
 /// A table installed through the mmap path reads back slot for slot, and a later install

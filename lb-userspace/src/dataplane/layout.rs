@@ -18,7 +18,8 @@ use std::{fmt, path::Path};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, MapType};
 use lb_common::{
     BackendValue, Bucket, CtEntry, FlowKey, MAX_BACKENDS, MAX_SERVICES, NatEntry, RateKey,
-    ServiceKey, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
+    ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
+    service_slot::SERVICE_SLOTS,
 };
 use tracing::warn;
 
@@ -67,6 +68,17 @@ pub const PINNED: &[MapSpec] = &[
         flags: 0,
         version: 1,
         on_replace: "services get new ids, and their counters restart from zero",
+    },
+    MapSpec {
+        name: "SERVICE_SLOTS",
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<ServiceSlot>(),
+        entries: Entries::Fixed(SERVICE_SLOTS),
+        flags: 0,
+        // Covers `service_slot::slot_of`: another hash puts records in other slots.
+        version: 1,
+        on_replace: "rebuilt from SERVICES before the new program runs",
     },
     MapSpec {
         name: "VIP_ADDRS",

@@ -11,6 +11,7 @@ mod links;
 pub mod pin;
 mod raw;
 mod scan;
+mod slots;
 mod table;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -150,6 +151,7 @@ pub struct Dataplane {
     pins: Option<PinDir>,
     adoption: Adoption,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    service_slots: slots::ServiceSlots,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     maglev: ArrayOfMaps<MapData, MapData>,
     backends: Array<MapData, BackendValue>,
@@ -209,8 +211,15 @@ impl Dataplane {
             prog.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        let services: HashMap<MapData, ServiceKey, ServiceValue> = take(&mut ebpf, "SERVICES")?;
+        let records = services
+            .iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err("SERVICES"))?;
+        let service_slots = slots::ServiceSlots::load(take(&mut ebpf, "SERVICE_SLOTS")?, &records)?;
         let mut dp = Self {
-            services: take(&mut ebpf, "SERVICES")?,
+            services,
+            service_slots,
             vip_addrs: take(&mut ebpf, "VIP_ADDRS")?,
             maglev: take(&mut ebpf, "MAGLEV")?,
             backends: take(&mut ebpf, "BACKENDS")?,
@@ -288,11 +297,13 @@ impl Dataplane {
     pub fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
         self.services
             .insert(key, value, 0)
-            .map_err(map_err("SERVICES"))
+            .map_err(map_err("SERVICES"))?;
+        self.service_slots.put(key, value)
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        ignore_missing(self.services.remove(key)).map_err(map_err("SERVICES"))
+        ignore_missing(self.services.remove(key)).map_err(map_err("SERVICES"))?;
+        self.service_slots.remove(key)
     }
 
     pub fn put_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
