@@ -3,7 +3,7 @@
 //! path back to the client.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Reason, ServiceKey, ServiceValue, Settings};
+use lb_common::{Reason, ServiceValue, Settings};
 
 use crate::{
     clock,
@@ -26,8 +26,7 @@ pub fn process(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let k = &pkt.key;
-    let skey = ServiceKey::new(k.dst, k.dst_port, k.proto, k.family);
-    if let Some(svc) = service::lookup(&skey) {
+    if let Some(svc) = service::lookup(k) {
         return to_backend(ctx, &pkt, &svc, settings);
     }
     // Replies come back to our SNAT ports; skip the lookup for everything else.

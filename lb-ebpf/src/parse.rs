@@ -72,7 +72,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
         l3_off += core::mem::size_of::<VlanHdr>();
     }
 
-    let (src, dst, l4_proto, family, l4_off) = if proto == ETH_P_IP {
+    if proto == ETH_P_IP {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3_off) else {
             return Err(malformed());
         };
@@ -90,12 +90,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
         if ip.frag_off & 0x3fffu16.to_be() != 0 {
             return Err(unhandled(Reason::Fragment, dst, FAMILY_V4));
         }
-        (
+        let l4_off = l3_off + core::mem::size_of::<Ipv4Hdr>();
+        l4(
+            ctx,
+            l3_off,
+            l4_off,
             Addr::v4(ip.src),
             dst,
             ip.proto,
             FAMILY_V4,
-            l3_off + core::mem::size_of::<Ipv4Hdr>(),
+            len,
         )
     } else if proto == ETH_P_IPV6 {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3_off) else {
@@ -115,18 +119,37 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, u32> {
             }
             _ => return Err(unhandled(Reason::OtherProto, dst, FAMILY_V6)),
         }
-        (
+        let l4_off = l3_off + core::mem::size_of::<Ipv6Hdr>();
+        l4(
+            ctx,
+            l3_off,
+            l4_off,
             Addr::v6(ip.src),
             dst,
             ip.next_header,
             FAMILY_V6,
-            l3_off + core::mem::size_of::<Ipv6Hdr>(),
+            len,
         )
     } else {
         count(Reason::NotIp);
-        return Err(xdp_action::XDP_PASS);
-    };
+        Err(xdp_action::XDP_PASS)
+    }
+}
 
+/// The TCP/UDP part, inlined once per address family so the IPv4 copy works with constant
+/// zero upper address words instead of carrying both families' values through one join.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn l4(
+    ctx: &XdpContext,
+    l3_off: usize,
+    l4_off: usize,
+    src: Addr,
+    dst: Addr,
+    l4_proto: u8,
+    family: u8,
+    len: u64,
+) -> Result<Packet, u32> {
     let (sport, dport, tcp_flags) = match l4_proto {
         PROTO_TCP => {
             let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {

@@ -5,22 +5,26 @@
 use core::ptr::read_volatile;
 
 use lb_common::{
-    ServiceKey, ServiceSlot, ServiceValue,
+    FlowKey, ServiceKey, ServiceSlot, ServiceValue,
     service_slot::{SLOT_EMPTY, SLOT_ONE, slot_of},
 };
 
 use crate::maps::{SERVICE_SLOTS, SERVICES};
 
-/// The service record for `key`, if there is one.
+/// The record of the service a packet of flow `k` is addressed to, if there is one.
 #[inline(always)]
-pub fn lookup(key: &ServiceKey) -> Option<ServiceValue> {
-    if let Some(slot) = SERVICE_SLOTS.get_ptr(slot_of(key))
-        && let Some(found) = read_slot(slot, key)
+pub fn lookup(k: &FlowKey) -> Option<ServiceValue> {
+    let key = ServiceKey::new(k.dst, k.dst_port, k.proto, k.family);
+    if let Some(slot) = SERVICE_SLOTS.get_ptr(slot_of(&key))
+        && let Some(found) = read_slot(slot, &key)
     {
         return found;
     }
+    // Built again here: the one above stays in registers on the fast path, this one is
+    // written to the stack only when the helper needs it.
+    let key = ServiceKey::new(k.dst, k.dst_port, k.proto, k.family);
     // SAFETY: copied out at once.
-    unsafe { SERVICES.get(key) }.copied()
+    unsafe { SERVICES.get(&key) }.copied()
 }
 
 /// What a stable slot says about `key` (`Some(None)`: no such service), or `None` if the
