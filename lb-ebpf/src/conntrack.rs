@@ -10,6 +10,7 @@ use crate::{
     fib,
     maps::Scratch,
     maps::{BACKENDS, CONNTRACK, MAGLEV, NAT_REVERSE, SCRATCH},
+    nat::copy_words,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -61,6 +62,17 @@ fn touch(state: &mut u8, last_seen_ns: &mut u64, proto: u8, flags: u8, now: u64)
     }
 }
 
+/// Zeroes a padding field byte by byte: `= [0; N]` compiles to a call of a byte-by-byte
+/// memset subprogram.
+#[inline(always)]
+fn zero_pad<const N: usize>(pad: &mut [u8; N]) {
+    for b in pad.iter_mut() {
+        // SAFETY: a valid, aligned byte; volatile keeps the stores from being merged back
+        // into a memset call.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+}
+
 /// What the new flow's client side looks like, for the reverse entry.
 pub struct ClientSide {
     pub ifindex: u32,
@@ -109,21 +121,28 @@ pub fn create(
     nat.service_id = svc.id;
     nat.backend_id = backend_id;
     nat.state = state;
-    nat._pad = [0; 3];
+    zero_pad(&mut nat._pad);
     nat._pad1 = 0;
     nat.last_seen_ns = now;
-    *rev = FlowKey::new(
-        backend.addr,
-        hop.src,
-        backend.port,
-        0,
-        key.proto,
-        key.family,
-    );
+    // Field by field: whole-struct and address assignments between map values compile to
+    // memset/memmove subprogram calls.
+    // SAFETY: 16-byte addresses on both sides.
+    unsafe {
+        copy_words(&raw mut rev.src.words, &backend.addr.words);
+        copy_words(&raw mut rev.dst.words, &hop.src.words);
+    }
+    rev.src_port = backend.port;
+    rev.dst_port = 0;
+    rev.proto = key.proto;
+    rev.family = key.family;
+    rev._pad = [0; 2];
     let snat_port = allocate_port(rev, nat, key, settings, now)?;
 
-    ct.backend = backend.addr;
-    ct.snat = hop.src;
+    // SAFETY: as above.
+    unsafe {
+        copy_words(&raw mut ct.backend.words, &backend.addr.words);
+        copy_words(&raw mut ct.snat.words, &hop.src.words);
+    }
     ct.backend_port = backend.port;
     ct.snat_port = snat_port;
     ct.egress_ifindex = hop.ifindex;
@@ -132,7 +151,7 @@ pub fn create(
     ct.service_id = svc.id;
     ct.backend_id = backend_id;
     ct.state = state;
-    ct._pad = [0; 7];
+    zero_pad(&mut ct._pad);
     ct.last_seen_ns = now;
     if CONNTRACK.insert(key, &*ct, 0).is_err() {
         let _ = NAT_REVERSE.remove(&*rev);

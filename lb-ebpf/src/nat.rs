@@ -36,16 +36,18 @@ unsafe fn copy_mac(dst: *mut Mac, src: &Mac) {
     }
 }
 
-/// Writes an IPv6 address word by word, for the same reason as [`copy_mac`].
+/// Writes an address word by word, for the same reason as [`copy_mac`] (volatile, or LLVM
+/// merges the stores back into a `memmove` call).
 ///
 /// # Safety
 /// `dst` must be valid for a 16-byte write.
 #[inline(always)]
-unsafe fn copy_words(dst: *mut [u32; 4], src: &[u32; 4]) {
+pub unsafe fn copy_words(dst: *mut [u32; 4], src: &[u32; 4]) {
+    let d = dst.cast::<u32>();
     // SAFETY: as for every header field (see `headers`).
     unsafe {
         for (i, w) in src.iter().enumerate() {
-            (*dst)[i] = *w;
+            core::ptr::write_volatile(d.add(i), *w);
         }
     }
 }
