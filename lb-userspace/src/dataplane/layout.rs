@@ -56,8 +56,9 @@ const fn size<T>() -> u32 {
     std::mem::size_of::<T>() as u32
 }
 
-/// Every map the agent pins. `SCRATCH` is not here: it holds nothing between packets, so a
-/// new program is better off with its own.
+/// Every map the agent pins. `SCRATCH` and `CLOCK` are not here: they hold nothing a new
+/// program needs (per-CPU scratch space, a per-CPU clock copy), so it is better off with its
+/// own.
 pub const PINNED: &[MapSpec] = &[
     MapSpec {
         name: "SERVICES",
