@@ -25,6 +25,9 @@
 //! client's port reuse more than the NAT, so by default the backends keep no TIME_WAIT
 //! (`tcp_max_tw_buckets = 0`, the same for every configuration); `--backend-time-wait`
 //! measures with it. Every run records the client's SYN retransmits either way.
+//!
+//! `LB_BENCH_DEBUG=1` prints each configuration's process output when it stops and, after
+//! each flood, the counters of every interface on the path.
 
 use std::{
     fmt::Write as _,
