@@ -181,8 +181,13 @@ fn allocate_port(
             return Ok(port);
         }
         // SAFETY: read-only look at the current holder.
+        // Reclaimable: idle past its timeout, or an earlier incarnation of this very
+        // connection (the client reused its port and a SYN reopened the flow). Without the
+        // second case a client that reuses ports quickly burns a fresh port per reuse until
+        // its probes run out while most of the range is free.
         if let Some(old) = unsafe { NAT_REVERSE.get(&*rev) }
-            && flow_state::is_stale(old.state, old.last_seen_ns, now, 0, settings)
+            && (old.orig == *key
+                || flow_state::is_stale(old.state, old.last_seen_ns, now, 0, settings))
         {
             // Two CPUs reclaiming the same port at once: one insert wins, the other tries
             // its next port.

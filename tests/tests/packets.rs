@@ -129,6 +129,27 @@ fn tcp_flow_new_established_reply_close() {
         reason: Reason::Forwarded,
     });
     assert_eq!(fx.ct(&syn).state, CT_CLOSING);
+
+    // The client reuses its port at once (a SYN on the closing flow): a new flow that takes
+    // back this connection's own SNAT port instead of claiming another one each time.
+    for round in 0..12 {
+        let (verdict, _) = fx.run(fx.lb_c, &syn.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "reopening SYN {round}");
+        let reopened = fx.ct(&syn);
+        assert_eq!(reopened.state, CT_SYN_SENT, "reopening SYN {round}");
+        assert_eq!(
+            u16::from_be(reopened.snat_port),
+            snat_port,
+            "reopening {round} moved to another SNAT port"
+        );
+        let (verdict, _) = fx.run(fx.lb_c, &fin.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "FIN {round}");
+    }
+    assert_eq!(
+        fx.service("web").new_flows,
+        13,
+        "each reopening is a new flow"
+    );
 }
 
 /// A mid-flow packet with no conntrack entry cannot be forwarded (the backend would not know
