@@ -311,6 +311,19 @@ fn table_changes_never_break_established_connections() {
         .collect();
     admin.register("web", &ip(&lab, 1), 8080, "").unwrap();
     admin.register("web", &ip(&lab, 2), 8080, "").unwrap();
+    // The check servers started after the agent: backend 0 may have failed its first checks.
+    for i in 0..3 {
+        wait_until(
+            "every backend passes its check",
+            Duration::from_secs(5),
+            || {
+                admin
+                    .backend("web", &format!("{}:8080", ip(&lab, i)))
+                    .unwrap()["up"]
+                    == true
+            },
+        );
+    }
     time_until_reached(&lab, &names[1]);
     time_until_reached(&lab, &names[2]);
 

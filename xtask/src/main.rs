@@ -188,7 +188,8 @@ fn test(args: &[String]) -> Result<i32> {
         None => (args, &[][..]),
     };
     let mut c = cargo_cmd();
-    c.args(["test", "--release"]);
+    // --no-fail-fast: one failing test file must not hide the results of the others.
+    c.args(["test", "--release", "--no-fail-fast"]);
     let picks_packages = cargo_args
         .iter()
         .any(|a| a == "-p" || a.starts_with("--package") || a == "--workspace");
