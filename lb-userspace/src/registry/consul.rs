@@ -47,7 +47,10 @@ use serde::{Deserialize, Deserializer};
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
-use super::{Backoff, Endpoint, Source, SourceHandle};
+use super::{
+    Backoff, Endpoint, Source, SourceHandle,
+    per_service::{publish_union, sleep_unless_closed},
+};
 use crate::config::{ConsulSource, MAX_WEIGHT};
 
 /// How long Consul may hold a blocking query open (its default; Consul caps it at 10 min).
@@ -58,8 +61,6 @@ pub const MIN_QUERY_INTERVAL: Duration = Duration::from_secs(1);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Added to `wait + wait/16` for the client-side deadline of one query.
 const REQUEST_SLACK: Duration = Duration::from_secs(10);
-/// How often an idle loop checks whether the agent stopped listening.
-const CLOSE_CHECK: Duration = Duration::from_millis(500);
 /// How much of an error response body goes into the error message.
 const MAX_ERROR_BODY: usize = 200;
 
@@ -168,7 +169,7 @@ impl ConsulWatcher {
     }
 
     async fn run_loop(self, out: SourceHandle) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         // Dropping the set (when this future returns or is aborted) stops every loop.
         let mut loops = JoinSet::new();
         for service in &self.services {
@@ -181,23 +182,7 @@ impl ConsulWatcher {
             loops.spawn(service_loop.run(tx.clone(), out.clone()));
         }
         drop(tx);
-        let mut sets = ServiceSets::new(self.services.iter().cloned());
-        loop {
-            tokio::select! {
-                set = rx.recv() => match set {
-                    Some((service, endpoints)) => {
-                        if let Some(all) = sets.update(&service, endpoints) {
-                            out.publish(all);
-                        }
-                    }
-                    None => return,
-                },
-                _ = tokio::time::sleep(CLOSE_CHECK) => {}
-            }
-            if out.is_closed() {
-                return;
-            }
-        }
+        publish_union(&self.services, rx, &out).await;
     }
 }
 
@@ -440,57 +425,6 @@ impl HealthEntry {
             metadata,
         })
     }
-}
-
-/// The latest set of each watched service, and the union last published.
-///
-/// Shared with the Kubernetes source, which also watches one service per loop.
-#[derive(Debug)]
-pub(super) struct ServiceSets {
-    sets: BTreeMap<String, Option<Vec<Endpoint>>>,
-    published: Option<Vec<Endpoint>>,
-}
-
-impl ServiceSets {
-    pub(super) fn new(services: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            sets: services.into_iter().map(|s| (s, None)).collect(),
-            published: None,
-        }
-    }
-
-    /// Records `service`'s new set; returns the union to publish once every service has a
-    /// set and the union differs from the one published last.
-    pub(super) fn update(
-        &mut self,
-        service: &str,
-        endpoints: Vec<Endpoint>,
-    ) -> Option<Vec<Endpoint>> {
-        self.sets.insert(service.to_owned(), Some(endpoints));
-        let mut all = Vec::new();
-        for set in self.sets.values() {
-            all.extend(set.as_ref()?.iter().cloned());
-        }
-        all.sort();
-        all.dedup();
-        if self.published.as_ref() == Some(&all) {
-            return None;
-        }
-        self.published = Some(all.clone());
-        Some(all)
-    }
-}
-
-/// Sleeps `delay`, waking every [`CLOSE_CHECK`]; false if the agent stopped listening.
-pub(super) async fn sleep_unless_closed(out: &SourceHandle, delay: Duration) -> bool {
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if out.is_closed() {
-            return false;
-        }
-        tokio::time::sleep_until(deadline.min(Instant::now() + CLOSE_CHECK)).await;
-    }
-    !out.is_closed()
 }
 
 /// A duration as Go's `time.ParseDuration` reads it (`5m`, `30s`, `250ms`).

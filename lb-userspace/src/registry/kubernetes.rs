@@ -59,7 +59,6 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use futures_util::StreamExt as _;
@@ -74,7 +73,7 @@ use tracing::{debug, warn};
 
 use super::{
     Backoff, Endpoint, Source, SourceHandle,
-    consul::{ServiceSets, sleep_unless_closed},
+    per_service::{publish_union, sleep_unless_closed},
 };
 use crate::config::KubernetesSource;
 
@@ -84,8 +83,6 @@ pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceacco
 pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// The label EndpointSlices carry naming their service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// How often the source checks whether the agent stopped listening.
-const CLOSE_CHECK: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {
@@ -212,7 +209,7 @@ impl KubernetesWatcher {
         };
         self.backoff.reset();
         let api: Api<EndpointSlice> = Api::namespaced(client, &self.namespace);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         // Dropping the set (when this future returns or is aborted) stops every watch.
         let mut watches = JoinSet::new();
         for service in &self.services {
@@ -224,23 +221,7 @@ impl KubernetesWatcher {
             watches.spawn(watch.run(tx.clone(), out.clone()));
         }
         drop(tx);
-        let mut sets = ServiceSets::new(self.services.iter().cloned());
-        loop {
-            tokio::select! {
-                set = rx.recv() => match set {
-                    Some((service, endpoints)) => {
-                        if let Some(all) = sets.update(&service, endpoints) {
-                            out.publish(all);
-                        }
-                    }
-                    None => return,
-                },
-                _ = tokio::time::sleep(CLOSE_CHECK) => {}
-            }
-            if out.is_closed() {
-                return;
-            }
-        }
+        publish_union(&self.services, rx, &out).await;
     }
 }
 

@@ -16,6 +16,7 @@ pub mod consul;
 pub mod etcd;
 pub mod kubernetes;
 pub mod merge;
+mod per_service;
 pub mod supervisor;
 
 use std::{collections::BTreeMap, future::Future, net::IpAddr};
