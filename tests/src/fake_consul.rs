@@ -7,7 +7,7 @@
 //! reach it; threads, stopped on drop.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufReader, Write},
     net::TcpStream,
     path::Path,
     sync::{
@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::ns_server::NsServer;
+use crate::ns_server::{NsServer, query_param, read_request};
 use serde_json::json;
 
 /// Longest a blocking query is held (Consul's default `wait` is 5 minutes; tests need less).
@@ -93,25 +93,15 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
     let mut out = conn;
     // Keep-alive: answer requests until the client closes.
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(target) = read_request(&mut reader) else {
             return;
-        }
-        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                break;
-            }
-        }
+        };
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let Some(service) = path.strip_prefix("/v1/health/service/") else {
             let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             continue;
         };
-        let wanted: u64 = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("index="))
+        let wanted: u64 = query_param(query, "index")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let (m, cv) = &**shared;

@@ -7,7 +7,7 @@
 //! One slice for one service; it runs inside a test namespace; threads, stopped on drop.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufReader, Write},
     net::TcpStream,
     path::Path,
     sync::{
@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::ns_server::NsServer;
+use crate::ns_server::{NsServer, query_param, read_request};
 use serde_json::{Value, json};
 
 /// How long one watch request stays open.
@@ -114,17 +114,9 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
     let mut reader = BufReader::new(read_half);
     let mut out = conn;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(target) = read_request(&mut reader) else {
             return;
-        }
-        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                break;
-            }
-        }
+        };
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         if !path.ends_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices") {
             let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
@@ -135,9 +127,7 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
             );
             continue;
         }
-        let watch = query
-            .split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1");
+        let watch = matches!(query_param(query, "watch"), Some("true" | "1"));
         let (m, cv) = &**shared;
         if !watch {
             let s = m.lock().unwrap();
@@ -155,9 +145,7 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
             );
             continue;
         }
-        let mut seen: u64 = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+        let mut seen: u64 = query_param(query, "resourceVersion")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").is_err() {

@@ -83,6 +83,30 @@ impl NsServer {
     }
 }
 
+/// Reads one request's line and headers from `reader`; its target (`/path?query`), or
+/// `None` once the client closed the connection. Bodies are not read (the stand-ins serve
+/// GETs only).
+pub fn read_request(reader: &mut impl std::io::BufRead) -> Option<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    Some(line.split_whitespace().nth(1).unwrap_or("/").to_string())
+}
+
+/// The value of `key` in a query string (`a=1&b=2`).
+pub fn query_param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
 impl Drop for NsServer {
     fn drop(&mut self) {
         self.stop();
