@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     DEFAULT_TIMEOUT, NsChild, Spread, TcpNameServer, Topology, UdpNameServer, VIP4, lb_binary,
-    wait_for_tcp,
+    tcp_name_spread, wait_for_tcp,
 };
 
 /// The TCP service's port on the VIP (backends listen on 8080).
@@ -180,6 +180,18 @@ impl Lab {
     /// The backends' names, in topology order.
     pub fn names(&self) -> Vec<String> {
         self.topo.backends.iter().map(|b| b.name.clone()).collect()
+    }
+
+    /// `n` new TCP connections from the client to the VIP's TCP service, and where they went.
+    pub fn tcp_spread(&self, n: usize) -> Spread {
+        tcp_name_spread(
+            &self.topo.client.ns,
+            IpAddr::V4(VIP4),
+            TCP_PORT,
+            n,
+            DEFAULT_TIMEOUT,
+        )
+        .expect("client namespace")
     }
 
     /// A TCP connection from the client to the VIP, with the name of the backend it reached.

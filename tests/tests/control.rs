@@ -16,7 +16,7 @@ use lb_tests::{
     DEFAULT_TIMEOUT, TcpNameServer, Topology, VIP4,
     admin::AdminClient,
     lab::{Lab, TCP_PORT, echo},
-    lb_binary, tcp_name_spread,
+    lb_binary,
 };
 
 const TOKEN: &str = "s3cret-token";
@@ -142,17 +142,6 @@ fn time_until_reached(lab: &Lab, name: &str) -> Duration {
     )
 }
 
-fn spread(lab: &Lab, n: usize) -> lb_tests::Spread {
-    tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        n,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap()
-}
-
 fn ip(lab: &Lab, i: usize) -> String {
     lab.topo.backends[i].ip4().to_string()
 }
@@ -193,7 +182,7 @@ fn registry_changes_reach_the_data_plane_and_survive_a_restart() {
         .unwrap();
     assert_eq!(garbage.code, 400, "{garbage:?}");
     assert_eq!(
-        spread(&lab, 30).count(&names[1]),
+        lab.tcp_spread(30).count(&names[1]),
         0,
         "nothing registered yet"
     );
@@ -236,7 +225,7 @@ fn registry_changes_reach_the_data_plane_and_survive_a_restart() {
     );
     println!("TTL 2 s expiry noticed {expired:?} after the last heartbeat check");
     assert_eq!(
-        spread(&lab, 60).count(&names[2]),
+        lab.tcp_spread(60).count(&names[2]),
         0,
         "expired instance still gets flows"
     );
@@ -260,7 +249,7 @@ fn registry_changes_reach_the_data_plane_and_survive_a_restart() {
         },
     );
     println!("registry delete -> out of the table: {:?}", t0.elapsed());
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.errors, 0, "{s}");
     assert_eq!(
         s.count(&names[2]),
@@ -362,7 +351,7 @@ fn table_changes_never_break_established_connections() {
             == 0
     });
     check_all("drain");
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.count(&names[1]), 0, "drained backend got new flows\n{s}");
     assert_eq!(s.errors, 0, "{s}");
 
@@ -377,7 +366,7 @@ fn table_changes_never_break_established_connections() {
             == false
     });
     check_all("health down");
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.count(&names[2]), 0, "down backend got new flows\n{s}");
     let b = &lab.topo.backends[2];
     checks[2] = Some(
@@ -431,7 +420,7 @@ fn dead_backend_is_detected_and_all_down_fails_open() {
         detected <= bound,
         "detection took {detected:?}, bound {bound:?}"
     );
-    let s = spread(&lab, 90);
+    let s = lab.tcp_spread(90);
     assert_eq!(
         s.errors, 0,
         "flows failed after the table dropped the dead backend\n{s}"
@@ -485,7 +474,7 @@ fn metrics_are_promtool_clean_and_status_prints_the_table() {
         )
         .unwrap();
     time_until_reached(&lab, &lab.names()[2]);
-    let s = spread(&lab, 30);
+    let s = lab.tcp_spread(30);
     assert_eq!(s.errors, 0, "{s}");
 
     let metrics = admin.get("/metrics").unwrap();
@@ -600,7 +589,7 @@ fn etcd_changes_reach_the_data_plane_and_an_outage_loses_nothing() {
             .and_then(|a| a.iter().find(|s| s["name"] == "etcd"))
             .is_some_and(|s| s["errors"].as_u64() > Some(0))
     });
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.errors, 0, "{s}");
     assert!(
         s.count(&names[1]) > 0,
@@ -632,7 +621,7 @@ fn etcd_changes_reach_the_data_plane_and_an_outage_loses_nothing() {
         },
     );
     println!("etcd delete -> out of the table: {:?}", t0.elapsed());
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.errors, 0, "{s}");
     assert_eq!(
         s.count(&names[1]),
@@ -671,7 +660,7 @@ fn consul_changes_reach_the_data_plane() {
         Duration::from_secs(10),
         || admin.backend("web", &format!("{b1}:8080")).is_err(),
     );
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.errors, 0, "{s}");
     assert_eq!(
         s.count(&names[1]),
@@ -717,7 +706,7 @@ fn kubernetes_changes_reach_the_data_plane() {
         Duration::from_secs(10),
         || admin.backend("web", &format!("{b1}:8080")).unwrap()["effective_weight"] == 0,
     );
-    let s = spread(&lab, 60);
+    let s = lab.tcp_spread(60);
     assert_eq!(s.errors, 0, "{s}");
     assert_eq!(
         s.count(&names[1]),
@@ -732,6 +721,6 @@ fn kubernetes_changes_reach_the_data_plane() {
         Duration::from_secs(10),
         || admin.backend("web", &format!("{b2}:8080")).is_err(),
     );
-    assert_eq!(spread(&lab, 30).count(&names[2]), 0);
+    assert_eq!(lab.tcp_spread(30).count(&names[2]), 0);
     drop(lab);
 }

@@ -10,8 +10,8 @@ use std::{
 
 use lb_tests::{
     DEFAULT_TIMEOUT, Topology, VIP4,
-    lab::{Lab, TCP_PORT, UDP_PORT, assert_balanced, config_text, echo},
-    tcp_name_spread, udp_name_spread,
+    lab::{Lab, UDP_PORT, assert_balanced, config_text, echo},
+    udp_name_spread,
 };
 
 /// 300 TCP connections spread over three backends, each getting 20% to 47%; then 300 UDP
@@ -20,14 +20,7 @@ use lb_tests::{
 fn tcp_and_udp_spread_over_backends() {
     let mut lab = Lab::start(Topology::two_arm(3).unwrap(), None);
     let names = lab.names();
-    let tcp = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        300,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let tcp = lab.tcp_spread(300);
     println!("TCP:\n{tcp}");
     assert_balanced("TCP", &tcp, &names);
     let udp = udp_name_spread(
@@ -66,14 +59,7 @@ fn tcp_and_udp_spread_over_backends() {
 #[test]
 fn one_arm_spread() {
     let lab = Lab::start(Topology::one_arm(3).unwrap(), None);
-    let tcp = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        300,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let tcp = lab.tcp_spread(300);
     println!("one-arm TCP:\n{tcp}");
     assert_balanced("one-arm TCP", &tcp, &lab.names());
 }
@@ -114,14 +100,7 @@ fn reload_removing_a_backend_keeps_established_flows() {
         }
     }
     assert!(kept > 0);
-    let spread = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        60,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let spread = lab.tcp_spread(60);
     assert_eq!(spread.errors, 0, "{spread}");
     assert_eq!(
         spread.count(&removed),
@@ -153,14 +132,7 @@ fn sighup_reloads() {
     );
     lab.agent.signal(libc::SIGHUP);
     lab.wait_for_log("generation=2");
-    let spread = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        30,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let spread = lab.tcp_spread(30);
     assert_eq!(spread.errors, 0, "{spread}");
     assert_eq!(spread.count(&removed), 0, "{spread}");
 }

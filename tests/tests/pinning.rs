@@ -29,9 +29,8 @@ use aya::{
 };
 use lb_common::{CtEntry, FlowKey};
 use lb_tests::{
-    DEFAULT_TIMEOUT, NsChild, Topology, VIP4,
-    lab::{Lab, TCP_PORT, UDP_PORT, assert_balanced, config_text_with, echo, wait_for_log},
-    tcp_name_spread,
+    NsChild, Topology, VIP4,
+    lab::{Lab, UDP_PORT, assert_balanced, config_text_with, echo, wait_for_log},
 };
 
 /// A bpf filesystem mounted on a fresh temp directory, unmounted and removed on drop.
@@ -275,14 +274,7 @@ fn kill_9_keeps_forwarding_and_the_next_agent_adopts() {
     for (s, b) in conns.iter_mut() {
         echo(s, b"no agent").unwrap_or_else(|e| panic!("connection via {b} broke: {e}"));
     }
-    let spread = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        150,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let spread = lab.tcp_spread(150);
     println!("no agent:\n{spread}");
     assert_balanced("new connections with no agent", &spread, &names);
 
@@ -331,14 +323,7 @@ fn kill_9_keeps_forwarding_and_the_next_agent_adopts() {
     for (s, b) in conns.iter_mut() {
         echo(s, b"adopted").unwrap_or_else(|e| panic!("connection via {b} broke: {e}"));
     }
-    let spread = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        150,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let spread = lab.tcp_spread(150);
     assert_balanced("new connections after adoption", &spread, &names);
 
     // (c) Clean shutdown: nothing pinned, nothing attached.
@@ -442,14 +427,7 @@ fn a_pinned_map_of_another_layout_is_replaced() {
 
     // New flows are served and balanced; the ones the old conntrack held are reset (their
     // packets find no entry and are dropped).
-    let spread = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        150,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let spread = lab.tcp_spread(150);
     assert_balanced("new connections after replacement", &spread, &names);
     let (s, b) = &mut conns[0];
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -523,14 +501,7 @@ fn keep_dataplane_exit_leaves_it_forwarding_for_the_next_agent() {
     for (s, b) in conns.iter_mut() {
         echo(s, b"agent gone").unwrap_or_else(|e| panic!("connection via {b} broke: {e}"));
     }
-    let spread = tcp_name_spread(
-        &lab.topo.client.ns,
-        IpAddr::V4(VIP4),
-        TCP_PORT,
-        60,
-        DEFAULT_TIMEOUT,
-    )
-    .unwrap();
+    let spread = lab.tcp_spread(60);
     assert_eq!(spread.errors, 0, "{spread}");
 
     lab.agent = lab.spawn_agent(&[]);
