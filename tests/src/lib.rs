@@ -9,10 +9,12 @@
 //! - [`servers`]: TCP/UDP servers that answer with their backend's name, and clients for them.
 //! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
 //! - [`lab`]: a topology with name servers and the real `lb` agent running on it.
+//! - [`control_lab`]: a lab with the admin API and registry, and timing helpers for changes.
 
 pub mod admin;
 pub mod bench;
 pub mod cleanup;
+pub mod control_lab;
 pub mod etcd;
 pub mod fake_consul;
 pub mod fake_k8s;

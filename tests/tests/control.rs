@@ -7,75 +7,23 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    DEFAULT_TIMEOUT, TcpNameServer, Topology, VIP4,
+    TcpNameServer, Topology,
     admin::AdminClient,
-    lab::{Lab, TCP_PORT, echo},
+    control_lab::{Dir, ip, start_on, time_until_reached, wait_until},
+    lab::{Lab, echo},
     lb_binary,
 };
 
-const TOKEN: &str = "s3cret-token";
 /// Health checks in these tests: every 200 ms, down after 3 failures, up after 2 successes.
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 3;
 
-/// A directory for the admin socket, token and registry state; removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("lbt-ctl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
-        Self(d)
-    }
-    fn socket(&self) -> PathBuf {
-        self.0.join("admin.sock")
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A `web` TCP service on VIP4:80 with `static_backends` from the topology, an optional
-/// `[service.health]` body, and the admin API on `dir`'s socket.
-fn config(topo: &Topology, static_backends: &[usize], health: Option<&str>, dir: &Path) -> String {
-    let ifaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let mut s = format!(
-        "[global]\ninterfaces = [{}]\nmaglev_table_size = 4099\npin_path = \"\"\n\n\
-         [admin]\nlisten = \"unix:{}\"\ntoken_file = \"{}\"\n\n\
-         [registry]\nstate_file = \"{}\"\n\n\
-         [[service]]\nname = \"web\"\nvip = \"{VIP4}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n",
-        ifaces.join(", "),
-        dir.join("admin.sock").display(),
-        dir.join("token").display(),
-        dir.join("registry.json").display(),
-    );
-    if let Some(h) = health {
-        s += &format!("[service.health]\n{h}");
-    }
-    for i in static_backends {
-        s += &format!(
-            "[[service.backend]]\naddress = \"{}\"\nport = 8080\n",
-            topo.backends[*i].ip4()
-        );
-    }
-    s
-}
-
+/// [`start_on`] a fresh three-backend two-arm topology, nothing extra in the config.
 fn start(tag: &str, static_backends: &[usize], health: Option<&str>) -> (Lab, AdminClient, Dir) {
     start_on(
         Topology::two_arm(3).unwrap(),
@@ -84,66 +32,6 @@ fn start(tag: &str, static_backends: &[usize], health: Option<&str>) -> (Lab, Ad
         health,
         |_| String::new(),
     )
-}
-
-/// [`start`] on `topo`, with `extra(dir)` appended to the config (e.g. a `[[source]]`).
-fn start_on(
-    topo: Topology,
-    tag: &str,
-    static_backends: &[usize],
-    health: Option<&str>,
-    extra: impl FnOnce(&Path) -> String,
-) -> (Lab, AdminClient, Dir) {
-    let dir = Dir::new(tag);
-    let d = dir.0.clone();
-    let sb = static_backends.to_vec();
-    let health = health.map(str::to_string);
-    let lab = Lab::start_config(
-        topo,
-        move |t| config(t, &sb, health.as_deref(), &d) + &extra(&d),
-        &[],
-    );
-    let admin = AdminClient::new(&dir.socket(), TOKEN);
-    wait_until("admin API answers", Duration::from_secs(10), || {
-        admin.get("/healthz").is_ok()
-    });
-    (lab, admin, dir)
-}
-
-/// Polls `cond` every 10 ms; panics after `limit`. Returns how long it took.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t0.elapsed()
-}
-
-/// Opens new connections back to back until one lands on `name`; the time it took.
-fn time_until_reached(lab: &Lab, name: &str) -> Duration {
-    wait_until(
-        &format!("a new flow reaches {name}"),
-        Duration::from_secs(10),
-        || {
-            lab.topo.client.ns.enter(|| {
-                TcpStream::connect_timeout(
-                    &SocketAddr::new(IpAddr::V4(VIP4), TCP_PORT),
-                    DEFAULT_TIMEOUT,
-                )
-                .ok()
-                .and_then(|s| {
-                    s.set_read_timeout(Some(DEFAULT_TIMEOUT)).ok()?;
-                    Some(lb_tests::lab::read_line(&s) == name)
-                })
-                .unwrap_or(false)
-            })
-        },
-    )
-}
-
-fn ip(lab: &Lab, i: usize) -> String {
-    lab.topo.backends[i].ip4().to_string()
 }
 
 /// Registry writes: auth, add, TTL expiry, deregister, persistence across an agent restart;

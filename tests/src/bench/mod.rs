@@ -1,5 +1,6 @@
 //! Benchmarks that need namespaces and real peers (run by `lb-bench`, never by the tests).
 //!
+//! - [`control`]: registry change -> forwarding, and flows when one of N backends leaves.
 //! - [`cpu`]: whole-machine CPU from `/proc/stat`, and the "is the machine idle?" gate.
 //! - [`wrk`]: runs `wrk` in a namespace and parses its report.
 //! - [`lab`]: the bench network (client, LB, three nginx backends) and its sysctls.
@@ -10,6 +11,7 @@
 //! - [`pktrate`]: packets per second forwarded to the backends, this LB vs nftables.
 //! - [`report`]: Markdown, JSON and SVG for the results.
 
+pub mod control;
 pub mod cpu;
 pub mod e2e;
 pub mod lab;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::control::ControlResults;
 use super::e2e::{E2eResults, Mode, Summary};
 use super::peers::Peer;
 use super::pktrate::RateResults;
@@ -385,6 +386,118 @@ pub fn rate_json(rate: &RateResults) -> String {
         rate.frame_len,
         medians.join(","),
         runs.join(",")
+    )
+}
+
+/// Median, min and max of `v` in milliseconds.
+fn ms_stats(v: &[std::time::Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let med = super::median(&mut ms);
+    let min = ms.first().copied().unwrap_or(f64::NAN);
+    let max = ms.last().copied().unwrap_or(f64::NAN);
+    (med, min, max)
+}
+
+/// The control-plane section: change -> forwarding per source, and one backend leaving.
+pub fn control_markdown(c: &ControlResults) -> String {
+    let rounds = c.changes.first().map_or(0, |t| t.add.len());
+    let mut md = format!(
+        "## Control plane end to end (real agent, {rounds} rounds per source, busy share before: {:.0} %)\n\n",
+        c.idle.busy_share * 100.0
+    );
+    md += "| change | median ms | min ms | max ms |\n|---|---:|---:|---:|\n";
+    for t in &c.changes {
+        for (what, v) in [
+            ("add -> first new flow on it", &t.add),
+            ("remove -> new flows avoid it", &t.remove),
+        ] {
+            let (med, min, max) = ms_stats(v);
+            let _ = writeln!(
+                md,
+                "| {} {what} | {med:.1} | {min:.1} | {max:.1} |",
+                t.source
+            );
+        }
+    }
+    let l = &c.leave;
+    let _ = writeln!(
+        md,
+        "\nOne of {} backends leaves (deregistered, still running) with {} connections held, {} of them on it: \
+         **{} of {} held connections on the remaining backends broke, {} of {} on the leaving one** \
+         (conntrack keeps every established flow where it was); of {} new connections after the leave, \
+         {} reached the leaving backend, {} failed. New flows remapped: see the Maglev table below \
+         (slots of the remaining backends that move).\n",
+        l.backends,
+        l.held,
+        l.on_leaving,
+        l.broken_remaining,
+        l.held - l.on_leaving,
+        l.broken_leaving,
+        l.on_leaving,
+        l.new_flows,
+        l.new_to_leaving,
+        l.new_errors
+    );
+    md
+}
+
+/// The control-plane results as JSON.
+pub fn control_json(c: &ControlResults) -> String {
+    let ms = |v: &[std::time::Duration]| {
+        v.iter()
+            .map(|d| json_num(d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let changes: Vec<String> = c
+        .changes
+        .iter()
+        .map(|t| {
+            format!(
+                "{{\"source\":{},\"add_ms\":[{}],\"remove_ms\":[{}]}}",
+                json_str(t.source),
+                ms(&t.add),
+                ms(&t.remove)
+            )
+        })
+        .collect();
+    let l = &c.leave;
+    format!(
+        "{{\"changes\":[{}],\"leave\":{{\"backends\":{},\"held\":{},\"on_leaving\":{},\"broken_remaining\":{},\"broken_leaving\":{},\"new_flows\":{},\"new_to_leaving\":{},\"new_errors\":{}}},\"busy_share_before\":{}}}",
+        changes.join(","),
+        l.backends,
+        l.held,
+        l.on_leaving,
+        l.broken_remaining,
+        l.broken_leaving,
+        l.new_flows,
+        l.new_to_leaving,
+        l.new_errors,
+        json_num(c.idle.busy_share)
+    )
+}
+
+/// Chart panel of the control plane: median change -> forwarding per source.
+pub fn control_panel(c: &ControlResults, y: f64) -> (String, f64) {
+    let bars: Vec<Bar> = c
+        .changes
+        .iter()
+        .flat_map(|t| {
+            [("add", &t.add), ("remove", &t.remove)].map(|(what, v)| {
+                let (med, _, max) = ms_stats(v);
+                Bar {
+                    label: format!("{} {what}", t.source),
+                    value: med,
+                    text: format!("{med:.1} ms (max {max:.1})"),
+                    ours: true,
+                }
+            })
+        })
+        .collect();
+    bar_panel(
+        "Registry change -> forwarding, median ms (real agent, end to end)",
+        &bars,
+        y,
     )
 }
 

@@ -12,7 +12,9 @@
 //!   rewritten packet back in), reported as the median net of a trivial `XDP_PASS` program
 //!   measured the same way (the floor: the syscall's fixed cost).
 //! - Control plane: Maglev table build time (M = 65537) and the share of slots that move
-//!   when one of N backends leaves.
+//!   when one of N backends leaves; end to end with the real agent
+//!   (`lb_tests::bench::control`): registry (built-in API, etcd) change -> forwarding, and
+//!   established flows broken when one of N backends leaves.
 //!
 //! Results go to `bench/results/<timestamp>.{md,json,svg}` and the tables to stdout.
 //!
@@ -36,6 +38,7 @@ use std::{
 };
 
 use anyhow::Context;
+use lb_tests::bench::control::{self, ControlResults};
 use lb_tests::bench::cpu::IdleGate;
 use lb_tests::bench::e2e::{self, E2eOptions, E2eResults};
 use lb_tests::bench::lab::BenchLab;
@@ -60,7 +63,7 @@ struct Args {
     /// Where to write results.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to leave out: any of e2e, rate, packets, maglev (comma-separated).
+    /// Parts to leave out: any of e2e, rate, packets, maglev, control (comma-separated).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// End-to-end configurations, in run order within a round (comma-separated):
@@ -99,6 +102,12 @@ struct Args {
     /// "TIME_WAIT" in `lb-bench --help`'s source docs (tests/src/bin/lb-bench.rs).
     #[arg(long)]
     backend_time_wait: bool,
+    /// Add/remove cycles per source in the control-plane part.
+    #[arg(long, default_value_t = 9)]
+    control_rounds: usize,
+    /// Connections held while a backend leaves (control-plane part).
+    #[arg(long, default_value_t = 150)]
+    held: usize,
     /// The agent [default: `lb` next to this executable].
     #[arg(long)]
     lb: Option<PathBuf>,
@@ -390,6 +399,18 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
     Ok((e2e, rate))
 }
 
+/// The control-plane part on its own lab (the real agent, etcd in the LB namespace).
+fn control_bench(args: &Args) -> anyhow::Result<ControlResults> {
+    let lb = tools(args)?.lb;
+    anyhow::ensure!(lb.is_file(), "agent {} not found", lb.display());
+    let gate = IdleGate::new(
+        args.idle_threshold,
+        args.idle_tries,
+        Duration::from_secs(args.idle_budget),
+    );
+    control::run(args.control_rounds, args.held, &gate)
+}
+
 /// Targets measured by the in-kernel and control-plane parts.
 fn local_targets(paths: &[PathResult], mg: &[MaglevResult]) -> Vec<Target> {
     let mut t = Vec::new();
@@ -419,9 +440,17 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("needs root (namespaces, XDP, BPF_PROG_TEST_RUN)");
     }
+    // The control-plane lab starts the agent from $LB_BIN.
+    // SAFETY: set before any other thread exists (the interrupt handler comes next).
+    unsafe { std::env::set_var("LB_BIN", tools(&args)?.lb) };
     lb_tests::cleanup::install_interrupt_handler();
     let started = Instant::now();
     let (e2e, rate) = network_benches(&args)?;
+    let ctl = if args.runs_part("control") {
+        Some(control_bench(&args)?)
+    } else {
+        None
+    };
     let (floor, paths) = if args.runs_part("packets") {
         packet_paths(args.runs)
     } else {
@@ -464,6 +493,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(r) = &rate {
         let _ = writeln!(md, "{}", report::rate_markdown(r, args.flood_duration));
+    }
+    if let Some(c) = &ctl {
+        let _ = writeln!(md, "{}", report::control_markdown(c));
     }
     if !paths.is_empty() {
         let _ = writeln!(
@@ -512,7 +544,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let json = format!(
-        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"targets\":{}}}\n",
+        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
         args.note.as_deref().map_or("null".into(), report::json_str),
         args.runs,
         report::json_num(floor),
@@ -539,6 +571,7 @@ fn main() -> anyhow::Result<()> {
             .join(","),
         e2e.as_ref().map_or("null".into(), report::e2e_json),
         rate.as_ref().map_or("null".into(), report::rate_json),
+        ctl.as_ref().map_or("null".into(), report::control_json),
         report::targets_json(&targets)
     );
 
@@ -552,6 +585,11 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(r) = &rate {
         let p = report::rate_panel(r, y);
+        y += p.1;
+        panels.push(p);
+    }
+    if let Some(c) = &ctl {
+        let p = report::control_panel(c, y);
         y += p.1;
         panels.push(p);
     }
