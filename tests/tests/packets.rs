@@ -152,6 +152,75 @@ fn tcp_flow_new_established_reply_close() {
     );
 }
 
+/// With every SNAT port toward the backend held by a live flow, a new flow is dropped and
+/// counted as `snat_exhausted`; a port whose flow closed is reclaimed once the closing
+/// timeout passes, not before, whichever side closed.
+#[test]
+fn snat_exhaustion_drops_and_closed_ports_are_reclaimed() {
+    let mut fx = Fx::start();
+    let mut settings = config::parse(CONFIG, "fixtures.toml")
+        .unwrap()
+        .global
+        .settings();
+    (settings.snat_port_min, settings.snat_port_max) = (40000, 40003);
+    fx.dp.set_settings(&settings).unwrap();
+
+    let syn = |sport| Pkt::from_client("10.200.1.2", sport, "10.200.100.1", 80, SYN);
+    let mut ports: Vec<u16> = (0..4)
+        .map(|i| {
+            let (verdict, _) = fx.run(fx.lb_c, &syn(33100 + i).bytes());
+            assert_eq!(verdict, XDP_REDIRECT, "flow {i} of 4 ports");
+            u16::from_be(fx.ct(&syn(33100 + i)).snat_port)
+        })
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [40000, 40001, 40002, 40003], "every port used once");
+    let fifth = Row {
+        name: "SYN with every SNAT port held",
+        ingress: fx.lb_c,
+        input: syn(33104).bytes(),
+        verdict: XDP_DROP,
+        output: None,
+        reason: Reason::SnatExhausted,
+    };
+    fx.check(&fifth);
+
+    // Close one flow: its port stays held for the closing timeout (late FINs and ACKs must
+    // still find it)...
+    let closed = syn(33100);
+    let closed_port = fx.ct(&closed).snat_port;
+    let fin = Pkt {
+        l4: FIN_ACK,
+        ..closed.clone()
+    };
+    let (verdict, _) = fx.run(fx.lb_c, &fin.bytes());
+    assert_eq!(verdict, XDP_REDIRECT);
+    fx.check(&Row {
+        name: "SYN while the closed flow's port is still held",
+        ..fifth
+    });
+    // ...and is free after it.
+    settings.tcp_closing_timeout_ns = 1_000_000;
+    fx.dp.set_settings(&settings).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (verdict, _) = fx.run(fx.lb_c, &syn(33104).bytes());
+    assert_eq!(verdict, XDP_REDIRECT, "stale closed port reclaimed");
+    assert_eq!(fx.ct(&syn(33104)).snat_port, closed_port);
+
+    // The close is shared the other way too: a FIN from the backend closes the client's
+    // entry (the reverse was closed by the client's FIN above: its port was reclaimed).
+    let open = syn(33101);
+    let port = u16::from_be(fx.ct(&open).snat_port);
+    let backend_fin = Pkt::from_backend("10.200.11.2", 8080, "10.200.11.1", port, FIN_ACK, b"");
+    let (verdict, _) = fx.run(fx.lb_b, &backend_fin.bytes());
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        fx.ct(&open).state,
+        CT_CLOSING,
+        "a backend FIN closes the client's entry"
+    );
+}
+
 /// A mid-flow packet with no conntrack entry cannot be forwarded (the backend would not know
 /// the connection and the SNAT port would be new): dropped and counted.
 #[test]
