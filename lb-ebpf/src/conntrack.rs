@@ -217,8 +217,9 @@ pub fn create(
 /// entry with `BPF_NOEXIST`; the insert is the lock. Ports held by flows that went idle past
 /// their timeout are reclaimed. Returns the port in network byte order.
 ///
-/// Each probe looks before it inserts: a failed insert into an LRU map costs a free-list pop
-/// and push (~3x a lookup), and under load most of the range may be held by closing flows.
+/// The first probe just inserts (the common case: its port is free). Later probes look
+/// before they insert: a failed insert into an LRU map costs a free-list pop and push (~3x a
+/// lookup), and they only run when part of the range is held.
 #[inline(always)]
 fn allocate_port(
     rev: &mut FlowKey,
@@ -233,6 +234,9 @@ fn allocate_port(
     for i in 0..SNAT_ATTEMPTS {
         let port = ((min + (start.wrapping_add(i * SNAT_STRIDE)) % range) as u16).to_be();
         rev.dst_port = port;
+        if i == 0 && NAT_REVERSE.insert(&*rev, nat, BPF_NOEXIST).is_ok() {
+            return Ok(port);
+        }
         // SAFETY: read-only look at the current holder.
         match unsafe { NAT_REVERSE.get(&*rev) } {
             None => {}
