@@ -91,8 +91,8 @@ pub struct E2eResults {
     /// Whether the backends kept TIME_WAIT sockets (see `BenchLab::start`).
     pub backend_time_wait: bool,
     /// The agent's per-reason packet counters at the end of each round's run (its
-    /// `reasons:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`.
-    pub agent_reasons: Vec<(usize, String)>,
+    /// `reasons:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`, per XDP mode.
+    pub agent_reasons: Vec<(usize, Peer, String)>,
 }
 
 impl E2eResults {
@@ -195,10 +195,10 @@ pub fn run(
                 );
                 res.samples.push(sample);
             }
-            if peer == Peer::Lb
+            if peer.is_ours()
                 && let Some(out) = active.stop()
             {
-                res.agent_reasons.push((round, reasons_line(&out)));
+                res.agent_reasons.push((round, peer, reasons_line(&out)));
             }
             drop(active);
         }

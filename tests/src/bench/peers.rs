@@ -24,8 +24,12 @@ use crate::topology::VIP4;
 pub enum Peer {
     /// No load balancer: the client talks to backend 1, routed by the LB namespace.
     Direct,
-    /// This load balancer: the `lb` agent, native XDP on the LB's veths.
+    /// This load balancer: the `lb` agent, native XDP on the LB's veths (the default).
     Lb,
+    /// The same agent with `xdp_mode = "generic"`: on veth, native XDP must copy every
+    /// cloned skb (all TCP a local socket sends) into a page and rebuild an skb after the
+    /// redirect; generic XDP runs on the skb itself.
+    LbGeneric,
     /// kube-proxy's iptables mode: KUBE-SERVICES / KUBE-SVC / KUBE-SEP chains with
     /// `statistic --mode random`.
     Iptables,
@@ -40,10 +44,16 @@ pub enum Peer {
 }
 
 impl Peer {
+    /// This load balancer, in either XDP mode.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Peer::Lb | Peer::LbGeneric)
+    }
+
     /// All of them, in the order they run within a round.
-    pub const ALL: [Peer; 7] = [
+    pub const ALL: [Peer; 8] = [
         Peer::Direct,
         Peer::Lb,
+        Peer::LbGeneric,
         Peer::Iptables,
         Peer::Nftables,
         Peer::NginxStream,
@@ -56,6 +66,7 @@ impl Peer {
         match self {
             Peer::Direct => "direct",
             Peer::Lb => "lb",
+            Peer::LbGeneric => "lb-generic",
             Peer::Iptables => "iptables",
             Peer::Nftables => "nftables",
             Peer::NginxStream => "nginx-stream",
@@ -68,7 +79,8 @@ impl Peer {
     pub fn label(self) -> &'static str {
         match self {
             Peer::Direct => "direct (no LB)",
-            Peer::Lb => "this LB (XDP)",
+            Peer::Lb => "this LB (native XDP)",
+            Peer::LbGeneric => "this LB (generic XDP)",
             Peer::Iptables => "iptables DNAT",
             Peer::Nftables => "nftables DNAT",
             Peer::NginxStream => "nginx stream",
@@ -182,7 +194,8 @@ pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<
     let lb = &lab.topo.lb;
     match peer {
         Peer::Direct => forwarding_on(&mut active)?,
-        Peer::Lb => active.child = Some(start_agent(lab, tools)?),
+        Peer::Lb => active.child = Some(start_agent(lab, tools, "native")?),
+        Peer::LbGeneric => active.child = Some(start_agent(lab, tools, "generic")?),
         Peer::Iptables => {
             forwarding_on(&mut active)?;
             let path = lab.file("iptables.rules");
@@ -265,7 +278,7 @@ fn backend_ips(lab: &BenchLab) -> Vec<Ipv4Addr> {
 /// `pin_path = ""` and an admin socket in the scratch directory are added only if this agent
 /// version knows those keys (`lb check-config` decides): a bench run must neither pin under
 /// the host's bpffs nor take the default admin port.
-fn agent_config(lab: &BenchLab, extra_keys: bool) -> String {
+fn agent_config(lab: &BenchLab, extra_keys: bool, xdp_mode: &str) -> String {
     let ifaces: Vec<String> = lab
         .topo
         .lb_interfaces()
@@ -273,17 +286,13 @@ fn agent_config(lab: &BenchLab, extra_keys: bool) -> String {
         .map(|i| format!("\"{i}\""))
         .collect();
     let mut s = format!(
-        "[global]\ninterfaces = [{}]\nsnat_ports = [{}, {}]\n",
+        "[global]\ninterfaces = [{}]\nxdp_mode = \"{xdp_mode}\"\nsnat_ports = [{}, {}]\n",
         ifaces.join(", "),
         SNAT_PORTS.0,
         SNAT_PORTS.1
     );
     if extra_keys {
         s += "pin_path = \"\"\n";
-    }
-    if let Ok(x) = std::env::var("LB_BENCH_TMP_GLOBAL") {
-        s += &x.replace("\\n", "\n");
-        s.push('\n');
     }
     if extra_keys {
         s += &format!(
@@ -304,16 +313,16 @@ fn agent_config(lab: &BenchLab, extra_keys: bool) -> String {
 
 /// Writes the agent config (with the optional keys if `lb check-config` accepts them) and
 /// starts `lb run` in the LB namespace.
-fn start_agent(lab: &BenchLab, tools: &Tools) -> Result<NsChild> {
+fn start_agent(lab: &BenchLab, tools: &Tools, xdp_mode: &str) -> Result<NsChild> {
     let path = lab.file("lb.toml");
-    std::fs::write(&path, agent_config(lab, true))?;
+    std::fs::write(&path, agent_config(lab, true, xdp_mode))?;
     let accepted = Command::new(&tools.lb)
         .arg("check-config")
         .arg(&path)
         .output()
         .with_context(|| format!("run {}", tools.lb.display()))?;
     if !accepted.status.success() {
-        std::fs::write(&path, agent_config(lab, false))?;
+        std::fs::write(&path, agent_config(lab, false, xdp_mode))?;
         run_checked(Command::new(&tools.lb).arg("check-config").arg(&path))
             .context("the bench's agent config is refused")?;
     }
@@ -333,7 +342,7 @@ fn start_agent(lab: &BenchLab, tools: &Tools) -> Result<NsChild> {
 /// Whether the agent config with `pin_path`/`[admin]` is accepted (for the report).
 pub fn agent_takes_extra_keys(lab: &BenchLab, tools: &Tools) -> bool {
     let path = lab.file("lb-probe.toml");
-    std::fs::write(&path, agent_config(lab, true)).is_ok()
+    std::fs::write(&path, agent_config(lab, true, "native")).is_ok()
         && Command::new(&tools.lb)
             .arg("check-config")
             .arg(&path)
@@ -569,7 +578,7 @@ pub fn check_tools(peers: &[Peer], tools: &Tools) -> Result<()> {
     for p in peers {
         let bins: &[&str] = match p {
             Peer::Direct => &[],
-            Peer::Lb => &[],
+            Peer::Lb | Peer::LbGeneric => &[],
             Peer::Iptables => &["iptables-restore", "nft"],
             Peer::Nftables => &["nft"],
             Peer::NginxStream => &["nginx"],

@@ -67,11 +67,11 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// End-to-end configurations, in run order within a round (comma-separated):
-    /// direct, lb, iptables, nftables, nginx-stream, haproxy, envoy.
+    /// direct, lb, lb-generic, iptables, nftables, nginx-stream, haproxy, envoy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,lb,iptables,nftables,nginx-stream,haproxy,envoy"
+        default_value = "direct,lb,lb-generic,iptables,nftables,nginx-stream,haproxy,envoy"
     )]
     configs: Vec<String>,
     /// Interleaved rounds (end to end and packet rate); medians are taken over them.
@@ -350,7 +350,7 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
     }
     let tools = tools(args)?;
     let peers = parse_peers(&args.configs)?;
-    let rate_peers = [Peer::Lb, Peer::Nftables];
+    let rate_peers = [Peer::Lb, Peer::LbGeneric, Peer::Nftables];
     let mut needed = if want_e2e { peers.clone() } else { Vec::new() };
     if want_rate {
         needed.extend(rate_peers);
