@@ -733,6 +733,40 @@ fn maglev_table_install_reads_back() {
     let smaller: Vec<u32> = (0..1021u32).map(|i| i % 3 + 10).collect();
     dp.install_table(5, &smaller).expect("swap");
     assert_eq!(dp.read_table(5).expect("read back"), smaller);
+    dp.remove_table(5).expect("remove");
+    assert!(dp.read_table(5).is_err(), "table still installed");
+    dp.remove_table(5)
+        .expect("removing a missing table is not an error");
+}
+
+/// A service that leaves the config takes its Maglev table with it (the outer map would
+/// otherwise keep up to M slots per removed service alive until its id is reused).
+#[test]
+fn removed_service_drops_its_table() {
+    let mut fx = Fx::start();
+    let dns_id = fx
+        .rec
+        .applied()
+        .find(|s| s.desired.name == "dns")
+        .expect("dns applied")
+        .id;
+    assert!(fx.dp.read_table(dns_id).is_ok(), "dns has a table");
+    let start = CONFIG.find("[[service]]\nname = \"dns\"").unwrap();
+    let end = start + CONFIG[start + 1..].find("[[service]]").unwrap() + 1;
+    let without_dns = format!("{}{}", &CONFIG[..start], &CONFIG[end..]);
+    let cfg = config::parse(&without_dns, "fixtures.toml").unwrap();
+    fx.rec
+        .apply(&mut fx.dp, &DesiredState::from_config(&cfg))
+        .unwrap();
+    assert!(fx.rec.applied().all(|s| s.desired.name != "dns"));
+    assert!(fx.dp.read_table(dns_id).is_err(), "dns's table outlived it");
+    let web_id = fx
+        .rec
+        .applied()
+        .find(|s| s.desired.name == "web")
+        .unwrap()
+        .id;
+    assert!(fx.dp.read_table(web_id).is_ok(), "web kept its table");
 }
 
 /// Runs a fixture row and checks verdict, output bytes and the single reason counter.

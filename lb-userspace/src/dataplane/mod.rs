@@ -58,6 +58,18 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("removing the Maglev table of service id {id}: {source}")]
+    RemoveTable {
+        id: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("duplicating the fd of map {name}: {source}")]
+    DupFd {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("devmap: {0}")]
     Devmap(#[from] aya::maps::xdp::XdpMapError),
     #[error("map {0} missing from the eBPF object")]
@@ -154,6 +166,8 @@ pub struct Dataplane {
     service_slots: slots::ServiceSlots,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     maglev: ArrayOfMaps<MapData, MapData>,
+    /// `maglev`'s fd again, for deletes (aya 0.14's `ArrayOfMaps` has none).
+    maglev_fd: std::os::fd::OwnedFd,
     backends: Array<MapData, BackendValue>,
     settings: Array<MapData, Settings>,
     devmap: DevMapHash<MapData>,
@@ -217,11 +231,13 @@ impl Dataplane {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(map_err("SERVICES"))?;
         let service_slots = slots::ServiceSlots::load(take(&mut ebpf, "SERVICE_SLOTS")?, &records)?;
+        let (maglev, maglev_fd) = take_maglev(&mut ebpf)?;
         let mut dp = Self {
             services,
             service_slots,
             vip_addrs: take(&mut ebpf, "VIP_ADDRS")?,
-            maglev: take(&mut ebpf, "MAGLEV")?,
+            maglev,
+            maglev_fd,
             backends: take(&mut ebpf, "BACKENDS")?,
             settings: take(&mut ebpf, "SETTINGS")?,
             devmap: take(&mut ebpf, "DEVMAP")?,
@@ -333,6 +349,15 @@ impl Dataplane {
         self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
     }
 
+    /// Drops service `id`'s Maglev table (the service is gone): the kernel frees it once no
+    /// program run can still hold it. A missing table is not an error.
+    pub fn remove_table(&mut self, id: u32) -> Result<()> {
+        use std::os::fd::AsFd as _;
+        raw::delete_elem(self.maglev_fd.as_fd(), &id.to_ne_bytes())
+            .map(drop)
+            .map_err(|source| DataplaneError::RemoveTable { id, source })
+    }
+
     /// Every service record, in map order.
     pub fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         self.services
@@ -380,6 +405,31 @@ impl Dataplane {
 }
 
 /// A removal of something already gone is not an error for a reconciler.
+/// The outer Maglev map, and a second fd of it for deletes.
+fn take_maglev(ebpf: &mut Ebpf) -> Result<(ArrayOfMaps<MapData, MapData>, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsFd as _;
+    let map = ebpf
+        .take_map("MAGLEV")
+        .ok_or(DataplaneError::MissingMap("MAGLEV"))?;
+    let aya::maps::Map::ArrayOfMaps(data) = map else {
+        // Not an array of maps: `try_from` names what it is.
+        return Err(ArrayOfMaps::<MapData, MapData>::try_from(map)
+            .err()
+            .map_or(DataplaneError::MissingMap("MAGLEV"), map_err("MAGLEV")));
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataplaneError::DupFd {
+            name: "MAGLEV",
+            source,
+        })?;
+    let outer =
+        ArrayOfMaps::try_from(aya::maps::Map::ArrayOfMaps(data)).map_err(map_err("MAGLEV"))?;
+    Ok((outer, fd))
+}
+
 fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),

@@ -1,13 +1,15 @@
 //! `BPF_MAP_CREATE` without an eBPF object: aya (0.14) can only create the maps an object
 //! declares, and the agent also needs maps of its own (Maglev inner tables, the pinned
-//! layout record).
+//! layout record). And `BPF_MAP_DELETE_ELEM` for the one map type aya 0.14 cannot delete
+//! from (array of maps).
 
 use std::{
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -65,4 +67,41 @@ pub fn create_map(p: &MapParams<'_>) -> io::Result<OwnedFd> {
     }
     // SAFETY: the syscall returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The prefix of `union bpf_attr` that the element commands read.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Deletes `key` from the map behind `map`; `Ok(false)` if there was no such element.
+pub fn delete_elem(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: attr points at a key of the map's key size that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            &attr as *const MapElemAttr,
+            std::mem::size_of::<MapElemAttr>() as u32,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        e => Err(e),
+    }
 }

@@ -157,6 +157,8 @@ impl Reconciler {
                 continue;
             };
             dp.remove_service(&old.desired.key)?;
+            // After the service record: no new packet can reach the table any more.
+            dp.remove_table(old.id)?;
             self.service_ids.release(&k);
             report.services_removed += 1;
             let vip = VipAddrKey::new(old.desired.key.vip, old.desired.key.family);
