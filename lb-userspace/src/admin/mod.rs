@@ -221,6 +221,26 @@ fn registry(state: &AdminState) -> MutexGuard<'_, Registry> {
     state.registry.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs a registry write on the blocking pool: a write fsyncs the state file, and the
+/// agent's loop (one thread) must not stall on the disk meanwhile.
+async fn write_registry<T: Send + 'static>(
+    state: &AdminState,
+    write: impl FnOnce(&mut Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let registry = state.registry.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        write(&mut registry.lock().unwrap_or_else(|p| p.into_inner()))
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("registry write: {e}"),
+        )
+    })?;
+    Ok(done?)
+}
+
 async fn list_handler(State(state): State<AdminState>) -> Response {
     Json(serde_json::json!({ "instances": registry(&state).list() })).into_response()
 }
@@ -285,7 +305,10 @@ async fn register_handler(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))?
     };
-    let instance = registry(&state).register(id.clone(), req)?;
+    let instance = {
+        let id = id.clone();
+        write_registry(&state, move |r| r.register(id, req)).await?
+    };
     info!(instance = %id, weight = instance.weight, ttl = instance.ttl, "registry: registered");
     Ok(Json(instance).into_response())
 }
@@ -308,7 +331,10 @@ async fn deregister_handler(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let id = instance_id(path)?;
-    registry(&state).deregister(&id)?;
+    {
+        let id = id.clone();
+        write_registry(&state, move |r| r.deregister(&id)).await?;
+    }
     info!(instance = %id, "registry: deregistered");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -318,10 +344,18 @@ pub async fn reap(registry: Arc<Mutex<Registry>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let gone = registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .expire(std::time::Instant::now());
+        // Expiring writes the state file: off the agent's thread, like the API's writes.
+        let registry = registry.clone();
+        let expired = tokio::task::spawn_blocking(move || {
+            registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .expire(std::time::Instant::now())
+        })
+        .await;
+        let Ok(gone) = expired else {
+            continue;
+        };
         for id in gone {
             warn!(instance = %id, "registry: TTL expired without heartbeat, removed");
         }
