@@ -118,6 +118,7 @@ impl Agent {
             pin_path: config.global.pin_path.clone(),
         })?;
         let reconciler = adopt_pinned(&dp)?;
+        let forwarding = Forwarding::with_record(dp.saved_sysctls()?);
         let mut agent = Self {
             path,
             opts,
@@ -126,7 +127,7 @@ impl Agent {
             dp,
             reconciler,
             neighbours: Neighbours::default(),
-            forwarding: Forwarding::default(),
+            forwarding,
             control: Control {
                 sources: BTreeMap::new(),
                 running: SourceSet::new(channels.sources),

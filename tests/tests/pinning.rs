@@ -512,4 +512,30 @@ fn keep_dataplane_exit_leaves_it_forwarding_for_the_next_agent() {
     for (s, b) in conns.iter_mut() {
         echo(s, b"adopted").unwrap_or_else(|e| panic!("connection via {b} broke: {e}"));
     }
+
+    // The adopting agent found forwarding on, but the first agent's pinned record says it
+    // was off before: a clean shutdown puts that back.
+    for i in &ifaces {
+        assert_eq!(forwarding(&lab, i), "1", "{i} while forwarding");
+    }
+    let st = lab.agent.stop(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "exit {st:?}\n{}", lab.agent.output());
+    for i in &ifaces {
+        assert_eq!(
+            forwarding(&lab, i),
+            "0",
+            "{i}: the value before the first agent was not restored\n{}",
+            lab.agent.output()
+        );
+    }
+}
+
+/// `net.ipv4.conf.IFACE.forwarding` in the LB namespace (the topology starts it at 0).
+fn forwarding(lab: &Lab, iface: &str) -> String {
+    lab.topo.lb.enter(|| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+            .expect("read forwarding")
+            .trim()
+            .to_string()
+    })
 }

@@ -346,11 +346,19 @@ fn layout_key(name: &str) -> LayoutKey {
 /// Opens the pinned layout record, or creates and pins an empty one (also in place of a pin
 /// that is not a record: then no version is known and every pinned map is replaced).
 fn layout_record(pins: &PinDir) -> Result<BpfHashMap<MapData, LayoutKey, u32>, DataplaneError> {
-    let path = pins.map(LAYOUT_MAP);
-    let err = |source| DataplaneError::Map {
-        name: LAYOUT_MAP,
-        source,
-    };
+    pinned_record(pins, LAYOUT_MAP, 64)
+}
+
+/// A small hash map of the agent's own pinned under `pins`' maps as `name`: the pinned one
+/// if it is a hash of `K` -> `V`, else a new empty one pinned in its place. bpffs holds no
+/// regular files, so state that must outlive one agent for the next lives in maps like this.
+pub(super) fn pinned_record<K: aya::Pod, V: aya::Pod>(
+    pins: &PinDir,
+    name: &'static str,
+    max_entries: u32,
+) -> Result<BpfHashMap<MapData, K, V>, DataplaneError> {
+    let path = pins.map(name);
+    let err = |source| DataplaneError::Map { name, source };
     let as_record = |data: MapData| Map::from_map_data(data).and_then(BpfHashMap::try_from);
     if let Ok(record) = MapData::from_pin(&path).and_then(as_record) {
         return Ok(record);
@@ -361,17 +369,17 @@ fn layout_record(pins: &PinDir) -> Result<BpfHashMap<MapData, LayoutKey, u32>, D
     }
     let fd = create_map(&MapParams {
         map_type: BPF_MAP_TYPE_HASH,
-        key_size: 16,
-        value_size: 4,
-        max_entries: 64,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+        max_entries,
         flags: 0,
-        name: LAYOUT_MAP,
+        name,
     })
     .map_err(|e| pin_io(&path, e))?;
     let data = MapData::from_fd(fd).map_err(err)?;
     data.pin(&path).map_err(|error| {
         err(aya::maps::MapError::PinError {
-            name: Some(LAYOUT_MAP.into()),
+            name: Some(name.into()),
             error,
         })
     })?;

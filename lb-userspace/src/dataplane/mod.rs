@@ -115,6 +115,13 @@ pub enum DataplaneError {
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
+/// Pinned name of the saved-sysctls record.
+const SAVED_SYSCTLS: &str = "SAVED_SYSCTLS";
+/// Which sysctl: the interface name (NUL-padded) and the family byte (4 or 6) after it.
+pub type SysctlKey = [u8; 20];
+/// Its value before the first agent changed it, as text (NUL-padded).
+pub type SysctlValue = [u8; 8];
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
@@ -347,6 +354,16 @@ impl Dataplane {
         })?;
         let inner = MapData::from_fd(fd).map_err(map_err("MAGLEV inner"))?;
         self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
+    }
+
+    /// The pinned record of interface sysctls an agent changed (see `forwarding`), so that
+    /// the agent that finally shuts down cleanly puts back what was there before the first.
+    /// `None` without a pin path.
+    pub fn saved_sysctls(&self) -> Result<Option<HashMap<MapData, SysctlKey, SysctlValue>>> {
+        self.pins
+            .as_ref()
+            .map(|p| layout::pinned_record(p, SAVED_SYSCTLS, 64))
+            .transpose()
     }
 
     /// Drops service `id`'s Maglev table (the service is gone): the kernel frees it once no
