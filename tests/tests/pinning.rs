@@ -539,3 +539,50 @@ fn forwarding(lab: &Lab, iface: &str) -> String {
             .to_string()
     })
 }
+
+/// `xdp_mode` changed between two agents: the inherited links cannot change mode in place,
+/// so the next agent re-attaches them in the new mode (and says so), and forwards after it.
+#[test]
+fn an_xdp_mode_change_reattaches_the_inherited_links() {
+    let fs = Bpffs::mount();
+    let mut lab = start(&fs, "", &["--keep-dataplane"]);
+    let ifaces = lab.topo.lb_interfaces();
+    for i in &ifaces {
+        assert!(
+            !xdp_mode_line(&lab, i).contains("xdpgeneric"),
+            "{i} native first"
+        );
+    }
+    let st = lab.agent.stop(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "exit {st:?}\n{}", lab.agent.output());
+
+    let global = format!(
+        "pin_path = \"{}\"\nxdp_mode = \"generic\"\n",
+        fs.pin_path().display()
+    );
+    let all: Vec<usize> = (0..lab.topo.backends.len()).collect();
+    lab.config
+        .write(&config_text_with(&lab.topo, &all, None, &global));
+    lab.agent = lab.spawn_agent(&[]);
+    wait_for_log(
+        &lab.agent,
+        "xdp_mode changed since the pinned link was made",
+    );
+    lab.wait_for_vip();
+    for i in &ifaces {
+        assert!(
+            xdp_mode_line(&lab, i).contains("xdpgeneric"),
+            "{i} not re-attached in generic mode: {}\n{}",
+            xdp_mode_line(&lab, i),
+            lab.agent.output()
+        );
+    }
+    let spread = lab.tcp_spread(60);
+    assert_eq!(spread.errors, 0, "{spread}");
+}
+
+/// `ip link show` of `iface` in the LB namespace (says `xdpgeneric` for generic XDP).
+fn xdp_mode_line(lab: &Lab, iface: &str) -> String {
+    let out = lab.topo.lb.ip(["link", "show", "dev", iface]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -33,6 +33,27 @@ pub(super) enum Link {
     },
 }
 
+/// Pinned record of the mode each pinned link was attached in: `bpf_link_update` keeps a
+/// link's mode and the kernel does not report it, so this is how the next agent knows.
+const LINK_MODES: &str = "LINK_MODES";
+type ModeKey = [u8; 16];
+
+fn mode_key(iface: &str) -> ModeKey {
+    let mut k = [0u8; 16];
+    let n = iface.len().min(16);
+    k[..n].copy_from_slice(&iface.as_bytes()[..n]);
+    k
+}
+
+fn mode_code(mode: XdpMode) -> u32 {
+    match mode {
+        XdpMode::Default => 0,
+        XdpMode::Skb => 1,
+        XdpMode::Driver => 2,
+        XdpMode::Hardware => 3,
+    }
+}
+
 fn link_err(iface: &str) -> impl FnOnce(LinkError) -> DataplaneError + '_ {
     move |source| DataplaneError::Link {
         iface: iface.to_string(),
@@ -76,6 +97,7 @@ impl Dataplane {
                     path: pin.clone(),
                     source,
                 })?;
+                self.record_link_mode(iface, mode)?;
                 Link::Pinned {
                     link: FdLink::from(pinned),
                     pin,
@@ -86,6 +108,26 @@ impl Dataplane {
         self.attached
             .insert(iface.to_string(), Attachment { ifindex, link });
         self.allow_redirect_to(ifindex)
+    }
+
+    fn record_link_mode(&self, iface: &str, mode: XdpMode) -> Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let mut record = super::layout::pinned_record::<ModeKey, u32>(pins, LINK_MODES, 256)?;
+        record
+            .insert(mode_key(iface), mode_code(mode), 0)
+            .map_err(|source| DataplaneError::Map {
+                name: LINK_MODES,
+                source,
+            })
+    }
+
+    /// The mode `iface`'s pinned link was attached in, if an agent recorded it.
+    fn recorded_link_mode(&self, iface: &str) -> Option<u32> {
+        let pins = self.pins.as_ref()?;
+        let record = super::layout::pinned_record::<ModeKey, u32>(pins, LINK_MODES, 256).ok()?;
+        record.get(&mode_key(iface), 0).ok()
     }
 
     /// Detaches from `iface` (no-op if not attached); a pinned link loses its pin.
@@ -174,8 +216,10 @@ impl Dataplane {
 
     /// Replaces the previous agent's program with ours inside every inherited link, atomically
     /// (`bpf_link_update`). A link whose interface went away since (the kernel answers
-    /// `ENOLINK`) is unpinned and `iface` attached afresh in `mode`. Returns the interfaces
-    /// taken over.
+    /// `ENOLINK`) is unpinned and `iface` attached afresh in `mode`; so is a link recorded in
+    /// another mode than `mode` (an update cannot change the mode, and native and generic XDP
+    /// cannot be on one interface at once: packets there reach the kernel's stack for the
+    /// moment in between). Returns the interfaces taken over.
     pub fn take_over_links(&mut self, mode: XdpMode) -> Result<Vec<String>> {
         let inherited: Vec<String> = self.inherited().map(str::to_string).collect();
         for iface in &inherited {
@@ -186,6 +230,20 @@ impl Dataplane {
             else {
                 continue;
             };
+            let recorded = self.recorded_link_mode(iface);
+            if recorded.is_some_and(|m| m != mode_code(mode)) {
+                warn!(
+                    iface,
+                    ?mode,
+                    "xdp_mode changed since the pinned link was made: re-attaching in the new \
+                     mode (packets on this interface go to the kernel's stack meanwhile)"
+                );
+                let _ = std::fs::remove_file(&pin);
+                // The pin was the other reference: closing ours detaches.
+                drop(link);
+                self.attach(iface, mode)?;
+                continue;
+            }
             let xdp = XdpLink::try_from(link).map_err(link_err(iface))?;
             match self.lb_program().attach_to_link(xdp) {
                 Ok(id) => {
