@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, fs, io, path::PathBuf};
 use aya::maps::{HashMap, MapData};
 use tracing::warn;
 
-use crate::dataplane::{SysctlKey, SysctlValue};
+use crate::dataplane::{SysctlKey, SysctlValue, nul_padded};
 
 fn path(family: &str, iface: &str) -> PathBuf {
     PathBuf::from(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"))
@@ -22,18 +22,14 @@ fn path(family: &str, iface: &str) -> PathBuf {
 
 /// The record's key for `iface`'s `family` ("ipv4"/"ipv6") forwarding.
 fn record_key(iface: &str, family: &str) -> SysctlKey {
-    let mut k = [0u8; 20];
-    let n = iface.len().min(16);
-    k[..n].copy_from_slice(&iface.as_bytes()[..n]);
+    // Interface names are at most 15 bytes: byte 19 is free for the family.
+    let mut k: SysctlKey = nul_padded(iface);
     k[19] = if family == "ipv6" { 6 } else { 4 };
     k
 }
 
 fn to_value(text: &str) -> SysctlValue {
-    let mut v = [0u8; 8];
-    let n = text.len().min(8);
-    v[..n].copy_from_slice(&text.as_bytes()[..n]);
-    v
+    nul_padded(text)
 }
 
 fn from_value(v: &SysctlValue) -> String {

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     DEFAULT_TIMEOUT, Topology, VIP4,
     admin::AdminClient,
-    lab::{Lab, TCP_PORT},
+    lab::{Lab, TCP_PORT, interfaces_line},
     tcp_connect_name,
 };
 
@@ -50,17 +50,12 @@ pub fn config(
     health: Option<&str>,
     dir: &Path,
 ) -> String {
-    let ifaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
     let mut s = format!(
-        "[global]\ninterfaces = [{}]\nmaglev_table_size = 4099\npin_path = \"\"\n\n\
+        "[global]\n{}\nmaglev_table_size = 4099\npin_path = \"\"\n\n\
          [admin]\nlisten = \"unix:{}\"\ntoken_file = \"{}\"\n\n\
          [registry]\nstate_file = \"{}\"\n\n\
          [[service]]\nname = \"web\"\nvip = \"{VIP4}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n",
-        ifaces.join(", "),
+        interfaces_line(topo),
         dir.join("admin.sock").display(),
         dir.join("token").display(),
         dir.join("registry.json").display(),

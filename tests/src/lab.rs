@@ -59,6 +59,16 @@ impl Drop for ConfigFile {
     }
 }
 
+/// `interfaces = ["...", ...]`: the LB's interfaces in the topology, for `[global]`.
+pub fn interfaces_line(topo: &Topology) -> String {
+    let quoted: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    format!("interfaces = [{}]", quoted.join(", "))
+}
+
 /// The TOML for a TCP service (`TCP_PORT`) and a UDP service (`UDP_PORT`) on `VIP4` with
 /// `backends` (indices into the topology's backends) and an optional UDP rate limit
 /// (rate, burst).
@@ -73,14 +83,9 @@ pub fn config_text_with(
     udp_rate: Option<(u64, u64)>,
     extra_global: &str,
 ) -> String {
-    let ifaces: Vec<String> = topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
     let mut s = format!(
-        "[global]\ninterfaces = [{}]\nmaglev_table_size = 4099\n{extra_global}",
-        ifaces.join(", ")
+        "[global]\n{}\nmaglev_table_size = 4099\n{extra_global}",
+        interfaces_line(topo)
     );
     for (name, port, proto, bport) in [
         ("web", TCP_PORT, "tcp", 8080),

@@ -337,10 +337,7 @@ const LAYOUT_MAP: &str = "LAYOUT";
 type LayoutKey = [u8; 16];
 
 fn layout_key(name: &str) -> LayoutKey {
-    let mut k = [0u8; 16];
-    let n = name.len().min(16);
-    k[..n].copy_from_slice(&name.as_bytes()[..n]);
-    k
+    super::nul_padded(name)
 }
 
 /// Opens the pinned layout record, or creates and pins an empty one (also in place of a pin

@@ -39,10 +39,7 @@ const LINK_MODES: &str = "LINK_MODES";
 type ModeKey = [u8; 16];
 
 fn mode_key(iface: &str) -> ModeKey {
-    let mut k = [0u8; 16];
-    let n = iface.len().min(16);
-    k[..n].copy_from_slice(&iface.as_bytes()[..n]);
-    k
+    super::nul_padded(iface)
 }
 
 fn mode_code(mode: XdpMode) -> u32 {

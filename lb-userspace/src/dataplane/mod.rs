@@ -115,6 +115,14 @@ pub enum DataplaneError {
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
+/// `text` as a fixed-size, NUL-padded key or value of a pinned record (cut at `N` bytes).
+pub fn nul_padded<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = text.len().min(N);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    out
+}
+
 /// Pinned name of the saved-sysctls record.
 const SAVED_SYSCTLS: &str = "SAVED_SYSCTLS";
 /// Which sysctl: the interface name (NUL-padded) and the family byte (4 or 6) after it.

@@ -279,15 +279,9 @@ fn backend_ips(lab: &BenchLab) -> Vec<Ipv4Addr> {
 /// version knows those keys (`lb check-config` decides): a bench run must neither pin under
 /// the host's bpffs nor take the default admin port.
 fn agent_config(lab: &BenchLab, extra_keys: bool, xdp_mode: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .topo
-        .lb_interfaces()
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
     let mut s = format!(
-        "[global]\ninterfaces = [{}]\nxdp_mode = \"{xdp_mode}\"\nsnat_ports = [{}, {}]\n",
-        ifaces.join(", "),
+        "[global]\n{}\nxdp_mode = \"{xdp_mode}\"\nsnat_ports = [{}, {}]\n",
+        crate::lab::interfaces_line(&lab.topo),
         SNAT_PORTS.0,
         SNAT_PORTS.1
     );

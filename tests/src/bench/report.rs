@@ -109,40 +109,28 @@ pub fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
         if ours == Peer::LbGeneric && !s.keys().any(|(p, _)| *p == ours) {
             continue;
         }
-        t.extend([
-            ratio_target(
+        for (other, goal) in [
+            (Peer::Nftables, 1.2),
+            (Peer::Iptables, 1.2),
+            (Peer::Haproxy, 1.9),
+        ] {
+            t.push(ratio_target(
                 &s,
                 ours,
                 Mode::Close,
-                Peer::Nftables,
-                1.2,
+                other,
+                goal,
                 "new-connection req/s",
-            ),
-            ratio_target(
-                &s,
-                ours,
-                Mode::Close,
-                Peer::Iptables,
-                1.2,
-                "new-connection req/s",
-            ),
-            ratio_target(
-                &s,
-                ours,
-                Mode::Close,
-                Peer::Haproxy,
-                1.9,
-                "new-connection req/s",
-            ),
-            ratio_target(
-                &s,
-                ours,
-                Mode::KeepAlive,
-                Peer::Iptables,
-                1.05,
-                "keep-alive req/s",
-            ),
-        ]);
+            ));
+        }
+        t.push(ratio_target(
+            &s,
+            ours,
+            Mode::KeepAlive,
+            Peer::Iptables,
+            1.05,
+            "keep-alive req/s",
+        ));
         let ours_cpu = summary(&s, ours, Mode::Close).map(|x| x.cpu_us);
         let direct = summary(&s, Peer::Direct, Mode::Close).map(|x| x.cpu_us);
         let (measured, met) = match (ours_cpu, direct) {
