@@ -1,7 +1,8 @@
 //! Checks a service's `[service.health]` table.
 //!
-//! `path`, `host` and `expect_status` only mean something to HTTP checks; written in a TCP
-//! check (the default kind) they are errors, since the check would silently not use them.
+//! `path`, `host` and `expect_status` only mean something to HTTP(S) checks, `ca_file` and
+//! `server_name` only to HTTPS; written where they do not apply they are errors, since the
+//! check would silently not use them.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use super::diag::Diag;
 use super::doc::Sp;
 use super::raw::RawHealth;
 use super::validate::port;
-use super::{HealthCheck, HealthKind};
+use super::{HealthCheck, HealthKind, HealthTls};
 
 /// `interval_ms` bounds: checks more often than every 10 ms only load backends, and one an
 /// hour is the least that still notices anything.
@@ -25,16 +26,15 @@ pub(super) fn health(raw: &RawHealth, d: &mut Diag) -> HealthCheck {
     let defaults = HealthCheck::default();
     let field = |key: &str| format!("{}.{key}", raw.path);
     // `None`: the kind was wrong (reported); then the kind-specific fields are not judged.
-    let http = match &raw.kind {
-        None => Some(false),
-        Some(k) if k.val == "tcp" => Some(false),
-        Some(k) if k.val == "http" => Some(true),
+    let kind_name = match &raw.kind {
+        None => Some("tcp"),
+        Some(k) if ["tcp", "http", "https"].contains(&k.val.as_str()) => Some(k.val.as_str()),
         Some(k) => {
             d.error(
                 &k.span,
                 &field("kind"),
                 format!(
-                    "unknown health check kind `{}`; expected `tcp` or `http`",
+                    "unknown health check kind `{}`; expected `tcp`, `http` or `https`",
                     k.val
                 ),
             );
@@ -59,10 +59,22 @@ pub(super) fn health(raw: &RawHealth, d: &mut Diag) -> HealthCheck {
     let rise = count(&raw.rise, "rise", defaults.rise);
     let fall = count(&raw.fall, "fall", defaults.fall);
     let port = raw.port.as_ref().and_then(|p| port(p, &field("port"), d));
-    let kind = match http {
-        Some(true) => http_kind(raw, &field, d),
-        Some(false) => {
-            tcp_has_no_http_fields(raw, &field, d);
+    let kind = match kind_name {
+        Some("http") => {
+            not_applicable(raw, &["ca_file", "server_name"], &field, d);
+            http_kind(raw, None, &field, d)
+        }
+        Some("https") => {
+            let tls = tls(raw, &field, d);
+            http_kind(raw, Some(tls), &field, d)
+        }
+        Some(_) => {
+            not_applicable(
+                raw,
+                &["path", "host", "expect_status", "ca_file", "server_name"],
+                &field,
+                d,
+            );
             HealthKind::Tcp
         }
         None => HealthKind::Tcp,
@@ -134,7 +146,40 @@ fn timeout(
     Some(timeout)
 }
 
-fn http_kind(raw: &RawHealth, field: &dyn Fn(&str) -> String, d: &mut Diag) -> HealthKind {
+/// `ca_file` must hold at least one PEM certificate (read now: a bad file is a config error,
+/// not a check that fails forever); `server_name` must be a DNS name or an IP address.
+fn tls(raw: &RawHealth, field: &dyn Fn(&str) -> String, d: &mut Diag) -> HealthTls {
+    let ca_file = raw.ca_file.as_ref().map(|c| {
+        if let Err(why) = crate::health::tls::read_ca_file(std::path::Path::new(&c.val)) {
+            d.error(&c.span, &field("ca_file"), why);
+        }
+        std::path::PathBuf::from(&c.val)
+    });
+    let server_name = raw.server_name.as_ref().map(|n| {
+        if rustls_pki_types::ServerName::try_from(n.val.as_str()).is_err() {
+            d.error(
+                &n.span,
+                &field("server_name"),
+                format!(
+                    "server_name `{}` is neither a DNS name nor an IP address",
+                    n.val.escape_debug()
+                ),
+            );
+        }
+        n.val.clone()
+    });
+    HealthTls {
+        ca_file,
+        server_name,
+    }
+}
+
+fn http_kind(
+    raw: &RawHealth,
+    tls: Option<HealthTls>,
+    field: &dyn Fn(&str) -> String,
+    d: &mut Diag,
+) -> HealthKind {
     let path = match &raw.http_path {
         None => DEFAULT_HTTP_PATH.to_owned(),
         Some(p) => {
@@ -180,6 +225,7 @@ fn http_kind(raw: &RawHealth, field: &dyn Fn(&str) -> String, d: &mut Diag) -> H
         path,
         host,
         expect_status,
+        tls,
     }
 }
 
@@ -188,25 +234,36 @@ fn has_space_or_control(s: &str) -> bool {
     s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn tcp_has_no_http_fields(raw: &RawHealth, field: &dyn Fn(&str) -> String, d: &mut Diag) {
-    let kind = if raw.kind.is_some() {
-        "`tcp`"
-    } else {
-        "`tcp` (the default)"
-    };
+/// Reports each of `keys` that is set although this check's kind does not use it.
+fn not_applicable(raw: &RawHealth, keys: &[&str], field: &dyn Fn(&str) -> String, d: &mut Diag) {
+    let kind = raw
+        .kind
+        .as_ref()
+        .map_or("`tcp` (the default)".to_owned(), |k| format!("`{}`", k.val));
     let spans = [
-        ("path", raw.http_path.as_ref().map(|v| &v.span)),
-        ("host", raw.host.as_ref().map(|v| &v.span)),
-        ("expect_status", raw.expect_status.as_ref().map(|v| &v.span)),
+        ("path", raw.http_path.as_ref().map(|v| &v.span), "http"),
+        ("host", raw.host.as_ref().map(|v| &v.span), "http"),
+        (
+            "expect_status",
+            raw.expect_status.as_ref().map(|v| &v.span),
+            "http",
+        ),
+        ("ca_file", raw.ca_file.as_ref().map(|v| &v.span), "https"),
+        (
+            "server_name",
+            raw.server_name.as_ref().map(|v| &v.span),
+            "https",
+        ),
     ];
-    for (key, span) in spans {
-        if let Some(span) = span {
+    for (key, span, needs) in spans {
+        if let (true, Some(span)) = (keys.contains(&key), span) {
+            let what = if needs == "https" { "HTTPS" } else { "HTTP" };
             d.error(
                 span,
                 &field(key),
                 format!(
-                    "`{key}` applies only to HTTP checks, but this check's kind is {kind}: set \
-                     `kind = \"http\"` or remove `{key}`"
+                    "`{key}` applies only to {what} checks, but this check's kind is {kind}: \
+                     set `kind = \"{needs}\"` or remove `{key}`"
                 ),
             );
         }

@@ -390,7 +390,19 @@ pub enum HealthKind {
         host: Option<String>,
         /// Default 200; 100..=599.
         expect_status: u16,
+        /// `kind = "https"`: the GET goes over TLS.
+        tls: Option<HealthTls>,
     },
+}
+
+/// TLS of an HTTPS check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTls {
+    /// PEM certificates to verify the backend's certificate against; `None`: the check
+    /// encrypts but does not verify (it proves liveness, not identity).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name sent in SNI and verified; default the `host`, else the backend's address.
+    pub server_name: Option<String>,
 }
 
 impl Default for HealthCheck {

@@ -142,6 +142,9 @@ pub(super) struct RawHealth {
     pub http_path: Option<Sp<String>>,
     pub host: Option<Sp<String>>,
     pub expect_status: Option<Sp<i64>>,
+    /// HTTPS only.
+    pub ca_file: Option<Sp<String>>,
+    pub server_name: Option<Sp<String>>,
 }
 
 /// Reads the document root, reporting unknown fields, wrong types and missing fields.
@@ -441,6 +444,8 @@ fn health(t: &Table, d: &mut Diag) -> RawHealth {
             "path",
             "host",
             "expect_status",
+            "ca_file",
+            "server_name",
         ],
         d,
     );
@@ -455,5 +460,7 @@ fn health(t: &Table, d: &mut Diag) -> RawHealth {
         http_path: string(t, "path", d),
         host: string(t, "host", d),
         expect_status: int(t, "expect_status", d),
+        ca_file: string(t, "ca_file", d),
+        server_name: string(t, "server_name", d),
     }
 }

@@ -9,6 +9,7 @@
 pub mod probe;
 pub mod state;
 mod task;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,

@@ -1,14 +1,20 @@
-//! One health check of one backend: a TCP connect, or an HTTP/1.1 GET whose status line is
-//! read and compared. The whole check, connect included, is bounded by one timeout.
+//! One health check of one backend: a TCP connect, or an HTTP/1.1 GET (over TLS for HTTPS)
+//! whose status line is read and compared. The whole check, connect and handshake
+//! included, is bounded by one timeout.
 
 use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
+use tokio_rustls::TlsConnector;
 
 use crate::config::HealthKind;
+
+/// An HTTPS check's connector ([`super::tls::connector`]), or why it could not be built
+/// (then every check fails with that reason).
+pub type Tls = Result<TlsConnector, String>;
 
 /// Bytes read at most while looking for the status line: a backend answering with
 /// something endless must not make the checker buffer it.
@@ -32,48 +38,81 @@ pub enum ProbeError {
     BadStatus { got: u16, expected: u16 },
     #[error("malformed response: {0}")]
     Malformed(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
-/// Checks `addr` as `kind` says, all within `timeout`.
+/// Checks `addr` as `kind` says, all within `timeout`; `tls` is the connector of an HTTPS
+/// check (unused otherwise).
 pub async fn probe(
     addr: SocketAddr,
     kind: &HealthKind,
     timeout: Duration,
+    tls: Option<&Tls>,
 ) -> Result<(), ProbeError> {
-    tokio::time::timeout(timeout, probe_unbounded(addr, kind))
+    tokio::time::timeout(timeout, probe_unbounded(addr, kind, tls))
         .await
         .map_err(|_| ProbeError::Timeout(timeout))?
 }
 
-async fn probe_unbounded(addr: SocketAddr, kind: &HealthKind) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+async fn probe_unbounded(
+    addr: SocketAddr,
+    kind: &HealthKind,
+    tls: Option<&Tls>,
+) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
         io::ErrorKind::ConnectionRefused => ProbeError::Refused,
         _ => ProbeError::Connect(e),
     })?;
-    match kind {
-        HealthKind::Tcp => Ok(()),
-        HealthKind::Http {
-            path,
-            host,
-            expect_status,
-        } => {
-            let host = host.clone().unwrap_or_else(|| addr.to_string());
-            stream
-                .write_all(request(path, &host).as_bytes())
+    let HealthKind::Http {
+        path,
+        host,
+        expect_status,
+        tls: tls_options,
+    } = kind
+    else {
+        return Ok(());
+    };
+    let host_header = host.clone().unwrap_or_else(|| addr.to_string());
+    let got = match tls_options {
+        None => get_status(stream, path, &host_header).await?,
+        Some(options) => {
+            let connector = match tls {
+                Some(Ok(c)) => c,
+                Some(Err(why)) => return Err(ProbeError::Tls(why.clone())),
+                None => return Err(ProbeError::Tls("no TLS connector".into())),
+            };
+            let name = super::tls::server_name(options, host.as_deref(), addr.ip())
+                .map_err(ProbeError::Tls)?;
+            let stream = connector
+                .connect(name, stream)
                 .await
-                .map_err(ProbeError::Io)?;
-            let line = read_status_line(&mut stream).await?;
-            let got = parse_status_line(&line)?;
-            if got == *expect_status {
-                Ok(())
-            } else {
-                Err(ProbeError::BadStatus {
-                    got,
-                    expected: *expect_status,
-                })
-            }
+                .map_err(|e| ProbeError::Tls(e.to_string()))?;
+            get_status(stream, path, &host_header).await?
         }
+    };
+    if got == *expect_status {
+        Ok(())
+    } else {
+        Err(ProbeError::BadStatus {
+            got,
+            expected: *expect_status,
+        })
     }
+}
+
+/// Sends the GET on `stream` and returns the status code of the answer.
+async fn get_status<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    path: &str,
+    host: &str,
+) -> Result<u16, ProbeError> {
+    stream
+        .write_all(request(path, host).as_bytes())
+        .await
+        .map_err(ProbeError::Io)?;
+    let line = read_status_line(&mut stream).await?;
+    parse_status_line(&line)
 }
 
 /// The GET a check sends. `Connection: close` so the backend does not keep an idle
@@ -86,7 +125,7 @@ fn request(path: &str, host: &str) -> String {
 
 /// Reads up to the first line end, at most [`MAX_STATUS_LINE`] bytes; returns the line
 /// without its `\r\n` (or bare `\n`).
-async fn read_status_line(stream: &mut TcpStream) -> Result<String, ProbeError> {
+async fn read_status_line<S: AsyncRead + Unpin>(stream: &mut S) -> Result<String, ProbeError> {
     let mut buf = vec![0u8; MAX_STATUS_LINE];
     let mut len = 0;
     loop {

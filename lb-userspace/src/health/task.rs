@@ -40,6 +40,11 @@ pub(super) async fn run(target: Target, shared: SharedState, events: UnboundedSe
         check.port.unwrap_or(target.backend.port),
     );
     let backend = SocketAddr::new(target.backend.addr, target.backend.port);
+    // Built once per target: a TLS config parses the CA file and sets up the crypto.
+    let tls = match &check.kind {
+        crate::config::HealthKind::Http { tls: Some(t), .. } => Some(super::tls::connector(t)),
+        _ => None,
+    };
     tokio::time::sleep(initial_delay(check.interval, &target)).await;
     // A period of zero would make tokio's interval panic; config validation should
     // prevent it, this keeps a bad value from killing the task.
@@ -48,7 +53,7 @@ pub(super) async fn run(target: Target, shared: SharedState, events: UnboundedSe
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = probe(addr, &check.kind, check.timeout).await;
+        let result = probe(addr, &check.kind, check.timeout, tls.as_ref()).await;
         if let Err(e) = &result {
             debug!(service = %target.service, backend = %addr, error = %e, "health check failed");
         }

@@ -69,6 +69,7 @@ fn http_check_as_written() {
                 path: "/healthz?full=1".into(),
                 host: Some("web.internal".into()),
                 expect_status: 204,
+                tls: None,
             },
             interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(3600),
@@ -92,6 +93,7 @@ fn http_check_defaults() {
             path: "/".into(),
             host: None,
             expect_status: 200,
+            tls: None,
         }
     );
     assert_eq!(
@@ -165,12 +167,58 @@ fn health_wrong_type() {
 }
 
 #[test]
+fn https_check_with_a_ca_file_and_server_name() {
+    let ca = std::env::temp_dir().join(format!("lb-cfg-ca-{}.pem", std::process::id()));
+    let cert = rcgen::generate_simple_self_signed(vec!["web.internal".into()]).unwrap();
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let h = health(&with_health(&format!(
+        "kind = \"https\"\nca_file = \"{}\"\nserver_name = \"web.internal\"\n",
+        ca.display()
+    )));
+    let _ = std::fs::remove_file(&ca);
+    assert_eq!(
+        h.unwrap().kind,
+        HealthKind::Http {
+            path: "/".into(),
+            host: None,
+            expect_status: 200,
+            tls: Some(crate::config::HealthTls {
+                ca_file: Some(ca),
+                server_name: Some("web.internal".into()),
+            }),
+        }
+    );
+}
+
+#[test]
+fn https_check_errors_name_the_field() {
+    one_error(
+        &with_health("kind = \"https\"\nca_file = \"/nonexistent/ca.pem\"\n"),
+        13,
+        "service[0].health.ca_file",
+        "cannot read /nonexistent/ca.pem",
+    );
+    one_error(
+        &with_health("kind = \"https\"\nserver_name = \"not a name\"\n"),
+        13,
+        "service[0].health.server_name",
+        "neither a DNS name nor an IP address",
+    );
+    one_error(
+        &with_health("kind = \"http\"\nserver_name = \"web.internal\"\n"),
+        13,
+        "service[0].health.server_name",
+        "applies only to HTTPS checks, but this check's kind is `http`",
+    );
+}
+
+#[test]
 fn unknown_health_kind() {
     one_error(
         &with_health("kind = \"icmp\"\n"),
         12,
         "service[0].health.kind",
-        "unknown health check kind `icmp`; expected `tcp` or `http`",
+        "unknown health check kind `icmp`; expected `tcp`, `http` or `https`",
     );
 }
 

@@ -163,6 +163,40 @@ async fn detects_a_tcp_server_that_stops_and_comes_back() {
 }
 
 #[tokio::test]
+async fn https_check_goes_up_then_down_when_the_server_stops() {
+    bounded(LIMIT, async {
+        let cert = super::tls::Cert::new("web.internal", "manager");
+        let server = super::tls::TlsServer::start(&cert).await;
+        let backend = local(server.addr.port());
+        let check = HealthCheck {
+            kind: HealthKind::Http {
+                path: "/".to_owned(),
+                host: None,
+                expect_status: 200,
+                tls: Some(crate::config::HealthTls {
+                    ca_file: Some(cert.pem_file.clone()),
+                    server_name: Some("web.internal".to_owned()),
+                }),
+            },
+            ..tcp_check(1, 2)
+        };
+        let (mut manager, mut events) = manager();
+        manager.set_targets(vec![target("web", backend, &check)]);
+        wait_for_checks(&manager, "web", backend, 2).await;
+        let h = health_of(&manager, "web", backend).unwrap();
+        // Backends start up: what shows the TLS checks pass is that none failed.
+        assert!(manager.is_up("web", &backend), "{h:?}");
+        assert_eq!(h.last_error, None, "{h:?}");
+        assert!(h.consecutive_successes >= 2, "{h:?}");
+
+        drop(server);
+        let down = next_event(&mut events, INTERVAL * 3 + SLACK).await;
+        assert!(!down.up);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn http_check_follows_the_status_the_server_answers() {
     bounded(LIMIT, async {
         let server = HttpServer::start(Reply::Status(200));
@@ -172,6 +206,7 @@ async fn http_check_follows_the_status_the_server_answers() {
                 path: "/ready".to_owned(),
                 host: Some("web.internal".to_owned()),
                 expect_status: 200,
+                tls: None,
             },
             ..tcp_check(1, 2)
         };

@@ -3,6 +3,7 @@
 mod manager;
 mod probe;
 mod servers;
+mod tls;
 
 use std::{future::Future, time::Duration};
 

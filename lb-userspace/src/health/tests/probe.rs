@@ -22,6 +22,7 @@ fn http(path: &str, host: Option<&str>, expect_status: u16) -> HealthKind {
         path: path.to_owned(),
         host: host.map(str::to_owned),
         expect_status,
+        tls: None,
     }
 }
 
@@ -29,7 +30,9 @@ fn http(path: &str, host: Option<&str>, expect_status: u16) -> HealthKind {
 async fn tcp_connect_to_a_listener_passes() {
     bounded(LIMIT, async {
         let server = TcpServer::start(0);
-        probe(server.addr, &HealthKind::Tcp, TIMEOUT).await.unwrap();
+        probe(server.addr, &HealthKind::Tcp, TIMEOUT, None)
+            .await
+            .unwrap();
     })
     .await;
 }
@@ -38,11 +41,13 @@ async fn tcp_connect_to_a_listener_passes() {
 async fn tcp_connect_to_a_closed_port_is_refused() {
     bounded(LIMIT, async {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, closed_port()));
-        let err = probe(addr, &HealthKind::Tcp, TIMEOUT).await.unwrap_err();
+        let err = probe(addr, &HealthKind::Tcp, TIMEOUT, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProbeError::Refused), "{err:?}");
         assert_eq!(err.to_string(), "connection refused");
         // The HTTP check fails the same way before sending anything.
-        let err = probe(addr, &http("/", None, 200), TIMEOUT)
+        let err = probe(addr, &http("/", None, 200), TIMEOUT, None)
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::Refused), "{err:?}");
@@ -55,7 +60,7 @@ async fn http_200_passes_and_sends_path_host_and_agent() {
     bounded(LIMIT, async {
         let server = HttpServer::start(Reply::Status(200));
         let kind = http("/healthz?deep=1", Some("example.test"), 200);
-        probe(server.addr, &kind, TIMEOUT).await.unwrap();
+        probe(server.addr, &kind, TIMEOUT, None).await.unwrap();
         let requests = server.requests();
         assert_eq!(requests.len(), 1, "{requests:?}");
         let head = &requests[0];
@@ -74,7 +79,7 @@ async fn http_200_passes_and_sends_path_host_and_agent() {
 async fn http_host_defaults_to_the_checked_address() {
     bounded(LIMIT, async {
         let server = HttpServer::start(Reply::Status(200));
-        probe(server.addr, &http("/", None, 200), TIMEOUT)
+        probe(server.addr, &http("/", None, 200), TIMEOUT, None)
             .await
             .unwrap();
         let head = &server.requests()[0];
@@ -88,7 +93,7 @@ async fn http_host_defaults_to_the_checked_address() {
 async fn http_other_status_fails_unless_expected() {
     bounded(LIMIT, async {
         let server = HttpServer::start(Reply::Status(503));
-        let err = probe(server.addr, &http("/", None, 200), TIMEOUT)
+        let err = probe(server.addr, &http("/", None, 200), TIMEOUT, None)
             .await
             .unwrap_err();
         assert!(
@@ -102,7 +107,7 @@ async fn http_other_status_fails_unless_expected() {
             "{err:?}"
         );
         assert_eq!(err.to_string(), "status 503, expected 200");
-        probe(server.addr, &http("/", None, 503), TIMEOUT)
+        probe(server.addr, &http("/", None, 503), TIMEOUT, None)
             .await
             .unwrap();
     })
@@ -118,7 +123,7 @@ async fn http_malformed_answers_fail() {
             (Reply::Close, "connection closed before any response"),
         ] {
             let server = HttpServer::start(reply);
-            let err = probe(server.addr, &http("/", None, 200), TIMEOUT)
+            let err = probe(server.addr, &http("/", None, 200), TIMEOUT, None)
                 .await
                 .unwrap_err();
             assert!(
@@ -137,7 +142,7 @@ async fn http_server_that_never_answers_times_out() {
         let server = HttpServer::start(Reply::Silent);
         let timeout = Duration::from_millis(200);
         let started = Instant::now();
-        let err = probe(server.addr, &http("/", None, 200), timeout)
+        let err = probe(server.addr, &http("/", None, 200), timeout, None)
             .await
             .unwrap_err();
         let took = started.elapsed();
