@@ -19,7 +19,7 @@ pub mod client;
 use std::{
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -216,20 +216,17 @@ async fn status_handler(State(state): State<AdminState>) -> Result<Json<Status>,
     Ok(Json(ask_status(&state).await?))
 }
 
-fn registry(state: &AdminState) -> MutexGuard<'_, Registry> {
-    // A panic while holding the lock leaves plain data behind: keep serving it.
-    state.registry.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs a registry write on the blocking pool: a write fsyncs the state file, and the
-/// agent's loop (one thread) must not stall on the disk meanwhile.
-async fn write_registry<T: Send + 'static>(
+/// Runs a registry operation on the blocking pool: writes fsync the state file while
+/// holding the registry's lock, and neither they nor a read or heartbeat waiting for that
+/// lock may stall the agent's loop (one thread).
+async fn with_registry<T: Send + 'static>(
     state: &AdminState,
-    write: impl FnOnce(&mut Registry) -> Result<T, RegistryError> + Send + 'static,
+    op: impl FnOnce(&mut Registry) -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let registry = state.registry.clone();
     let done = tokio::task::spawn_blocking(move || {
-        write(&mut registry.lock().unwrap_or_else(|p| p.into_inner()))
+        // A panic while holding the lock leaves plain data behind: keep serving it.
+        op(&mut registry.lock().unwrap_or_else(|p| p.into_inner()))
     })
     .await
     .map_err(|e| {
@@ -241,8 +238,9 @@ async fn write_registry<T: Send + 'static>(
     Ok(done?)
 }
 
-async fn list_handler(State(state): State<AdminState>) -> Response {
-    Json(serde_json::json!({ "instances": registry(&state).list() })).into_response()
+async fn list_handler(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let instances = with_registry(&state, |r| Ok(r.list())).await?;
+    Ok(Json(serde_json::json!({ "instances": instances })).into_response())
 }
 
 /// Writes need the bearer token; compare in constant time.
@@ -307,7 +305,7 @@ async fn register_handler(
     };
     let instance = {
         let id = id.clone();
-        write_registry(&state, move |r| r.register(id, req)).await?
+        with_registry(&state, move |r| r.register(id, req)).await?
     };
     info!(instance = %id, weight = instance.weight, ttl = instance.ttl, "registry: registered");
     Ok(Json(instance).into_response())
@@ -320,7 +318,7 @@ async fn heartbeat_handler(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let id = instance_id(path)?;
-    let instance = registry(&state).heartbeat(&id)?;
+    let instance = with_registry(&state, move |r| r.heartbeat(&id)).await?;
     Ok(Json(instance).into_response())
 }
 
@@ -333,7 +331,7 @@ async fn deregister_handler(
     let id = instance_id(path)?;
     {
         let id = id.clone();
-        write_registry(&state, move |r| r.deregister(&id)).await?;
+        with_registry(&state, move |r| r.deregister(&id)).await?;
     }
     info!(instance = %id, "registry: deregistered");
     Ok(StatusCode::NO_CONTENT.into_response())
