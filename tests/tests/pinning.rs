@@ -45,19 +45,7 @@ impl Bpffs {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("create bpffs mount point");
-        let target = CString::new(dir.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated strings, no data.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = lb_userspace::dataplane::mount_bpffs(&dir) {
             let _ = std::fs::remove_dir(&dir);
             panic!("mount bpffs on {}: {e}", dir.display());
         }

@@ -272,6 +272,16 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// A registry write's instance, once the caller is authorized.
+fn authorized_id(
+    state: &AdminState,
+    headers: &HeaderMap,
+    path: (String, String, String),
+) -> Result<InstanceId, ApiError> {
+    authorize(state, headers)?;
+    instance_id(path)
+}
+
 fn instance_id((service, address, port): (String, String, String)) -> Result<InstanceId, ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
     let address: IpAddr = address
@@ -295,18 +305,15 @@ async fn register_handler(
     Path(path): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let id = instance_id(path)?;
+    let id = authorized_id(&state, &headers, path)?;
     let req: RegisterRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RegisterRequest::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")))?
     };
-    let instance = {
-        let id = id.clone();
-        with_registry(&state, move |r| r.register(id, req)).await?
-    };
+    let registered = id.clone();
+    let instance = with_registry(&state, move |r| r.register(registered, req)).await?;
     info!(instance = %id, weight = instance.weight, ttl = instance.ttl, "registry: registered");
     Ok(Json(instance).into_response())
 }
@@ -316,8 +323,7 @@ async fn heartbeat_handler(
     headers: HeaderMap,
     Path(path): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let id = instance_id(path)?;
+    let id = authorized_id(&state, &headers, path)?;
     let instance = with_registry(&state, move |r| r.heartbeat(&id)).await?;
     Ok(Json(instance).into_response())
 }
@@ -327,12 +333,9 @@ async fn deregister_handler(
     headers: HeaderMap,
     Path(path): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let id = instance_id(path)?;
-    {
-        let id = id.clone();
-        with_registry(&state, move |r| r.deregister(&id)).await?;
-    }
+    let id = authorized_id(&state, &headers, path)?;
+    let deregistered = id.clone();
+    with_registry(&state, move |r| r.deregister(&deregistered)).await?;
     info!(instance = %id, "registry: deregistered");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -27,7 +27,7 @@ use lb_common::{
 
 pub use counters::Counters;
 pub use layout::MapsFound;
-pub use pin::{PinDir, PinError};
+pub use pin::{PinDir, PinError, mount_bpffs};
 
 use links::Attachment;
 

@@ -172,7 +172,8 @@ fn fs_type_of_sys_fs_bpf() -> io::Result<i64> {
     fs_type(Path::new(SYS_FS_BPF))
 }
 
-fn mount_bpffs(at: &Path) -> io::Result<()> {
+/// Mounts a bpffs instance on `at` (an existing directory).
+pub fn mount_bpffs(at: &Path) -> io::Result<()> {
     let target = CString::new(at.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: valid NUL-terminated strings; no data argument.

@@ -815,17 +815,8 @@ fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
 
-    fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint {
-        Endpoint {
-            service: service.into(),
-            addr: addr.parse::<IpAddr>().unwrap(),
-            port,
-            weight,
-            metadata: BTreeMap::new(),
-        }
-    }
+    use crate::registry::ep;
 
     #[test]
     fn entries_follow_the_key_schema() {

@@ -171,15 +171,7 @@ protocol = "tcp"
         c
     }
 
-    fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint {
-        Endpoint {
-            service: service.into(),
-            addr: addr.parse().unwrap(),
-            port,
-            weight,
-            metadata: BTreeMap::new(),
-        }
-    }
+    use crate::registry::ep;
 
     fn key(addr: &str, port: u16) -> BackendKey {
         BackendKey {

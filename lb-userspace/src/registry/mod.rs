@@ -41,6 +41,18 @@ pub struct Endpoint {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// An endpoint without metadata, from text: for the sources' unit tests.
+#[cfg(test)]
+pub(crate) fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint {
+    Endpoint {
+        service: service.into(),
+        addr: addr.parse().unwrap(),
+        port,
+        weight,
+        metadata: BTreeMap::new(),
+    }
+}
+
 /// What a source tells the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceUpdate {

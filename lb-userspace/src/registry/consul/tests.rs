@@ -217,15 +217,7 @@ fn entry(node: &str, node_addr: &str, svc_addr: &str, port: u16, passing: u32) -
     })
 }
 
-pub(crate) fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint {
-    Endpoint {
-        service: service.into(),
-        addr: addr.parse::<IpAddr>().unwrap(),
-        port,
-        weight,
-        metadata: BTreeMap::new(),
-    }
-}
+pub(crate) use crate::registry::ep;
 
 /// Endpoints without metadata, for comparing sets.
 pub(crate) fn bare(set: &[Endpoint]) -> Vec<Endpoint> {
