@@ -1,17 +1,15 @@
 //! Wire headers. Fields are in network byte order, read and written as they are.
 //!
-//! Headers sit at 2-byte offsets in the frame (after a 14-byte Ethernet header), so a `&T`
-//! to one could be misaligned: fields are read and written through raw pointers with
-//! [`get!`] and [`set!`] (`read_unaligned` / `write_unaligned`), which is sound at any
-//! offset. The object is built with LLVM's `allows-misaligned-mem-access` (lb-ebpf's
-//! build.rs), so each access is still one load or store: BPF on the architectures we run on
-//! allows unaligned packet access.
+//! Headers sit at 2-byte offsets in the frame, so a `&T` to one (or a plain `*p` of a
+//! `u32` field) could be misaligned: fields are read and written through raw pointers with
+//! [`get!`] and [`set!`], which go through `wire` (one instruction per field, no alignment
+//! assumed).
 
 /// Reads field `$f` of the header at raw pointer `$p` (bounds-checked by `ptr_at`).
 macro_rules! get {
     ($p:expr, $f:ident) => {
         // SAFETY: `$p` was bounds-checked for the whole header; no alignment is assumed.
-        unsafe { core::ptr::read_unaligned(&raw const (*$p).$f) }
+        unsafe { $crate::wire::Field::get(&raw const (*$p).$f) }
     };
 }
 
@@ -20,7 +18,7 @@ macro_rules! set {
     ($p:expr, $f:ident, $v:expr) => {{
         let v = $v;
         // SAFETY: as for `get!`.
-        unsafe { core::ptr::write_unaligned(&raw mut (*$p).$f, v) }
+        unsafe { $crate::wire::Field::set(&raw mut (*$p).$f, v) }
     }};
 }
 

@@ -70,13 +70,10 @@ fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: 
             let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
                 return xdp_action::XDP_DROP;
             };
-            // SAFETY: bounds-checked; MACs are byte arrays (alignment 1).
-            let client = unsafe {
-                ClientSide {
-                    ifindex: ctx.ingress_ifindex(),
-                    mac: (*eth).src,
-                    local_mac: (*eth).dst,
-                }
+            let client = ClientSide {
+                ifindex: ctx.ingress_ifindex(),
+                mac: get!(eth, src),
+                local_mac: get!(eth, dst),
             };
             match conntrack::create(ctx, &pkt.key, pkt.tcp_flags, svc, settings, &client, now) {
                 Ok(ct) => (ct, true),

@@ -5,6 +5,8 @@
 //! whether it may be forwarded) <- `service`, `ratelimit`, `maglev`, `snat`, `fib`,
 //! `conntrack` (decisions and state) <- `nat` (the rewrite) <- `lb` (the path) <- `programs`.
 #![no_std]
+// Single-instruction unaligned header access (see `wire`).
+#![feature(asm_experimental_arch)]
 #![no_main]
 // Map keys and values go to the helpers by reference: by value, each call would copy the
 // key (up to 40 bytes) onto the 512-byte BPF stack.
@@ -27,6 +29,7 @@ mod service;
 mod snat;
 mod stats;
 mod validate;
+mod wire;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,6 +6,7 @@ use crate::{
     ctx::{PacketCtx, ptr_at},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr},
     parse::Packet,
+    wire::Word,
 };
 
 /// The new headers of a translated packet.
@@ -23,15 +24,16 @@ pub struct Rewrite<'a> {
 /// cost about 20 ns per packet.
 ///
 /// # Safety
-/// `dst` must be valid for a 6-byte write (any alignment).
+/// `dst` must be valid for a 6-byte write (any alignment); `src` is 2-aligned (MACs sit at
+/// even offsets of our map values).
 #[inline(always)]
 unsafe fn copy_mac(dst: *mut Mac, src: &Mac) {
     let d = dst.cast::<u16>();
     let s = src.as_ptr().cast::<u16>();
-    // SAFETY: 6 bytes on both sides; unaligned accesses.
+    // SAFETY: 6 bytes on both sides; the frame side takes any alignment.
     unsafe {
         for i in 0..3 {
-            core::ptr::write_unaligned(d.add(i), core::ptr::read_unaligned(s.add(i)));
+            u16::store(d.add(i), *s.add(i));
         }
     }
 }
@@ -48,21 +50,6 @@ pub unsafe fn copy_words(dst: *mut [u32; 4], src: &[u32; 4]) {
     unsafe {
         for (i, w) in src.iter().enumerate() {
             core::ptr::write_volatile(d.add(i), *w);
-        }
-    }
-}
-
-/// Writes an address word by word into the frame, at any alignment.
-///
-/// # Safety
-/// `dst` must be valid for a 16-byte write.
-#[inline(always)]
-unsafe fn put_addr(dst: *mut [u32; 4], src: &[u32; 4]) {
-    let d = dst.cast::<u32>();
-    // SAFETY: 16 bytes, unaligned stores.
-    unsafe {
-        for (i, w) in src.iter().enumerate() {
-            core::ptr::write_unaligned(d.add(i), *w);
         }
     }
 }
@@ -89,10 +76,10 @@ pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         // TTL shares a checksummed 16-bit word with the protocol.
         let ttl_word = ip.cast::<u8>().wrapping_add(8).cast::<u16>();
         // SAFETY: bytes 8..10 of the bounds-checked header.
-        let old_ttl_word = unsafe { core::ptr::read_unaligned(ttl_word) };
+        let old_ttl_word = unsafe { u16::load(ttl_word) };
         set!(ip, ttl, pkt.ttl - 1);
         // SAFETY: as above.
-        let new_ttl_word = unsafe { core::ptr::read_unaligned(ttl_word) };
+        let new_ttl_word = unsafe { u16::load(ttl_word) };
         let header = Delta::new()
             .replace16(old_ttl_word, new_ttl_word)
             .replace32(k.src.words[0], rw.src.words[0])
@@ -107,11 +94,8 @@ pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
         set!(ip, hop_limit, pkt.ttl - 1);
-        // SAFETY: bounds-checked header.
-        unsafe {
-            put_addr(&raw mut (*ip).src, &rw.src.words);
-            put_addr(&raw mut (*ip).dst, &rw.dst.words);
-        }
+        set!(ip, src, rw.src.words);
+        set!(ip, dst, rw.dst.words);
         l4 = l4
             .replace_addr(&k.src.words, &rw.src.words)
             .replace_addr(&k.dst.words, &rw.dst.words);

@@ -17,6 +17,7 @@ use crate::{
     headers::{EthHdr, Ipv4Hdr},
     maps::{IFACES, VIP_ADDRS},
     parse::Packet,
+    wire::Word,
 };
 
 /// Checks a packet the program would forward. `Err` names the reason to count; the caller
@@ -51,8 +52,8 @@ fn l2(ctx: &impl PacketCtx) -> Result<(), Reason> {
     // as words: comparing `[u8; 6]` values compiles to a byte-by-byte memcmp subprogram.
     let (dst_hi, dst_lo, src0) = unsafe {
         (
-            core::ptr::read_unaligned(frame.cast::<u32>()),
-            core::ptr::read_unaligned(frame.add(4).cast::<u16>()),
+            u32::load(frame.cast::<u32>()),
+            u16::load(frame.add(4).cast::<u16>()),
             *frame.add(6),
         )
     };
@@ -61,13 +62,14 @@ fn l2(ctx: &impl PacketCtx) -> Result<(), Reason> {
     }
     let ifindex = ctx.ingress_ifindex();
     if let Some(slot) = IFACES.get_ptr(ifindex % IFACE_SLOTS) {
-        // SAFETY: array value pointer, valid for this program run; `mac` sits at offset 4.
+        // SAFETY: array value pointer, valid for this program run; `mac` sits at offset 4 of
+        // a 4-aligned value: its words are aligned.
         let (owner, mac_hi, mac_lo) = unsafe {
             let mac = (&raw const (*slot).mac).cast::<u8>();
             (
                 (*slot).ifindex,
-                core::ptr::read_unaligned(mac.cast::<u32>()),
-                core::ptr::read_unaligned(mac.add(4).cast::<u16>()),
+                *mac.cast::<u32>(),
+                *mac.add(4).cast::<u16>(),
             )
         };
         if owner == ifindex && (mac_hi != dst_hi || mac_lo != dst_lo) {
@@ -85,7 +87,7 @@ fn ipv4_checksum(ctx: &impl PacketCtx, l3_off: usize) -> Result<(), Reason> {
     let mut sum = 0u64;
     for i in 0..5 {
         // SAFETY: within the bounds-checked 20-byte header; no alignment assumed.
-        sum += unsafe { core::ptr::read_unaligned(words.add(i)) } as u64;
+        sum += unsafe { u32::load(words.add(i)) } as u64;
     }
     if fold(sum) == 0xffff {
         Ok(())
