@@ -299,7 +299,11 @@ pub struct Settings {
     /// SNAT source ports are allocated from `[snat_port_min, snat_port_max]`.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    pub _pad: u32,
+    /// Under SNAT-port pressure (a new flow's probe finds its port held), a flow still
+    /// opening (SYN_SENT on the client side) whose last packet is this old gives its port
+    /// back: a flood of spoofed SYNs cannot hold the port range for the whole SYN timeout.
+    /// 0 disables.
+    pub tcp_syn_reclaim_ms: u32,
     pub tcp_syn_timeout_ns: u64,
     pub tcp_established_timeout_ns: u64,
     pub tcp_closing_timeout_ns: u64,
@@ -314,7 +318,7 @@ impl Default for Settings {
         Self {
             snat_port_min: 40000,
             snat_port_max: 59999,
-            _pad: 0,
+            tcp_syn_reclaim_ms: 1000,
             tcp_syn_timeout_ns: 60 * SEC,
             tcp_established_timeout_ns: 3600 * SEC,
             tcp_closing_timeout_ns: 10 * SEC,
@@ -468,7 +472,7 @@ crate::packed_fields!(IfAddrs {
 crate::packed_fields!(Settings {
     snat_port_min,
     snat_port_max,
-    _pad,
+    tcp_syn_reclaim_ms,
     tcp_syn_timeout_ns,
     tcp_established_timeout_ns,
     tcp_closing_timeout_ns,

@@ -2,11 +2,11 @@
 //! port's lock.
 
 use lb_common::{
-    FlowKey, NatEntry, Reason, Settings, flow_state,
+    CT_SYN_SENT, FlowKey, NatEntry, Reason, Settings, flow_state,
     hash::{SNAT_SEED, flow_hash},
 };
 
-use crate::maps::NAT_REVERSE;
+use crate::maps::{CONNTRACK, NAT_REVERSE};
 
 const BPF_NOEXIST: u64 = 1;
 /// SNAT ports tried per new flow before giving up. Busy ports cost a lookup each; 32 keeps
@@ -53,6 +53,9 @@ pub fn allocate_port(
             {
                 let _ = NAT_REVERSE.remove(&*rev);
             }
+            Some(old) if abandoned(old, port, now, settings) => {
+                let _ = NAT_REVERSE.remove(&*rev);
+            }
             Some(_) => continue,
         }
         // Two CPUs claiming the same port at once: one insert wins, the other tries its next
@@ -62,4 +65,32 @@ pub fn allocate_port(
         }
     }
     Err(Reason::SnatExhausted)
+}
+
+/// A held port's flow that may give the port up under pressure (this runs only when a probe
+/// collides): its client-side entry is gone (evicted from the LRU: the flow is dead anyway),
+/// or it never got past the handshake and went quiet for `tcp_syn_reclaim_ms` (a spoofed SYN,
+/// whose client will never answer). The client-side entry of a reclaimed opening flow is
+/// removed too, so a late packet of it opens a new flow instead of sharing the port.
+#[inline(always)]
+fn abandoned(old: &NatEntry, port: u16, now: u64, settings: &Settings) -> bool {
+    let reclaim_ns = settings.tcp_syn_reclaim_ms as u64 * 1_000_000;
+    if reclaim_ns == 0 {
+        return false;
+    }
+    // SAFETY: read-only look.
+    match unsafe { CONNTRACK.get(&old.orig) } {
+        // The client's tuple now belongs to another flow (another port or backend).
+        Some(f) if f.snat_port != port || f.backend_id != old.backend_id => true,
+        Some(f) => {
+            let opening = f.state == CT_SYN_SENT
+                && now.saturating_sub(f.last_seen_ns) > reclaim_ns
+                && now.saturating_sub(old.last_seen_ns) > reclaim_ns;
+            if opening {
+                let _ = CONNTRACK.remove(&old.orig);
+            }
+            opening
+        }
+        None => true,
+    }
 }

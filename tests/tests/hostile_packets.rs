@@ -507,3 +507,68 @@ fn trailing_bytes_are_trimmed_and_ttl_decremented() {
         );
     }
 }
+
+/// A SYN flood from spoofed sources holds SNAT ports with flows that never complete. Under
+/// pressure (every probe finds its port held), a flow still opening and quiet for
+/// `tcp_syn_reclaim_ms` gives its port back, and its client-side entry goes with it; a flow
+/// whose handshake completed keeps its port, however long it idles.
+#[test]
+fn snat_ports_of_abandoned_handshakes_are_reclaimed_under_pressure() {
+    let mut fx = Fx::start();
+    let mut settings = lb_userspace::config::parse(CONFIG, "fixtures.toml")
+        .unwrap()
+        .global
+        .settings();
+    (settings.snat_port_min, settings.snat_port_max) = (40000, 40003);
+    settings.tcp_syn_reclaim_ms = 0;
+    fx.dp.set_settings(&settings).unwrap();
+
+    let syn = |src: &str, sport| Pkt::from_client(src, sport, "10.200.100.1", 80, SYN);
+    // Two spoofed SYNs (never answered) and two real clients that complete the handshake.
+    let spoofed = [syn("10.200.7.1", 2000), syn("10.200.7.2", 2001)];
+    let real = [syn("10.200.1.2", 3000), syn("10.200.1.3", 3001)];
+    for p in spoofed.iter().chain(&real) {
+        let (verdict, _) = fx.run(fx.lb_c, &p.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "{p:?}");
+    }
+    for p in &real {
+        let ack = Pkt {
+            l4: ACK,
+            ..p.clone()
+        };
+        let (verdict, _) = fx.run(fx.lb_c, &ack.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "handshake ACK");
+    }
+    let newcomer = |i: u16| syn("10.200.1.9", 4000 + i).bytes();
+    // Reclaim off: every port is held, the newcomer is refused.
+    let (verdict, _) = fx.run(fx.lb_c, &newcomer(0));
+    assert_eq!(verdict, XDP_DROP, "all ports held, reclaim off");
+
+    settings.tcp_syn_reclaim_ms = 500;
+    fx.dp.set_settings(&settings).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut got = Vec::new();
+    for i in 1..=2 {
+        let (verdict, _) = fx.run(fx.lb_c, &newcomer(i));
+        assert_eq!(
+            verdict, XDP_REDIRECT,
+            "newcomer {i} takes an abandoned handshake's port"
+        );
+        got.push(fx.ct(&syn("10.200.1.9", 4000 + i)).snat_port);
+    }
+    let (verdict, _) = fx.run(fx.lb_c, &newcomer(3));
+    assert_eq!(verdict, XDP_DROP, "the completed flows keep their ports");
+    for p in &spoofed {
+        assert!(
+            fx.dp.conntrack_get(&p.flow_key()).is_none(),
+            "a reclaimed handshake's client entry must go with its port"
+        );
+    }
+    for p in &real {
+        let ct = fx.ct(p);
+        assert!(
+            !got.contains(&ct.snat_port),
+            "an established flow lost its port"
+        );
+    }
+}
