@@ -5,8 +5,10 @@
 //!   plus valid controls that must be forwarded (trimmed to the IP length when they carry
 //!   trailing bytes). Frames are built by hand so that any field can be wrong.
 //! - Every frame is tagged so it is recognised after NAT (addresses and ports change, the TCP
-//!   sequence number and the payload do not): TCP sequence number [`SEQ_BASE`] + index, and a
-//!   payload of [`TAG`] followed by the index (2 bytes, big endian). See [`find_tag`].
+//!   sequence number and the payload do not): TCP sequence number [`SEQ_BASE`] + index * 256,
+//!   and a payload of [`TAG`] followed by the index (2 bytes, big endian). See [`find_tag`].
+//!   (Index * 256, not + index: a peer's RST answering entry i's SYN-ACK carries sequence
+//!   number seq(i) + 1, which must not read as entry i + 1.)
 //! - [`policy_violation`]: which rule of the policy a frame breaks (the reference model; the
 //!   corpus labels are checked against it in the unit tests below).
 //! - [`forwarded_problems`]: what is wrong with a frame the data plane forwarded (lengths,
@@ -19,8 +21,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Payload tag: `LBHOSTILE` then the entry index (u16, big endian).
 pub const TAG: &[u8; 9] = b"LBHOSTILE";
-/// TCP sequence number of entry `i` is `SEQ_BASE + i`.
+/// TCP sequence number of entry `i` is `SEQ_BASE + i * 256` (so at most [`MAX_ENTRIES`]).
 pub const SEQ_BASE: u32 = 0xBAD0_0000;
+/// How many entries the sequence-number tag can tell apart.
+pub const MAX_ENTRIES: usize = 256;
 /// TCP sequence number of the valid SYN that opens entry `i`'s flow: `OPENER_SEQ_BASE + i`.
 pub const OPENER_SEQ_BASE: u32 = 0x0BE0_0000;
 /// TTL / hop limit of every corpus frame unless its class says otherwise.
@@ -548,7 +552,7 @@ pub fn forwarded_problems(input: &[u8], output: &[u8], allowed_src: &[IpAddr]) -
 }
 
 /// The corpus index a frame carries: the payload tag if present anywhere in the frame, else a
-/// TCP sequence number in `SEQ_BASE..SEQ_BASE + 0x10000` at the L4 offset the header claims.
+/// TCP sequence number `SEQ_BASE + i * 256` at the L4 offset the header claims.
 pub fn find_tag(f: &[u8]) -> Option<u16> {
     if let Some(pos) = f.windows(TAG.len()).position(|w| w == TAG)
         && f.len() >= pos + TAG.len() + 2
@@ -562,7 +566,7 @@ pub fn find_tag(f: &[u8]) -> Option<u16> {
         return None;
     }
     let seq = u32::from_be_bytes([f[l4 + 4], f[l4 + 5], f[l4 + 6], f[l4 + 7]]);
-    (seq & 0xffff_0000 == SEQ_BASE).then_some((seq & 0xffff) as u16)
+    (seq & 0xffff_00ff == SEQ_BASE).then_some(((seq >> 8) & 0xff) as u16)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,6 +586,10 @@ pub fn build(ep: &Endpoints) -> Vec<Entry> {
         c.unsupported(v6);
         c.controls(v6);
     }
+    assert!(
+        c.entries.len() <= MAX_ENTRIES,
+        "too many entries for the tag"
+    );
     c.entries
 }
 
@@ -629,7 +637,7 @@ impl Corpus {
                 L4::Tcp(_) => self.ep.tcp_port,
                 L4::Udp => self.ep.udp_port,
             },
-            seq: SEQ_BASE + u32::from(i),
+            seq: SEQ_BASE + (u32::from(i) << 8),
             payload,
         }
     }

@@ -233,7 +233,7 @@ fn judge(entries: &[Entry], arrivals: &BTreeMap<u16, Vec<(String, Vec<u8>)>>) ->
         }
     }
     println!(
-        "hostile classes that reached a backend ({}):",
+        "hostile classes that reached the receiving side ({}):",
         leaked_classes.len()
     );
     for c in &leaked_classes {
