@@ -541,7 +541,9 @@ pub fn forwarded_problems(input: &[u8], output: &[u8], allowed_src: &[IpAddr]) -
         } else {
             let doff = usize::from(output[l4 + 12] >> 4) * 4;
             if doff < 20 || l4 + doff > end {
-                problems.push(format!("tcp data offset {doff} outside the segment"));
+                problems.push(format!(
+                    "tcp data offset: {doff} bytes, outside the segment"
+                ));
             }
         }
     }

@@ -131,11 +131,22 @@ impl Rng {
     }
 }
 
+/// Where a base frame arrives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// From a client, on `lb-c`.
+    Client,
+    /// A backend's reply to an SNAT port, on `lb-b` (two-arm: forwarded with XDP_REDIRECT).
+    Backend,
+    /// A one-arm backend's reply, on `lb-c` (forwarded back out of it with XDP_TX).
+    OneArmBackend,
+}
+
 /// A valid frame to mutate: how to (re)open its flow, and how to build it once open.
 struct Base {
     name: &'static str,
-    /// Arrives on the backend side (a reply to an SNAT port).
-    reply: bool,
+    /// Where it arrives.
+    side: Side,
     /// The client's packet that opens the flow (its conntrack entry gives the SNAT port).
     opener: Pkt,
     /// Builds the frame given the flow's SNAT port.
@@ -176,24 +187,46 @@ fn bases() -> Vec<Base> {
     fn udp_reply(p: &Pkt, snat: u16) -> Vec<u8> {
         reply(p, snat, L4::Udp)
     }
-    let b = |name, reply, opener: &Pkt, frame| Base {
+    let syn_one_arm = Pkt::from_client("10.200.1.2", 36005, "10.200.100.3", 80, SYN);
+    fn one_arm_synack(_: &Pkt, snat: u16) -> Vec<u8> {
+        Pkt {
+            smac: ONE_ARM_BACKEND_MAC,
+            dmac: LB_C_MAC,
+            ..Pkt::from_backend("10.200.1.50", 8080, "10.200.1.1", snat, SYN_ACK, b"hi")
+        }
+        .bytes()
+    }
+    let b = |name, side, opener: &Pkt, frame| Base {
         name,
-        reply,
+        side,
         opener: opener.clone(),
         frame,
     };
     vec![
-        b("v4 SYN", false, &syn4, same),
-        b("v4 ACK+data", false, &syn4, data),
-        b("v4 UDP", false, &udp4, same),
-        b("v6 SYN", false, &syn6, same),
-        b("v6 ACK+data", false, &syn6, data),
-        b("v6 UDP", false, &udp6, same),
-        b("v4 SYN-ACK reply", true, &syn4, synack),
-        b("v4 ACK reply", true, &syn4, ack_reply),
-        b("v4 UDP reply", true, &udp4, udp_reply),
-        b("v6 SYN-ACK reply", true, &syn6, synack),
-        b("v6 UDP reply", true, &udp6, udp_reply),
+        b("v4 SYN", Side::Client, &syn4, same),
+        b("v4 ACK+data", Side::Client, &syn4, data),
+        b("v4 UDP", Side::Client, &udp4, same),
+        b("v6 SYN", Side::Client, &syn6, same),
+        b("v6 ACK+data", Side::Client, &syn6, data),
+        b("v6 UDP", Side::Client, &udp6, same),
+        b("v4 SYN-ACK reply", Side::Backend, &syn4, synack),
+        b("v4 ACK reply", Side::Backend, &syn4, ack_reply),
+        b("v4 UDP reply", Side::Backend, &udp4, udp_reply),
+        b("v6 SYN-ACK reply", Side::Backend, &syn6, synack),
+        b("v6 UDP reply", Side::Backend, &udp6, udp_reply),
+        b("v4 one-arm SYN (XDP_TX)", Side::Client, &syn_one_arm, same),
+        b(
+            "v4 one-arm ACK+data (XDP_TX)",
+            Side::Client,
+            &syn_one_arm,
+            data,
+        ),
+        b(
+            "v4 one-arm SYN-ACK reply (XDP_TX)",
+            Side::OneArmBackend,
+            &syn_one_arm,
+            one_arm_synack,
+        ),
     ]
 }
 
@@ -348,6 +381,8 @@ fn mutated_frames_are_forwarded_only_when_sound() {
     let mut fx = start();
     let bases = bases();
     let mut verdicts: BTreeMap<u32, usize> = BTreeMap::new();
+    // Per base: (cases, forwarded).
+    let mut per_base: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut problems: BTreeMap<String, Seen> = BTreeMap::new();
     let start = Instant::now();
     let mut ran = 0;
@@ -372,14 +407,17 @@ fn mutated_frames_are_forwarded_only_when_sound() {
             corpus::refresh_ipv4_checksum(&mut input);
             corpus::refresh_l4_checksum(&mut input);
         }
-        let (ingress, rx_mac, allowed_src) = if base.reply {
-            (fx.lb_b, LB_B_MAC, vips().to_vec())
-        } else {
-            (fx.lb_c, LB_C_MAC, Vec::new())
+        let (ingress, rx_mac, allowed_src) = match base.side {
+            Side::Client => (fx.lb_c, LB_C_MAC, Vec::new()),
+            Side::Backend => (fx.lb_b, LB_B_MAC, vips().to_vec()),
+            Side::OneArmBackend => (fx.lb_c, LB_C_MAC, vips().to_vec()),
         };
         let (verdict, out) = fx.run(ingress, &input);
         ran += 1;
         *verdicts.entry(verdict).or_default() += 1;
+        let per = per_base.entry(base.name).or_default();
+        per.0 += 1;
+        per.1 += usize::from(forwarded(verdict));
         if !forwarded(verdict) {
             continue;
         }
@@ -410,6 +448,9 @@ fn mutated_frames_are_forwarded_only_when_sound() {
         "{ran} cases in {:.1?}; verdicts {verdicts:?} (1 drop, 2 pass, 3 tx, 4 redirect)",
         start.elapsed()
     );
+    for (name, (n, fwd)) in &per_base {
+        println!("  {name}: {n} cases, {fwd} forwarded");
+    }
     let report: Vec<String> = problems
         .iter()
         .map(|(k, s)| format!("{} x {k}\n    first: {}", s.count, s.first))
