@@ -141,7 +141,16 @@ fn hostile_corpus_never_reaches_a_backend() {
         .ns
         .enter(|| PacketSocket::sender(&client.iface.name))
         .unwrap();
+    // What the client hears back (ICMP errors quoting corpus frames), reported, not asserted.
+    let client_cap = client
+        .ns
+        .enter(|| PacketSocket::capture(&client.iface.name))
+        .unwrap();
     let arrivals = inject_and_capture(&tx, &captures, &entries);
+    report_icmp(
+        &entries,
+        &client_cap.drain(Duration::from_millis(200), Duration::from_secs(5), 100_000),
+    );
     let failures = judge(&entries, &arrivals);
     assert!(
         lab.agent.is_running(),
@@ -193,6 +202,41 @@ fn inject_and_capture(
         arrivals.len()
     );
     arrivals
+}
+
+/// Prints the ICMP/ICMPv6 errors among `frames` that quote a corpus frame (the policy sends
+/// TTL/hop limit <= 1 to the kernel, which should answer "time exceeded"). Information only:
+/// what the LB's kernel answers depends on its routes, which the issue does not fix.
+fn report_icmp(entries: &[Entry], frames: &[Vec<u8>]) {
+    let mut seen = BTreeMap::new();
+    for f in frames {
+        let Some(p) = corpus::parse(f) else { continue };
+        let l4 = p.l4();
+        if f.len() < l4 + 8 || !matches!((p.v6, p.proto), (false, 1) | (true, 58)) {
+            continue;
+        }
+        let what = match (p.v6, f[l4], f[l4 + 1]) {
+            (false, 11, _) | (true, 3, _) => "time exceeded".to_string(),
+            (false, 3, c) | (true, 1, c) => format!("unreachable code {c}"),
+            (_, t, c) => format!("type {t} code {c}"),
+        };
+        // The quoted datagram starts after the 8-byte ICMP header.
+        let mut quoted = f[..14].to_vec();
+        quoted[12..14].copy_from_slice(if p.v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+        quoted.extend_from_slice(&f[l4 + 8..]);
+        if let Some(i) = corpus::find_tag(&quoted) {
+            seen.entry(i).or_insert(what);
+        }
+    }
+    println!(
+        "ICMP errors the client got about corpus frames ({}):",
+        seen.len()
+    );
+    for (i, what) in &seen {
+        if let Some(e) = entries.iter().find(|e| e.index == *i) {
+            println!("  #{i} {} {}: {what}", e.family(), e.class);
+        }
+    }
 }
 
 /// One line per problem: a hostile frame that arrived, a control that did not or arrived
