@@ -196,6 +196,23 @@ fn bases() -> Vec<Base> {
         }
         .bytes()
     }
+    fn vlan(p: &Pkt, _: u16) -> Vec<u8> {
+        Pkt {
+            vlan: Some(42),
+            ..p.clone()
+        }
+        .bytes()
+    }
+    fn vlan_data(p: &Pkt, snat: u16) -> Vec<u8> {
+        let mut f = data(p, snat);
+        f.splice(12..12, [0x81, 0x00, 0x00, 42]);
+        f
+    }
+    fn udp_zero_checksum(p: &Pkt, _: u16) -> Vec<u8> {
+        let mut f = p.bytes();
+        f[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        f
+    }
     let b = |name, side, opener: &Pkt, frame| Base {
         name,
         side,
@@ -214,6 +231,10 @@ fn bases() -> Vec<Base> {
         b("v4 UDP reply", Side::Backend, &udp4, udp_reply),
         b("v6 SYN-ACK reply", Side::Backend, &syn6, synack),
         b("v6 UDP reply", Side::Backend, &udp6, udp_reply),
+        b("v4 802.1Q SYN", Side::Client, &syn4, vlan),
+        b("v4 802.1Q ACK+data", Side::Client, &syn4, vlan_data),
+        b("v4 802.1Q UDP", Side::Client, &udp4, vlan),
+        b("v4 UDP checksum 0", Side::Client, &udp4, udp_zero_checksum),
         b("v4 one-arm SYN (XDP_TX)", Side::Client, &syn_one_arm, same),
         b(
             "v4 one-arm ACK+data (XDP_TX)",
@@ -248,7 +269,7 @@ const MARTIANS4: [[u8; 4]; 6] = [
 /// Applies one random mutation.
 fn mutate(rng: &mut Rng, f: &mut Vec<u8>, l3: usize, l4: usize, v6: bool) {
     let hdr_end = (l4 + 20).min(f.len());
-    match rng.below(12) {
+    match rng.below(14) {
         0 => {
             let at = rng.below(hdr_end);
             f[at] ^= 1 << rng.below(8);
@@ -350,6 +371,39 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>, l3: usize, l4: usize, v6: bool) {
                 };
             }
         }
+        12 => {
+            // A field no rule looks at: TOS / traffic class, flow label, IPv4 id, TCP ack,
+            // window, urgent pointer, or a payload byte (checksums go stale unless refreshed).
+            let at = match (v6, rng.below(4)) {
+                (false, 0) => l3 + [1, 4, 5][rng.below(3)],
+                (true, 0) => l3 + rng.below(4),
+                (_, 1) => l4 + 8 + rng.below(4),
+                (_, 2) => l4 + 14 + rng.below(2) + rng.below(2) * 4,
+                _ => l4 + 20 + rng.below(8),
+            };
+            if at < f.len() {
+                f[at] = rng.byte();
+            }
+        }
+        13 => {
+            // A valid TCP flag set, with or without PSH/ECE/CWR.
+            const VALID: [u8; 9] = [
+                corpus::SYN,
+                corpus::SYN | corpus::URG,
+                corpus::SYN | corpus::ACK,
+                corpus::RST,
+                corpus::RST | corpus::ACK,
+                corpus::FIN | corpus::ACK,
+                corpus::FIN | corpus::ACK | corpus::URG,
+                corpus::ACK,
+                corpus::ACK | corpus::URG,
+            ];
+            let proto = f.get(if v6 { l3 + 6 } else { l3 + 9 }).copied();
+            if proto == Some(6) && f.len() > l4 + 13 {
+                let extra = rng.byte() & (corpus::PSH | corpus::ECE | corpus::CWR);
+                f[l4 + 13] = VALID[rng.below(VALID.len())] | extra;
+            }
+        }
         _ => {
             // Source port 0, or another port.
             if f.len() >= l4 + 2 {
@@ -402,10 +456,14 @@ fn mutated_frames_are_forwarded_only_when_sound() {
         for _ in 0..1 + rng.below(3) {
             mutate(&mut rng, &mut input, l3, l4, v6);
         }
-        if rng.chance(2) {
+        if rng.chance(2) && l3 == 14 {
             // Make the checksums right again, so mutations get past checksum checks.
             corpus::refresh_ipv4_checksum(&mut input);
             corpus::refresh_l4_checksum(&mut input);
+        }
+        if rng.chance(16) && l3 == 14 && input.len() >= 14 {
+            // Tag an untagged frame (802.1Q, VLAN 7): the data plane parses one tag.
+            input.splice(12..12, [0x81, 0x00, 0x00, 7]);
         }
         let (ingress, rx_mac, allowed_src) = match base.side {
             Side::Client => (fx.lb_c, LB_C_MAC, Vec::new()),
