@@ -21,7 +21,7 @@ use std::{
 };
 
 use lb_tests::{
-    DEFAULT_TIMEOUT, TcpNameServer, Topology, UdpNameServer, VIP4, VIP6,
+    DEFAULT_TIMEOUT, Netns, TcpNameServer, Topology, UdpNameServer, VIP4, VIP6,
     corpus::{self, Endpoints, Entry},
     lab::{Lab, TCP_PORT, UDP_PORT, interfaces_line, read_line},
     rawsock::PacketSocket,
@@ -204,11 +204,9 @@ fn inject_and_capture(
     arrivals
 }
 
-/// Prints the ICMP/ICMPv6 errors among `frames` that quote a corpus frame (the policy sends
-/// TTL/hop limit <= 1 to the kernel, which should answer "time exceeded"). Information only:
-/// what the LB's kernel answers depends on its routes, which the issue does not fix.
-fn report_icmp(entries: &[Entry], frames: &[Vec<u8>]) {
-    let mut seen = BTreeMap::new();
+/// The ICMP/ICMPv6 errors among `frames` that quote a corpus frame: (corpus index, what).
+fn icmp_answers(frames: &[Vec<u8>]) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
     for f in frames {
         let Some(p) = corpus::parse(f) else { continue };
         let l4 = p.l4();
@@ -225,8 +223,19 @@ fn report_icmp(entries: &[Entry], frames: &[Vec<u8>]) {
         quoted[12..14].copy_from_slice(if p.v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
         quoted.extend_from_slice(&f[l4 + 8..]);
         if let Some(i) = corpus::find_tag(&quoted) {
-            seen.entry(i).or_insert(what);
+            out.push((i, what));
         }
+    }
+    out
+}
+
+/// Prints the ICMP/ICMPv6 errors among `frames` that quote a corpus frame. Information only:
+/// what the LB's kernel answers depends on its routes (see
+/// `ttl_expiry_is_answered_with_time_exceeded`).
+fn report_icmp(entries: &[Entry], frames: &[Vec<u8>]) {
+    let mut seen = BTreeMap::new();
+    for (i, what) in icmp_answers(frames) {
+        seen.entry(i).or_insert(what);
     }
     println!(
         "ICMP errors the client got about corpus frames ({}):",
@@ -387,4 +396,120 @@ fn hostile_replies_never_reach_the_client() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// TTL / hop limit 0 or 1 to a VIP: the data plane hands the frame to the kernel, which
+/// answers "time exceeded" when it has a route to the VIP (a real node has one: its default
+/// route). The lab's LB namespace has none, so this test gives it one, through an "upstream"
+/// namespace, and checks that the client gets ICMP time exceeded for each such frame.
+///
+/// IPv6 needs more than the route: the kernel forwards (and so answers hop limit exceeded)
+/// only with `net.ipv6.conf.all.forwarding` or, since Linux 6.17, the receiving interface's
+/// `force_forwarding`; `conf.<if>.forwarding`, which the agent sets, does not do it. Measured
+/// here: with `force_forwarding` on `lb-c` the IPv6 rows pass too; without, the client hears
+/// nothing.
+#[test]
+fn ttl_expiry_is_answered_with_time_exceeded() {
+    let (mut lab, v6_servers) = start_lab(1);
+    let lb = &lab.topo.lb;
+    let up = Netns::new("up").unwrap();
+    lb.ip([
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        up.name(),
+    ])
+    .unwrap();
+    for (ns, dev, v4, v6) in [
+        (lb, "up0", "10.200.99.1/24", "fd00:200:99::1/64"),
+        (&up, "eth0", "10.200.99.2/24", "fd00:200:99::2/64"),
+    ] {
+        ns.ip(["addr", "add", v4, "dev", dev]).unwrap();
+        ns.ip(["-6", "addr", "add", v6, "dev", dev, "nodad"])
+            .unwrap();
+        ns.ip(["link", "set", dev, "up"]).unwrap();
+    }
+    lb.ip(["route", "add", &format!("{VIP4}/32"), "via", "10.200.99.2"])
+        .unwrap();
+    lb.ip([
+        "-6",
+        "route",
+        "add",
+        &format!("{VIP6}/128"),
+        "via",
+        "fd00:200:99::2",
+    ])
+    .unwrap();
+
+    let client = &lab.topo.client;
+    let ep = Endpoints {
+        client_mac: client.iface.mac,
+        lb_mac: lab.topo.lb_ifaces[0].mac,
+        client4: client.ip4(),
+        client6: client.ip6(),
+        vip4: VIP4,
+        vip6: VIP6,
+        tcp_port: TCP_PORT,
+        udp_port: UDP_PORT,
+        first_sport: FIRST_SPORT,
+        fixed_sport: None,
+    };
+    let entries: Vec<Entry> = corpus::build(&ep)
+        .into_iter()
+        .filter(|e| e.class.starts_with("ip/ttl-"))
+        .collect();
+    let cap = client
+        .ns
+        .enter(|| PacketSocket::capture(&client.iface.name))
+        .unwrap();
+    let backend_cap = vec![(
+        "b1".to_string(),
+        lab.topo.backends[0]
+            .ns
+            .enter(|| PacketSocket::capture("eth0"))
+            .unwrap(),
+    )];
+    let tx = client
+        .ns
+        .enter(|| PacketSocket::sender(&client.iface.name))
+        .unwrap();
+    // Spaced out: the kernel rate-limits ICMP errors per destination (a burst of 6 here).
+    let mut answers = BTreeMap::new();
+    for e in &entries {
+        tx.send(&e.frame).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        for (i, what) in
+            icmp_answers(&cap.drain(Duration::from_millis(200), Duration::from_secs(2), 1000))
+        {
+            answers.entry(i).or_insert(what);
+        }
+    }
+    let arrivals = inject_and_capture(&tx, &backend_cap, &[]);
+    assert!(arrivals.is_empty(), "a TTL-expired frame reached b1");
+    assert!(
+        lab.agent.is_running(),
+        "agent died:\n{}",
+        lab.agent.output()
+    );
+    drop(v6_servers);
+    let mut failures = Vec::new();
+    for e in &entries {
+        let got = answers.get(&e.index).map(String::as_str);
+        println!("#{} {} {}: {got:?}", e.index, e.family(), e.class);
+        if got != Some("time exceeded") {
+            failures.push(format!(
+                "#{} {} {}: client got {got:?}, want ICMP time exceeded",
+                e.index,
+                e.family(),
+                e.class
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
