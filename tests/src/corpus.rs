@@ -775,7 +775,8 @@ impl Corpus {
         ] {
             let spec = self.spec(v6, L4::Tcp(flags));
             let f = spec.build();
-            let needs_flow = flags & SYN == 0;
+            // A frame without SYN, or with SYN and ACK, cannot open a flow from the client.
+            let needs_flow = flags & SYN == 0 || flags & ACK != 0;
             self.push(&format!("tcp/flags-{what}"), &spec, f, true, needs_flow);
         }
         // Source port 0.
