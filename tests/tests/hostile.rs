@@ -1,18 +1,25 @@
-//! Issue 10 end to end: hostile frames to the VIPs never reach a backend.
+//! Issue 10 end to end: hostile frames never get through the load balancer.
 //!
-//! The real agent (native XDP) on a two-arm topology with two backends, IPv4 and IPv6 VIPs,
-//! TCP and UDP services. The corpus of `lb_tests::corpus` is injected as raw frames from the
-//! client's interface (an `AF_PACKET` socket in the client namespace: each frame arrives at the
-//! LB's `lb-c` as sent), while `AF_PACKET` captures on every backend's `eth0` record what
-//! arrives. Tags (TCP sequence number, payload) identify corpus frames after NAT.
+//! The real agent (native XDP) on a two-arm topology, IPv4 and IPv6 VIPs, TCP and UDP
+//! services. The corpus of `lb_tests::corpus` is injected as raw frames with `AF_PACKET`
+//! sockets, and `AF_PACKET` captures record what arrives on the other side. Tags (TCP sequence
+//! number, payload) identify corpus frames after NAT.
 //!
-//! Asserted: no must-not-forward frame arrives at any backend; every valid control arrives,
-//! with its IP length equal to the frame's (trailing bytes trimmed), a correct IPv4 header
-//! checksum and TCP/UDP checksum, and TTL/hop limit decremented by one; real TCP connections
-//! and UDP queries through both VIPs succeed before and after the corpus.
+//! - `hostile_corpus_never_reaches_a_backend`: client -> VIP, from the client's `cl0` (each
+//!   frame arrives at the LB's `lb-c` as sent), captured on both backends' `eth0`.
+//! - `hostile_replies_never_reach_the_client`: backend -> SNAT port on the 5-tuples of real
+//!   open flows (TCP and UDP, both families), captured on the client's `cl0`.
+//! - `ttl_expiry_is_answered_with_time_exceeded`: TTL/hop limit 0-1 to a VIP gets ICMP time
+//!   exceeded from the LB's kernel once it has a route to the VIP.
 //!
-//! Checksums are checked here in software, and the backends' interfaces have RX checksum
-//! offload off (`ethtool -K eth0 rx off`), so their stacks verify too.
+//! Asserted: no must-not-forward frame arrives; every valid control arrives, with its IP
+//! length equal to the frame's (trailing bytes trimmed), a correct IPv4 header checksum and
+//! TCP/UDP checksum, and TTL/hop limit decremented by one; real TCP connections and UDP
+//! queries through both VIPs succeed before and after the corpus; the agent keeps running.
+//!
+//! Checksums are checked here in software, and the receivers' interfaces have RX checksum
+//! offload off (`ethtool -K DEV rx off`), so their stacks verify too. The topology already
+//! turns TX and RX offloads off on every interface, the client's included.
 
 use std::{
     collections::BTreeMap,
