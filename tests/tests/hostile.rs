@@ -412,9 +412,9 @@ fn hostile_replies_never_reach_the_client() {
 ///
 /// IPv6 needs more than the route: the kernel forwards (and so answers hop limit exceeded)
 /// only with `net.ipv6.conf.all.forwarding` or, since Linux 6.17, the receiving interface's
-/// `force_forwarding`; `conf.<if>.forwarding`, which the agent sets, does not do it. Measured
-/// here: with `force_forwarding` on `lb-c` the IPv6 rows pass too; without, the client hears
-/// nothing.
+/// `force_forwarding`; `conf.<if>.forwarding`, which the agent sets, does not do it (without
+/// either the kernel drops such frames silently: still never forwarded). A node that routes
+/// IPv6 has `all.forwarding` on, so the LB namespace gets it here (README: TTL rule).
 #[test]
 fn ttl_expiry_is_answered_with_time_exceeded() {
     let (mut lab, v6_servers) = start_lab(1);
@@ -453,6 +453,7 @@ fn ttl_expiry_is_answered_with_time_exceeded() {
         "fd00:200:99::2",
     ])
     .unwrap();
+    lb.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
 
     let client = &lab.topo.client;
     let ep = Endpoints {
