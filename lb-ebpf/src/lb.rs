@@ -1,4 +1,4 @@
-//! The packet path: parse -> service lookup -> checks -> rate limit -> conntrack -> (new
+//! The packet path: parse -> service lookup -> rate limit -> checks -> conntrack -> (new
 //! flow: source checks, Maglev, FIB, SNAT) -> NAT rewrite -> XDP_TX / XDP_REDIRECT. Replies
 //! from backends take the reverse path back to the client, through the same checks.
 
@@ -45,6 +45,13 @@ pub fn process(ctx: &impl PacketCtx) -> u32 {
 
 #[inline(always)]
 fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
+    // Rate limit first: a flood from one source is dropped at the cheapest point, and
+    // garbage counts against its sender's bucket like anything else it sends.
+    let now = clock::now_ns();
+    if !ratelimit::admit(svc, &pkt.key, now) {
+        service_drop(svc.id, Reason::RateLimited);
+        return xdp_action::XDP_DROP;
+    }
     if let Err(reason) = validate::packet(ctx, pkt) {
         service_drop(svc.id, reason);
         // TTL running out on the way in: the kernel answers ICMP time exceeded, as a router
@@ -54,11 +61,6 @@ fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: 
         } else {
             xdp_action::XDP_DROP
         };
-    }
-    let now = clock::now_ns();
-    if !ratelimit::admit(svc, &pkt.key, now) {
-        service_drop(svc.id, Reason::RateLimited);
-        return xdp_action::XDP_DROP;
     }
     let (ct, new_flow) = match conntrack::established(&pkt.key, pkt.tcp_flags, now, settings) {
         Some(ct) => (ct, false),
