@@ -13,9 +13,9 @@ use tracing::{error, info, warn};
 use crate::{
     config::{self, Config, ConfigErrors},
     dataplane::{Dataplane, DataplaneError, LoadOptions},
-    forwarding::Forwarding,
     health::{HealthEvent, HealthManager, Target},
     neighbour::{Neighbours, RESOLVE_WAIT},
+    reconcile::{ApplyReport, ReconcileError, Reconciler},
     registry::{
         Endpoint, SourceMessage, SourceUpdate,
         merge::{Merged, merge},
@@ -23,7 +23,7 @@ use crate::{
     },
     report,
     status::{self, BackendStatus, ReasonCount, ServiceStatus, SourceStatus, Status},
-    sync::{ApplyReport, Reconciler, SyncError},
+    sysctls::Forwarding,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum AgentError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
-    Sync(#[from] SyncError),
+    Reconcile(#[from] ReconcileError),
     #[error("enabling forwarding on `{iface}`: {source}")]
     Forwarding {
         iface: String,
@@ -389,13 +389,13 @@ impl Agent {
     /// [`CONNTRACK_SCAN_TTL`] old).
     pub fn status(&self) -> Status {
         let counters = self.dp.counters();
-        let health: BTreeMap<(String, crate::sync::BackendKey), crate::health::TargetHealth> = self
-            .control
-            .health
-            .snapshot()
-            .into_iter()
-            .map(|t| ((t.service.clone(), t.backend), t))
-            .collect();
+        let health: BTreeMap<(String, crate::reconcile::BackendKey), crate::health::TargetHealth> =
+            self.control
+                .health
+                .snapshot()
+                .into_iter()
+                .map(|t| ((t.service.clone(), t.backend), t))
+                .collect();
         let per_service = self.conntrack_per_service();
         let mut services = Vec::new();
         for applied in self.reconciler.applied() {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{dataplane::Dataplane, sync::Reconciler};
+use crate::{dataplane::Dataplane, reconcile::Reconciler};
 
 /// A plain-text table of the current counters.
 pub fn counters_table(dp: &Dataplane, rec: &Reconciler, generation: u64) -> String {

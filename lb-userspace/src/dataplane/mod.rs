@@ -1,5 +1,5 @@
 //! The kernel side as the agent sees it: loads the XDP object, attaches it to interfaces and
-//! owns typed handles to every map. Nothing here decides *what* to write (that is `sync`).
+//! owns typed handles to every map. Nothing here decides *what* to write (that is `reconcile`).
 //!
 //! With a pin path, maps are pinned under `<pin_path>/maps/` and XDP links under
 //! `<pin_path>/links/`, so forwarding survives the agent; the next load adopts the maps whose
@@ -364,7 +364,7 @@ impl Dataplane {
         self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
     }
 
-    /// The pinned record of interface sysctls an agent changed (see `forwarding`), so that
+    /// The pinned record of interface sysctls an agent changed (see `sysctls`), so that
     /// the agent that finally shuts down cleanly puts back what was there before the first.
     /// `None` without a pin path.
     pub fn saved_sysctls(&self) -> Result<Option<HashMap<MapData, SysctlKey, SysctlValue>>> {

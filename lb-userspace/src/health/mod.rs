@@ -18,7 +18,7 @@ use std::{
 
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
 
-use crate::{config::HealthCheck, sync::BackendKey};
+use crate::{config::HealthCheck, reconcile::BackendKey};
 
 pub use probe::{ProbeError, probe};
 pub use state::{HealthState, Transition};

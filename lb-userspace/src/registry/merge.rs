@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     config::{Config, Service},
-    sync::{BackendKey, DesiredBackend, DesiredService, DesiredState},
+    reconcile::{BackendKey, DesiredBackend, DesiredService, DesiredState},
 };
 
 use super::Endpoint;

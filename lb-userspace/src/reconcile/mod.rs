@@ -17,7 +17,7 @@ pub use ids::{Exhausted, IdAllocator};
 use crate::dataplane::{Dataplane, DataplaneError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub enum ReconcileError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error("service ids: {0}")]
@@ -101,7 +101,7 @@ impl Reconciler {
         &mut self,
         dp: &mut Dataplane,
         desired: &DesiredState,
-    ) -> Result<ApplyReport, SyncError> {
+    ) -> Result<ApplyReport, ReconcileError> {
         let mut report = ApplyReport::default();
 
         for b in desired.services.iter().flat_map(|s| &s.backends) {
@@ -109,7 +109,7 @@ impl Reconciler {
                 let id = self
                     .backend_ids
                     .get_or_alloc(&b.key)
-                    .map_err(SyncError::BackendIds)?;
+                    .map_err(ReconcileError::BackendIds)?;
                 dp.put_backend(id, &b.key.value())?;
             }
         }
@@ -121,7 +121,7 @@ impl Reconciler {
             let id = self
                 .service_ids
                 .get_or_alloc(&k)
-                .map_err(SyncError::ServiceIds)?;
+                .map_err(ReconcileError::ServiceIds)?;
             let previous = self.applied.get(&k);
             let table = s.table(|b| self.backend_ids.get(b).unwrap_or(0));
             let table_hash = fnv_u32s(&table);

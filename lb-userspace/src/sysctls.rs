@@ -1,4 +1,4 @@
-//! Per-interface IP forwarding.
+//! Per-interface sysctls the data plane needs: IP forwarding.
 //!
 //! `bpf_fib_lookup` answers "forwarding disabled" for packets that arrived on an interface
 //! with forwarding off, so the data plane could not route a single new flow. The agent turns
