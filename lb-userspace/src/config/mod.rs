@@ -19,7 +19,6 @@ mod diag;
 mod doc;
 mod error;
 mod health;
-mod prime;
 mod raw;
 mod services;
 mod sources;
@@ -35,6 +34,7 @@ use std::time::Duration;
 use lb_common::{PROTO_TCP, PROTO_UDP, Settings};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use health::read_ca_file;
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
 pub const MIN_SNAT_PORT: u16 = 1024;
