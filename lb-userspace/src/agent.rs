@@ -130,7 +130,10 @@ impl Agent {
             forwarding,
             control: Control {
                 sources: BTreeMap::new(),
-                running: SourceSet::new(channels.sources),
+                running: SourceSet::new(
+                    channels.sources,
+                    tokio_util::sync::CancellationToken::new(),
+                ),
                 health: HealthManager::new(channels.health),
                 merged: Merged::default(),
                 syncs: 0,

@@ -22,6 +22,7 @@ pub mod supervisor;
 use std::{collections::BTreeMap, future::Future, net::IpAddr};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
 
@@ -70,17 +71,33 @@ pub struct SourceMessage {
 }
 
 /// How a source reaches the agent. Cheap to clone.
+///
+/// A source is told to stop in one of two ways, both seen by [`SourceHandle::closed`]: its
+/// `stop` token is cancelled (the control plane stops or removes it), or the agent dropped
+/// the receiving end.
 #[derive(Clone, Debug)]
 pub struct SourceHandle {
     name: String,
     tx: mpsc::UnboundedSender<SourceMessage>,
+    stop: CancellationToken,
 }
 
 impl SourceHandle {
+    /// A handle that stops only when `tx`'s receiver goes away.
     pub fn new(name: impl Into<String>, tx: mpsc::UnboundedSender<SourceMessage>) -> Self {
+        Self::with_stop(name, tx, CancellationToken::new())
+    }
+
+    /// A handle that also stops when `stop` is cancelled.
+    pub fn with_stop(
+        name: impl Into<String>,
+        tx: mpsc::UnboundedSender<SourceMessage>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             name: name.into(),
             tx,
+            stop,
         }
     }
 
@@ -101,9 +118,25 @@ impl SourceHandle {
         self.send(SourceUpdate::Error(error.to_string()));
     }
 
-    /// True once the agent has stopped listening: the source should return.
+    /// True once the source should return (stopped, or the agent stopped listening).
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.stop.is_cancelled() || self.tx.is_closed()
+    }
+
+    /// Resolves once the source should return; cancel-safe, for `select!`.
+    pub async fn closed(&self) {
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = self.tx.closed() => {}
+        }
+    }
+
+    /// Sleeps `delay` (a backoff); false, at once, if the source should return.
+    pub async fn sleep_unless_closed(&self, delay: std::time::Duration) -> bool {
+        tokio::select! {
+            () = self.closed() => false,
+            () = tokio::time::sleep(delay) => !self.is_closed(),
+        }
     }
 
     fn send(&self, update: SourceUpdate) {
@@ -117,7 +150,8 @@ impl SourceHandle {
 
 /// A backend source. `run` lives as long as the agent: it publishes the full endpoint set
 /// at start and after every change, reports errors, reconnects with [`Backoff`], and
-/// returns once `out.is_closed()`.
+/// returns once `out.closed()` resolves (the supervisor also drops a stopped source's
+/// future, so a source need not check at every await).
 pub trait Source: Send + 'static {
     fn run(self, out: SourceHandle) -> impl Future<Output = ()> + Send + 'static;
 }

@@ -66,8 +66,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Silence on the watch stream after which the server is probed.
 pub const DEFAULT_IDLE_PROBE: Duration = Duration::from_secs(30);
-/// How often a quiet source checks whether the agent still listens.
-const CLOSE_CHECK: Duration = Duration::from_secs(1);
 /// A single watch message larger than this is treated as a broken stream.
 const MAX_LINE: usize = 64 << 20;
 

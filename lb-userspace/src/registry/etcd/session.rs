@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use super::{
-    CLOSE_CHECK, EtcdError, EtcdWatcher, MAX_LINE, PROBE_TIMEOUT, REQUEST_TIMEOUT,
+    EtcdError, EtcdWatcher, MAX_LINE, PROBE_TIMEOUT, REQUEST_TIMEOUT,
     keys::{Snapshot, prefix_range_end, range_key},
     wire::{EventKind, RangeResponse, WatchMessage, parse_watch_line},
 };
@@ -32,7 +32,7 @@ impl EtcdWatcher {
                 }
             }
             let delay = self.backoff.next_delay();
-            if !sleep_unless_closed(&out, delay).await {
+            if !out.sleep_unless_closed(delay).await {
                 return;
             }
         }
@@ -127,19 +127,19 @@ impl EtcdWatcher {
         let mut buf: Vec<u8> = Vec::new();
         let mut last_message = Instant::now();
         loop {
-            // `next()` is cancel-safe, so waking up to check on the agent loses no data.
-            let chunk = match tokio::time::timeout(CLOSE_CHECK, stream.next()).await {
+            // `next()` is cancel-safe: giving up on it to stop or to probe loses no data.
+            let quiet_left = self.idle_probe.saturating_sub(last_message.elapsed());
+            let next = tokio::select! {
+                () = out.closed() => return WatchEnd::Closed,
+                next = tokio::time::timeout(quiet_left, stream.next()) => next,
+            };
+            let chunk = match next {
                 Err(_) => {
-                    if out.is_closed() {
-                        return WatchEnd::Closed;
+                    if let Err(e) = self.probe(url).await {
+                        return WatchEnd::Failed(e);
                     }
-                    if last_message.elapsed() >= self.idle_probe {
-                        if let Err(e) = self.probe(url).await {
-                            return WatchEnd::Failed(e);
-                        }
-                        debug!(source = %self.name, %url, "etcd: quiet watch, server answers");
-                        last_message = Instant::now();
-                    }
+                    debug!(source = %self.name, %url, "etcd: quiet watch, server answers");
+                    last_message = Instant::now();
                     continue;
                 }
                 Ok(None) => return WatchEnd::Failed(EtcdError::StreamEnded { url: url.into() }),
@@ -303,18 +303,6 @@ pub(super) enum LineOutcome {
     Nothing,
     Changed,
     Compacted(i64),
-}
-
-/// Sleeps `delay`, waking every [`CLOSE_CHECK`]; false if the agent stopped listening.
-async fn sleep_unless_closed(out: &SourceHandle, delay: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + delay;
-    while tokio::time::Instant::now() < deadline {
-        if out.is_closed() {
-            return false;
-        }
-        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + CLOSE_CHECK)).await;
-    }
-    !out.is_closed()
 }
 
 fn http(url: &str, source: reqwest::Error) -> EtcdError {
