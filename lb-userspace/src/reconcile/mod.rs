@@ -1,6 +1,9 @@
 //! Keeps the kernel maps equal to a desired state: stable ids, Maglev tables rebuilt only
 //! when their inputs change, and an order of writes that never shows a packet a service
 //! whose table or backends are not there yet.
+//!
+//! [`Reconciler::apply`] writes through [`MapWriter`], which the [`Dataplane`] implements
+//! (a recording fake in the tests checks the order).
 
 mod adopt;
 mod desired;
@@ -8,13 +11,55 @@ mod ids;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{MAX_BACKENDS, MAX_SERVICES, ServiceKey, VipAddrKey};
+use lb_common::{BackendValue, MAX_BACKENDS, MAX_SERVICES, ServiceKey, ServiceValue, VipAddrKey};
 
 pub use adopt::Adopted;
 pub use desired::{BackendKey, DesiredBackend, DesiredService, DesiredState};
 pub use ids::{Exhausted, IdAllocator};
 
 use crate::dataplane::{Dataplane, DataplaneError};
+
+/// The map writes [`Reconciler::apply`] makes, in the order it makes them: the seam between
+/// the write-order rule and the kernel.
+pub trait MapWriter {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), DataplaneError>;
+    /// Installs service `id`'s whole Maglev table at once.
+    fn install_table(&mut self, id: u32, table: &[u32]) -> Result<(), DataplaneError>;
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue)
+    -> Result<(), DataplaneError>;
+    fn put_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
+    fn remove_table(&mut self, id: u32) -> Result<(), DataplaneError>;
+    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError>;
+}
+
+impl MapWriter for Dataplane {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), DataplaneError> {
+        Dataplane::put_backend(self, id, value)
+    }
+    fn install_table(&mut self, id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        Dataplane::install_table(self, id, table)
+    }
+    fn put_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceValue,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::put_service(self, key, value)
+    }
+    fn put_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError> {
+        Dataplane::put_vip_addr(self, key)
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        Dataplane::remove_service(self, key)
+    }
+    fn remove_table(&mut self, id: u32) -> Result<(), DataplaneError> {
+        Dataplane::remove_table(self, id)
+    }
+    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError> {
+        Dataplane::remove_vip_addr(self, key)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -99,7 +144,7 @@ impl Reconciler {
     /// the other way.
     pub fn apply(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl MapWriter,
         desired: &DesiredState,
     ) -> Result<ApplyReport, ReconcileError> {
         let mut report = ApplyReport::default();
@@ -216,3 +261,6 @@ fn fnv_u32s(v: &[u32]) -> u64 {
     }
     h.finish()
 }
+
+#[cfg(test)]
+mod tests;
