@@ -21,7 +21,6 @@ use crate::{
         merge::{Merged, merge},
         supervisor::SourceSet,
     },
-    report,
     status::{self, BackendStatus, ReasonCount, ServiceStatus, SourceStatus, Status},
     sysctls::Forwarding,
 };
@@ -521,9 +520,9 @@ impl Agent {
         Ok(())
     }
 
-    /// The counters as a table.
+    /// The status table (what `lb status` prints), for `--stats-interval`.
     pub fn counters_table(&self) -> String {
-        report::counters_table(&self.dp, &self.reconciler, self.generation)
+        self.status().table()
     }
 
     pub fn dataplane(&self) -> &Dataplane {

@@ -10,6 +10,5 @@ pub mod metrics;
 pub mod neighbour;
 pub mod reconcile;
 pub mod registry;
-pub mod report;
 pub mod status;
 pub mod sysctls;
