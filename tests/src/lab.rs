@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     DEFAULT_TIMEOUT, NsChild, Spread, TcpNameServer, Topology, UdpNameServer, VIP4, lb_binary,
-    tcp_name_spread, wait_for_tcp,
+    servers::wait_for_tcp_while, tcp_name_spread,
 };
 
 /// The TCP service's port on the VIP (backends listen on 8080).
@@ -166,13 +166,19 @@ impl Lab {
     }
 
     /// Waits (15 s at most) until a TCP connection to the VIP gets a backend's name; panics
-    /// with the agent's output otherwise.
+    /// with the agent's output otherwise, or as soon as the agent exits.
     pub fn wait_for_vip(&mut self) {
-        if let Err(e) = wait_for_tcp(
+        let agent = &mut self.agent;
+        let running = || {
+            anyhow::ensure!(agent.is_running(), "the agent exited");
+            Ok(())
+        };
+        if let Err(e) = wait_for_tcp_while(
             &self.topo.client.ns,
             IpAddr::V4(VIP4),
             TCP_PORT,
             Duration::from_secs(15),
+            running,
         ) {
             panic!(
                 "VIP never answered: {e:#}\nagent running: {}\nagent output:\n{}",
