@@ -7,6 +7,7 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod metrics;
+pub mod model;
 pub mod neighbour;
 pub mod reconcile;
 pub mod registry;

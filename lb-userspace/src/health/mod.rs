@@ -5,6 +5,9 @@
 //!
 //! Backends start up (optimistic), so a restart or a new backend never empties a table;
 //! a dead backend is taken down after `fall` failed checks, about `fall x interval`.
+//!
+//! May depend on: `lb_common`, `config`, `model` (a target is a model [`BackendKey`]). The
+//! control plane owns the manager; nothing here knows about data planes.
 
 pub mod probe;
 pub mod state;
@@ -18,7 +21,7 @@ use std::{
 
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
 
-use crate::{config::HealthCheck, reconcile::BackendKey};
+use crate::{config::HealthCheck, model::BackendKey};
 
 pub use probe::{ProbeError, probe};
 pub use state::{HealthState, Transition};

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{BackendValue, MAX_BACKENDS, MAX_SERVICES, ServiceKey, ServiceValue, VipAddrKey};
 
+pub use crate::model::BackendKey;
 pub use adopt::Adopted;
-pub use desired::{BackendKey, DesiredBackend, DesiredService, DesiredState};
+pub use desired::{DesiredBackend, DesiredService, DesiredState, backend_value, maglev_key};
 pub use ids::{Exhausted, IdAllocator};
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -155,7 +156,7 @@ impl Reconciler {
                     .backend_ids
                     .get_or_alloc(&b.key)
                     .map_err(ReconcileError::BackendIds)?;
-                dp.put_backend(id, &b.key.value())?;
+                dp.put_backend(id, &backend_value(&b.key))?;
             }
         }
 

@@ -19,28 +19,13 @@ pub mod merge;
 mod per_service;
 pub mod supervisor;
 
-use std::{collections::BTreeMap, future::Future, net::IpAddr};
+use std::future::Future;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::model::Endpoint;
 pub use backoff::Backoff;
-
-/// One instance of a service, as a source reports it.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct Endpoint {
-    /// Name of the config service this instance serves.
-    pub service: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// Relative share of new flows; 0 drains (no new flows, established ones stay).
-    pub weight: u32,
-    /// Free-form labels from the source (shown in status; not used for balancing).
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
 
 /// An endpoint without metadata, from text: for the sources' unit tests.
 #[cfg(test)]
@@ -50,7 +35,7 @@ pub(crate) fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint 
         addr: addr.parse().unwrap(),
         port,
         weight,
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
     }
 }
 
