@@ -4,8 +4,10 @@
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod health;
+pub mod l4;
 pub mod metrics;
 pub mod model;
 pub mod neighbour;
