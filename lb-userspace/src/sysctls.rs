@@ -8,6 +8,9 @@
 //! With a pin path the previous values are also kept in a pinned record: an agent that
 //! adopts a data plane left by another (`--keep-dataplane`, a crash) finds forwarding
 //! already on, and only the record tells it what to put back at its own clean shutdown.
+//!
+//! May depend on: `dataplane` (the pinned record's key and value types). Part of the L4 data
+//! plane (`l4`).
 
 use std::{collections::BTreeMap, fs, io, path::PathBuf};
 

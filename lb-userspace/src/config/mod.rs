@@ -13,6 +13,9 @@
 //! the rest of the agent gets only a config that is known to be good.
 //!
 //! `config/lb.toml` at the repository root documents every option.
+//!
+//! May depend on: `lb_common` only (the lowest layer of the agent: everything reads the
+//! config, the config reads nothing of the agent).
 
 mod control;
 mod diag;

@@ -4,6 +4,8 @@
 //! With a pin path, maps are pinned under `<pin_path>/maps/` and XDP links under
 //! `<pin_path>/links/`, so forwarding survives the agent; the next load adopts the maps whose
 //! layout is unchanged (`layout`) and takes over the links in place (`links`).
+//!
+//! May depend on: `lb_common` only. Used by `reconcile`, `sysctls` and `l4`.
 
 mod counters;
 pub mod layout;

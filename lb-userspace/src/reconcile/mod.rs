@@ -2,8 +2,12 @@
 //! when their inputs change, and an order of writes that never shows a packet a service
 //! whose table or backends are not there yet.
 //!
-//! [`Reconciler::apply`] writes through [`MapWriter`], which the [`Dataplane`] implements
-//! (a recording fake in the tests checks the order).
+//! The XDP data plane's consumer of the model: [`DesiredState::from_snapshot`] turns a
+//! snapshot into what the maps should hold, [`Reconciler::apply`] writes the difference
+//! through [`MapWriter`] (implemented by the [`Dataplane`]; a recording fake in the tests).
+//!
+//! May depend on: `lb_common`, `config`, `model`, `dataplane`. Not on `registry`, `health`,
+//! `control` or anything above them.
 
 mod adopt;
 mod desired;

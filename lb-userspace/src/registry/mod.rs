@@ -9,6 +9,9 @@
 //! Services themselves (VIP, port, protocol) come from the config only: a source supplies
 //! backends for services by name, and endpoints naming an unknown service are ignored
 //! (and counted).
+//!
+//! May depend on: `lb_common`, `config`, `model` (an [`Endpoint`] is a model type). Used by
+//! the control plane (which merges) and by `admin` (the built-in registry's API).
 
 pub mod backoff;
 pub mod builtin;
