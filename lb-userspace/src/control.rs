@@ -133,7 +133,7 @@ impl ControlPlane {
             generation: 0,
             sources: BTreeMap::new(),
             running,
-            health: HealthManager::new(health_tx),
+            health: HealthManager::with_stop(health_tx, stop.child_token()),
             publisher,
             source_rx,
             health_rx,
