@@ -2,11 +2,12 @@
 //! together, and turns signals and config-file edits into reloads and a shutdown.
 //!
 //! ```text
-//!   config file --(SIGHUP / edit)--> root --prepare--> L4 data plane (XDP, sysctls, neighbours)
-//!                                     |                      ^
-//!                                     +--set_config--> control plane --snapshot (watch)--+
-//!   sources, health checks ---------------------------------^       (later: L7, socket LB)
-//!   admin API --StatusSource--> control plane view + L4 view
+//!  config file (start, SIGHUP, edit) --> agent: loaded once per generation, which goes
+//!                                        1. to l4.prepare (interfaces, settings), then
+//!                                        2. to control.set_config (publishes it)
+//!  sources, health checks --> control --model::Snapshot (watch)--> l4 --> XDP maps
+//!                                                              `--> later: L7 gateway, socket LB
+//!  admin API --StatusSource--> control's view + l4's view
 //! ```
 //!
 //! Each part has one job and its own stop token; none holds another's state. Shutdown
@@ -31,8 +32,8 @@ use tracing::{error, info, warn};
 use crate::{
     admin::{self, AdminError},
     config::{self, Config, ConfigErrors},
-    control::ControlPlane,
-    l4::{L4Dataplane, L4Error, L4Options},
+    control::{ControlHandle, ControlPlane},
+    l4::{L4Dataplane, L4Error, L4Handle, L4Options},
     registry::{
         SourceHandle,
         builtin::{self, Registry, RegistryError},
@@ -197,8 +198,8 @@ async fn print_stats(status: &StatusSource) {
 
 /// The running parts a reload goes through.
 struct Parts {
-    control: crate::control::ControlHandle,
-    l4: crate::l4::L4Handle,
+    control: ControlHandle,
+    l4: L4Handle,
 }
 
 #[derive(Debug, thiserror::Error)]

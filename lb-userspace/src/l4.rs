@@ -348,10 +348,6 @@ impl L4Dataplane {
         Ok(())
     }
 
-    pub fn dataplane(&self) -> &Dataplane {
-        &self.dp
-    }
-
     /// Clean exit: detaches from every interface, removes every pin (so a next start begins
     /// afresh), restores forwarding and removes the neighbour entries it added.
     pub fn shutdown(mut self) {
