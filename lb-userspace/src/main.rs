@@ -1,29 +1,15 @@
 //! `lb`: the load balancer agent.
 
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    admin::{self, AdminState, AgentRequest},
-    agent::{Agent, AgentChannels, AgentOptions},
+    admin,
+    agent::{self, RunOptions},
     config::{self, AdminListen},
-    registry::{
-        SourceHandle,
-        builtin::{self, Registry},
-    },
     status::Status,
 };
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-};
-use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP L4 load balancer")]
@@ -94,13 +80,14 @@ fn main() -> ExitCode {
             no_watch,
             keep_dataplane,
         } => runtime().and_then(|rt| {
-            rt.block_on(run(RunOptions {
+            rt.block_on(agent::run(RunOptions {
                 path: config,
                 generic,
                 stats_interval,
                 watch: !no_watch,
                 keep_dataplane,
             }))
+            .map_err(anyhow::Error::from)
         }),
     };
     match result {
@@ -112,8 +99,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// One thread: the agent's loop, the admin API, sources and health checks share it (the
-/// work is I/O-bound and the data plane is in the kernel).
+/// One thread: the agent's parts (control plane, L4 data plane, admin), sources and health
+/// checks share it (the work is I/O-bound and the data plane is in the kernel). The L7
+/// gateway will bring its own multi-threaded runtime (see `agent`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -166,132 +154,5 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
             print!("{errors}");
             anyhow::bail!("{} error(s) in {}", errors.0.len(), file.display())
         }
-    }
-}
-
-/// Fingerprint of the config file, to notice edits (mtime alone misses same-second writes).
-fn file_fingerprint(path: &std::path::Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok()
-}
-
-struct RunOptions {
-    path: PathBuf,
-    generic: bool,
-    stats_interval: u64,
-    watch: bool,
-    keep_dataplane: bool,
-}
-
-async fn run(o: RunOptions) -> anyhow::Result<()> {
-    let RunOptions {
-        path,
-        generic,
-        stats_interval,
-        watch,
-        keep_dataplane,
-    } = o;
-    let c = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (source_tx, mut source_rx) = mpsc::unbounded_channel();
-    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    // The built-in registry first, so the first tables already hold its persisted
-    // instances (an adopted data plane then sees no change at all).
-    let registry = Registry::open(
-        c.registry.clone(),
-        SourceHandle::new(builtin::SOURCE_NAME, source_tx.clone()),
-    )?;
-    let mut agent = Agent::start(
-        path.clone(),
-        AgentOptions {
-            force_generic: generic,
-        },
-        AgentChannels {
-            sources: source_tx,
-            health: health_tx,
-        },
-        &mut source_rx,
-    )
-    .await?;
-    let c = agent.config().clone();
-    let registry = Arc::new(Mutex::new(registry));
-    let token = c
-        .admin
-        .token_file
-        .as_deref()
-        .map(admin::read_token)
-        .transpose()?;
-    let listener = admin::Listener::bind(&c.admin.listen).await?;
-    let (request_tx, mut request_rx) = mpsc::channel::<AgentRequest>(16);
-    let server = tokio::spawn(admin::serve(
-        listener,
-        AdminState {
-            registry: registry.clone(),
-            token,
-            agent: request_tx,
-        },
-    ));
-    let reaper = tokio::spawn(admin::reap(registry));
-    info!(config = %path.display(), admin = %c.admin.listen, "running");
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // interval_at: the first tick one period from now, not at once.
-    let every = |secs: u64| {
-        let period = Duration::from_secs(secs.max(1));
-        tokio::time::interval_at(tokio::time::Instant::now() + period, period)
-    };
-    let mut poll = every(1);
-    let mut stats = every(stats_interval);
-    let mut seen = file_fingerprint(&path);
-    loop {
-        tokio::select! {
-            Some(m) = source_rx.recv() => agent.on_source(m),
-            Some(h) = health_rx.recv() => agent.on_health(h),
-            Some(r) = request_rx.recv() => match r {
-                AgentRequest::Status(reply) => {
-                    let _ = reply.send(agent.status());
-                }
-            },
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading");
-                reload(&mut agent);
-                seen = file_fingerprint(&path);
-            }
-            _ = poll.tick(), if watch => {
-                let now = file_fingerprint(&path);
-                if now.is_some() && now != seen {
-                    info!("config file changed: reloading");
-                    reload(&mut agent);
-                    seen = now;
-                }
-            }
-            _ = stats.tick(), if stats_interval > 0 => {
-                println!("{}", agent.counters_table());
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    info!("shutting down");
-    server.abort();
-    reaper.abort();
-
-    if stats_interval > 0 {
-        println!("{}", agent.counters_table());
-    }
-    if keep_dataplane {
-        agent.shutdown_keep();
-    } else {
-        agent.shutdown();
-    }
-    Ok(())
-}
-
-fn reload(agent: &mut Agent) {
-    if let Err(e) = agent.reload() {
-        error!(
-            generation = agent.generation(),
-            "reload rejected, generation {} keeps running:\n{e}",
-            agent.generation()
-        );
     }
 }

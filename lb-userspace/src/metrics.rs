@@ -6,6 +6,8 @@
 //! the family itself named `x_total`. Our counters are values read from the kernel, so they
 //! are encoded through [`KernelCounter`]: TYPE counter, sample named like its family (which
 //! ends in `_total`). The output is served as `text/plain; version=0.0.4`.
+//!
+//! May depend on: `status` only (metrics are a rendering of the status document).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -6,6 +6,9 @@
 //! the kernel resolves it and keeps it fresh. Entries are removed on shutdown.
 //!
 //! This shells out to iproute2 for now; netlink would avoid the process spawns.
+//!
+//! May depend on: nothing of the agent (iproute2 and the standard library). Part of the L4
+//! data plane (`l4`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

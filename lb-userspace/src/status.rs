@@ -1,9 +1,23 @@
-//! The agent's state as operators see it: one snapshot type served as JSON by the admin
-//! API (`GET /v1/status`), rendered as Prometheus metrics, and printed by `lb status`.
+//! The agent's state as operators see it: one document served as JSON by the admin API
+//! (`GET /v1/status`), rendered as Prometheus metrics, and printed by `lb status` (and by
+//! `lb run --stats-interval`).
+//!
+//! [`build`] assembles it from the control plane's view (snapshot, sources, health) and the
+//! L4 data plane's (ids, counters, conntrack); [`StatusSource`] asks the running parts.
+//!
+//! May depend on: `model`, `control`, `l4`, `health` (their views). Only `admin` and the
+//! composition root (`agent`, `main`) use it.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    control::{ControlHandle, ControlView},
+    health::TargetHealth,
+    l4::{L4Handle, L4View},
+    model::BackendKey,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -81,6 +95,121 @@ pub struct ReasonCount {
 /// `a:p`, with brackets for IPv6.
 pub fn socket_label(addr: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(addr, port).to_string()
+}
+
+/// Where the status document comes from: the running parts. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StatusSource {
+    control: ControlHandle,
+    l4: L4Handle,
+}
+
+impl StatusSource {
+    pub fn new(control: ControlHandle, l4: L4Handle) -> Self {
+        Self { control, l4 }
+    }
+
+    /// The document now; `None` if a part stopped.
+    pub async fn get(&self) -> Option<Status> {
+        let control = self.control.view().await?;
+        let l4 = self.l4.view().await?;
+        Some(build(&control, &l4))
+    }
+}
+
+/// The document from the parts' views: one service per service in the kernel (key order),
+/// its backends as the control plane merged them.
+pub fn build(control: &ControlView, l4: &L4View) -> Status {
+    let health: BTreeMap<(&str, BackendKey), &TargetHealth> = control
+        .health
+        .iter()
+        .map(|t| ((t.service.as_str(), t.backend), t))
+        .collect();
+    let snapshot = &control.snapshot;
+    let mut services = Vec::new();
+    for applied in &l4.services {
+        let d = &applied.desired;
+        let st = l4
+            .service_stats
+            .get(&applied.id)
+            .copied()
+            .unwrap_or_default();
+        let svc = snapshot.service(&d.name);
+        let backends = svc
+            .into_iter()
+            .flat_map(|s| &s.backends)
+            .map(|b| {
+                let bs = l4.backend_stats.get(&b.key).copied().unwrap_or_default();
+                let h = health.get(&(d.name.as_str(), b.key));
+                let effective = d
+                    .backends
+                    .iter()
+                    .find(|x| x.key == b.key)
+                    .map_or(0, |x| x.weight);
+                BackendStatus {
+                    address: socket_label(b.key.addr, b.key.port),
+                    weight: b.weight,
+                    effective_weight: effective,
+                    origin: b.origin.clone(),
+                    up: b.up,
+                    health_transitions: h.map_or(0, |h| h.transitions),
+                    last_error: h.and_then(|h| h.last_error.clone()),
+                    packets: bs.packets,
+                    bytes: bs.bytes,
+                    connections: bs.new_flows,
+                }
+            })
+            .collect();
+        services.push(ServiceStatus {
+            name: d.name.clone(),
+            address: socket_label(d.vip, d.port),
+            protocol: svc.map_or(String::new(), |s| s.protocol.to_string()),
+            packets: st.packets,
+            bytes: st.bytes,
+            connections: st.new_flows,
+            drops: st.drops,
+            conntrack_entries: l4
+                .conntrack_per_service
+                .get(&applied.id)
+                .copied()
+                .unwrap_or(0),
+            health_checked: svc.is_some_and(|s| s.health_checked),
+            fail_open: svc.is_some_and(|s| s.fail_open),
+            backends,
+        });
+    }
+    let sources = control
+        .sources
+        .iter()
+        .map(|s| SourceStatus {
+            name: s.name.clone(),
+            endpoints: s.endpoints,
+            updates: s.updates,
+            errors: s.errors,
+            last_error: s.last_error.clone(),
+            ignored: snapshot
+                .ignored
+                .iter()
+                .filter(|i| i.source == s.name)
+                .count() as u64,
+        })
+        .collect();
+    Status {
+        generation: l4.generation,
+        table_checksum: format!("{:016x}", l4.checksum),
+        syncs: l4.syncs,
+        conntrack_entries: l4.conntrack_per_service.values().sum(),
+        services,
+        sources,
+        reasons: l4
+            .reasons
+            .iter()
+            .map(|(r, n)| ReasonCount {
+                reason: r.to_string(),
+                packets: *n,
+            })
+            .collect(),
+    }
 }
 
 impl Status {

@@ -1,14 +1,18 @@
-//! A blocking client for the agent's admin API over its unix socket, for tests: raw
-//! HTTP/1.1 so a test sees exactly what an operator's curl would.
+//! A blocking client for the agent's admin API over its unix socket (or, for reads, over TCP
+//! in a namespace), for tests: raw HTTP/1.1 so a test sees exactly what an operator's curl
+//! would.
 
 use std::{
     io::{Read, Write},
+    net::{SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+
+use crate::Netns;
 
 /// The admin socket and the token for registry writes.
 pub struct AdminClient {
@@ -33,7 +37,7 @@ impl AdminClient {
 
     /// `METHOD path` with `body`, authorised with the token when `auth`.
     pub fn request(&self, method: &str, path: &str, body: &str, auth: bool) -> Result<Answer> {
-        let mut s = UnixStream::connect(&self.socket)
+        let s = UnixStream::connect(&self.socket)
             .with_context(|| format!("connect {}", self.socket.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let auth = if auth {
@@ -41,23 +45,7 @@ impl AdminClient {
         } else {
             String::new()
         };
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let (head, body) = raw.split_once("\r\n\r\n").context("no header end")?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no status code")?;
-        Ok(Answer {
-            code,
-            body: body.to_string(),
-        })
+        exchange(s, method, path, &auth, body)
     }
 
     /// `GET path`, which must answer 200.
@@ -127,4 +115,45 @@ impl AdminClient {
             .cloned()
             .with_context(|| format!("no backend {backend} in {svc}"))
     }
+}
+
+/// `GET path` from the admin API on TCP `addr` inside `ns` (the default `[admin] listen` is
+/// the LB namespace's 127.0.0.1:9180); must answer 200.
+pub fn get_tcp(ns: &Netns, addr: SocketAddr, path: &str) -> Result<String> {
+    let s = ns
+        .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let a = exchange(s, "GET", path, "", "")?;
+    if a.code != 200 {
+        bail!("GET {path}: {} {}", a.code, a.body);
+    }
+    Ok(a.body)
+}
+
+/// One HTTP/1.1 request on `s` (`auth`: a header line or nothing), and its answer.
+fn exchange(
+    mut s: impl Read + Write,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: &str,
+) -> Result<Answer> {
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no header end")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    Ok(Answer {
+        code,
+        body: body.to_string(),
+    })
 }

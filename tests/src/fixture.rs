@@ -10,7 +10,7 @@ use lb_common::{FlowKey, Stats};
 use lb_userspace::{
     config,
     dataplane::{Dataplane, LoadOptions},
-    sync::{DesiredState, Reconciler},
+    reconcile::{DesiredState, Reconciler},
 };
 
 use crate::Netns;

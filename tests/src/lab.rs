@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -14,8 +14,11 @@ use std::{
 
 use crate::{
     DEFAULT_TIMEOUT, NsChild, Spread, TcpNameServer, Topology, UdpNameServer, VIP4, lb_binary,
-    tcp_name_spread, wait_for_tcp,
+    servers::wait_for_tcp_while, tcp_name_spread,
 };
+
+/// The agent's admin API when the config has no `[admin]` (in the LB namespace).
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
 
 /// The TCP service's port on the VIP (backends listen on 8080).
 pub const TCP_PORT: u16 = 80;
@@ -166,13 +169,19 @@ impl Lab {
     }
 
     /// Waits (15 s at most) until a TCP connection to the VIP gets a backend's name; panics
-    /// with the agent's output otherwise.
+    /// with the agent's output otherwise, or as soon as the agent exits.
     pub fn wait_for_vip(&mut self) {
-        if let Err(e) = wait_for_tcp(
+        let agent = &mut self.agent;
+        let running = || {
+            anyhow::ensure!(agent.is_running(), "the agent exited");
+            Ok(())
+        };
+        if let Err(e) = wait_for_tcp_while(
             &self.topo.client.ns,
             IpAddr::V4(VIP4),
             TCP_PORT,
             Duration::from_secs(15),
+            running,
         ) {
             panic!(
                 "VIP never answered: {e:#}\nagent running: {}\nagent output:\n{}",
@@ -213,10 +222,53 @@ impl Lab {
         })
     }
 
-    /// Rewrites the config and waits until the agent logged the new generation.
+    /// Rewrites the config and waits until the agent's status reports the new generation
+    /// (applied to the maps).
     pub fn reload(&mut self, text: &str, generation: u64) {
         self.config.write(text);
-        self.wait_for_log(&format!("generation={generation}"));
+        self.wait_for_generation(generation);
+    }
+
+    /// `GET /v1/status` from the admin API at its default address (127.0.0.1:9180 in the LB
+    /// namespace; these labs' configs have no `[admin]`).
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let body = crate::admin::get_tcp(&self.topo.lb, DEFAULT_ADMIN, "/v1/status")?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits (10 s at most) until the admin API answers with a status: the agent has applied
+    /// its first generation and taken over every link. Panics with the agent's log otherwise.
+    pub fn wait_for_status(&self) -> serde_json::Value {
+        self.wait_for_status_where("the admin API answers", |_| true)
+    }
+
+    /// Waits (10 s at most) until the status reports config generation `generation` or a
+    /// later one as applied.
+    pub fn wait_for_generation(&self, generation: u64) -> serde_json::Value {
+        self.wait_for_status_where(&format!("generation {generation}"), |st| {
+            st["generation"].as_u64() >= Some(generation)
+        })
+    }
+
+    fn wait_for_status_where(
+        &self,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let last = match self.status() {
+                Ok(st) if cond(&st) => return st,
+                Ok(st) => st.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}; last: {last}\nagent output:\n{}",
+                self.agent.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits (10 s at most) until the agent's log contains `needle`.

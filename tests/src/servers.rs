@@ -316,8 +316,21 @@ pub fn tcp_echo(
 
 /// Retries [`tcp_connect_name`] until it works or `total` passes (e.g. waiting for an agent).
 pub fn wait_for_tcp(ns: &Netns, addr: IpAddr, port: u16, total: Duration) -> Result<String> {
+    wait_for_tcp_while(ns, addr, port, total, || Ok(()))
+}
+
+/// [`wait_for_tcp`] that also gives up as soon as `still_worth_it` fails (the agent
+/// exited, Ctrl-C), with its error.
+pub fn wait_for_tcp_while(
+    ns: &Netns,
+    addr: IpAddr,
+    port: u16,
+    total: Duration,
+    mut still_worth_it: impl FnMut() -> Result<()>,
+) -> Result<String> {
     let deadline = Instant::now() + total;
     loop {
+        still_worth_it()?;
         let per_try = DEFAULT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
         match tcp_connect_name(ns, addr, port, per_try.max(Duration::from_millis(100))) {
             Ok(name) => return Ok(name),

@@ -14,7 +14,7 @@ use lb_tests::fixture::*;
 use lb_userspace::{
     config,
     dataplane::{Dataplane, LoadOptions},
-    sync::DesiredState,
+    reconcile::DesiredState,
 };
 
 struct Row {

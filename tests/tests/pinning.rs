@@ -556,9 +556,9 @@ fn an_xdp_mode_change_reattaches_the_inherited_links() {
         &lab.agent,
         "xdp_mode changed since the pinned link was made",
     );
-    // The agent logs `running` once every link is re-attached (the VIP may answer earlier,
+    // The admin API answers once every link is re-attached (the VIP may answer earlier,
     // through links not yet replaced).
-    wait_for_log(&lab.agent, "running config=");
+    lab.wait_for_status();
     lab.wait_for_vip();
     for i in &ifaces {
         assert!(

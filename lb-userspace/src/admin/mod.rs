@@ -13,6 +13,14 @@
 //! Registry writes need `Authorization: Bearer TOKEN` (the token from `[admin] token_file`);
 //! with no token file they are refused. The listener binds to loopback or a unix socket
 //! unless the config explicitly allows otherwise.
+//!
+//! The admin part of the agent: [`start`] runs the listener and the registry's TTL reaper
+//! until its stop token is cancelled. It reads the other parts only through
+//! [`StatusSource`] and writes only the built-in registry (which reports to the control
+//! plane like any source).
+//!
+//! May depend on: `config`, `registry` (the built-in registry), `status`, `metrics`. Not on
+//! the parts' internals (`control`, `l4`, `dataplane`).
 
 pub mod client;
 
@@ -31,14 +39,15 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::AdminListen,
+    config::{Admin, AdminListen},
     metrics,
     registry::builtin::{InstanceId, RegisterRequest, Registry, RegistryError},
-    status::Status,
+    status::{Status, StatusSource},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,19 +70,34 @@ pub enum AdminError {
     EmptyToken(PathBuf),
 }
 
-/// What the admin API asks of the agent's loop (which owns the data plane).
-#[derive(Debug)]
-pub enum AgentRequest {
-    Status(oneshot::Sender<Status>),
-}
-
 /// The shared state of every handler.
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Mutex<Registry>>,
     /// `None`: registry writes are refused.
     pub token: Option<Arc<str>>,
-    pub agent: mpsc::Sender<AgentRequest>,
+    /// The running parts, for `/v1/status` and `/metrics`.
+    pub status: StatusSource,
+}
+
+/// Binds `[admin] listen` (and reads the token file), then serves the API and expires
+/// registrations until `stop` is cancelled. Errors only before serving.
+pub async fn start(
+    config: &Admin,
+    registry: Arc<Mutex<Registry>>,
+    status: StatusSource,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, AdminError> {
+    let token = config.token_file.as_deref().map(read_token).transpose()?;
+    let listener = Listener::bind(&config.listen).await?;
+    let state = AdminState {
+        registry: registry.clone(),
+        token,
+        status,
+    };
+    Ok(tokio::spawn(async move {
+        tokio::join!(serve(listener, state, stop.clone()), reap(registry, stop));
+    }))
 }
 
 /// Reads the token file: its first line, trimmed.
@@ -124,12 +148,28 @@ impl Listener {
     }
 }
 
-/// Serves the admin API until the task is dropped or aborted.
-pub async fn serve(listener: Listener, state: AdminState) {
+/// How long a stopping listener waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Serves the admin API until `stop` is cancelled (requests in flight get [`DRAIN`]).
+pub async fn serve(listener: Listener, state: AdminState, stop: CancellationToken) {
     let app = router(state);
-    let result = match listener {
-        Listener::Tcp(l) => axum::serve(l, app).await,
-        Listener::Unix(l, _cleanup) => axum::serve(l, app).await,
+    let stopped = stop.clone().cancelled_owned();
+    let serving = async {
+        match listener {
+            Listener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(stopped).await,
+            Listener::Unix(l, _cleanup) => {
+                axum::serve(l, app).with_graceful_shutdown(stopped).await
+            }
+        }
+    };
+    let drained = async {
+        stop.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    let result = tokio::select! {
+        r = serving => r,
+        () = drained => Ok(()),
     };
     if let Err(e) = result {
         warn!(error = %e, "admin listener stopped");
@@ -185,22 +225,16 @@ impl From<RegistryError> for ApiError {
 }
 
 async fn ask_status(state: &AdminState) -> Result<Status, ApiError> {
-    let (tx, rx) = oneshot::channel();
     let unavailable = || {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the agent is not answering".into(),
         )
     };
-    state
-        .agent
-        .send(AgentRequest::Status(tx))
-        .await
-        .map_err(|_| unavailable())?;
-    tokio::time::timeout(Duration::from_secs(10), rx)
+    tokio::time::timeout(Duration::from_secs(10), state.status.get())
         .await
         .map_err(|_| unavailable())?
-        .map_err(|_| unavailable())
+        .ok_or_else(unavailable)
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> Result<Response, ApiError> {
@@ -340,11 +374,14 @@ async fn deregister_handler(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Expires registrations whose TTL ran out, four times a second, until aborted.
-pub async fn reap(registry: Arc<Mutex<Registry>>) {
+/// Expires registrations whose TTL ran out, four times a second, until `stop` is cancelled.
+pub async fn reap(registry: Arc<Mutex<Registry>>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         // Expiring writes the state file: off the agent's thread, like the API's writes.
         let registry = registry.clone();
         let expired = tokio::task::spawn_blocking(move || {

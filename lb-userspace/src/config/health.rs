@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+
 use super::diag::Diag;
 use super::doc::Sp;
 use super::raw::RawHealth;
@@ -150,7 +152,7 @@ fn timeout(
 /// not a check that fails forever); `server_name` must be a DNS name or an IP address.
 fn tls(raw: &RawHealth, field: &dyn Fn(&str) -> String, d: &mut Diag) -> HealthTls {
     let ca_file = raw.ca_file.as_ref().map(|c| {
-        if let Err(why) = crate::health::tls::read_ca_file(std::path::Path::new(&c.val)) {
+        if let Err(why) = read_ca_file(std::path::Path::new(&c.val)) {
             d.error(&c.span, &field("ca_file"), why);
         }
         std::path::PathBuf::from(&c.val)
@@ -268,4 +270,17 @@ fn not_applicable(raw: &RawHealth, keys: &[&str], field: &dyn Fn(&str) -> String
             );
         }
     }
+}
+
+/// The certificates in a PEM file; an error text naming the file if there are none. Read at
+/// config load (a bad file is a config error) and again by each HTTPS check's connector.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
 }

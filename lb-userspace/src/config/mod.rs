@@ -13,13 +13,15 @@
 //! the rest of the agent gets only a config that is known to be good.
 //!
 //! `config/lb.toml` at the repository root documents every option.
+//!
+//! May depend on: `lb_common` only (the lowest layer of the agent: everything reads the
+//! config, the config reads nothing of the agent).
 
 mod control;
 mod diag;
 mod doc;
 mod error;
 mod health;
-mod prime;
 mod raw;
 mod services;
 mod sources;
@@ -35,6 +37,7 @@ use std::time::Duration;
 use lb_common::{PROTO_TCP, PROTO_UDP, Settings};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use health::read_ca_file;
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
 pub const MIN_SNAT_PORT: u16 = 1024;

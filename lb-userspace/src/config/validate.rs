@@ -7,12 +7,12 @@
 
 use super::diag::Diag;
 use super::doc::Sp;
-use super::prime::{is_prime, next_prime};
 use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings};
 use super::{
     Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
     MIN_SNAT_PORT, RateLimit, XdpMode, control, services, sources,
 };
+use lb_common::maglev::{is_prime, next_prime};
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,9 +1,11 @@
 //! The kernel side as the agent sees it: loads the XDP object, attaches it to interfaces and
-//! owns typed handles to every map. Nothing here decides *what* to write (that is `sync`).
+//! owns typed handles to every map. Nothing here decides *what* to write (that is `reconcile`).
 //!
 //! With a pin path, maps are pinned under `<pin_path>/maps/` and XDP links under
 //! `<pin_path>/links/`, so forwarding survives the agent; the next load adopts the maps whose
 //! layout is unchanged (`layout`) and takes over the links in place (`links`).
+//!
+//! May depend on: `lb_common` only. Used by `reconcile`, `sysctls` and `l4`.
 
 mod counters;
 mod iface;
@@ -399,7 +401,7 @@ impl Dataplane {
         self.maglev.set(id, &inner, 0).map_err(map_err("MAGLEV"))
     }
 
-    /// The pinned record of interface sysctls an agent changed (see `forwarding`), so that
+    /// The pinned record of interface sysctls an agent changed (see `sysctls`), so that
     /// the agent that finally shuts down cleanly puts back what was there before the first.
     /// `None` without a pin path.
     pub fn saved_sysctls(&self) -> Result<Option<HashMap<MapData, SysctlKey, SysctlValue>>> {

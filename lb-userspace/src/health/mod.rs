@@ -5,6 +5,9 @@
 //!
 //! Backends start up (optimistic), so a restart or a new backend never empties a table;
 //! a dead backend is taken down after `fall` failed checks, about `fall x interval`.
+//!
+//! May depend on: `lb_common`, `config`, `model` (a target is a model [`BackendKey`]). The
+//! control plane owns the manager; nothing here knows about data planes.
 
 pub mod probe;
 pub mod state;
@@ -16,9 +19,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 
-use crate::{config::HealthCheck, sync::BackendKey};
+use crate::{config::HealthCheck, model::BackendKey};
 
 pub use probe::{ProbeError, probe};
 pub use state::{HealthState, Transition};
@@ -60,24 +64,27 @@ pub struct TargetHealth {
     pub last_error: Option<String>,
 }
 
-/// A target's running check. Dropping it stops the check.
+/// A target's running check. Dropping it stops the check (its token is cancelled, and the
+/// task ends at its next await without reporting again).
 struct Running {
     check: HealthCheck,
     shared: SharedState,
-    task: JoinHandle<()>,
+    stop: CancellationToken,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         lock(&self.shared).retired = true;
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
 /// Owns the check tasks of every target. Must be created and used inside a tokio runtime
-/// (it spawns tasks); dropping it stops them all.
+/// (it spawns tasks); dropping it, or cancelling its stop token, stops them all.
 pub struct HealthManager {
     events: UnboundedSender<HealthEvent>,
+    /// Each target's token is a child of this one.
+    stop: CancellationToken,
     /// Service name -> backend -> its check.
     targets: BTreeMap<String, BTreeMap<BackendKey, Running>>,
 }
@@ -85,8 +92,14 @@ pub struct HealthManager {
 impl HealthManager {
     /// Transitions are sent on `events`.
     pub fn new(events: UnboundedSender<HealthEvent>) -> Self {
+        Self::with_stop(events, CancellationToken::new())
+    }
+
+    /// [`HealthManager::new`] whose checks also stop when `stop` is cancelled.
+    pub fn with_stop(events: UnboundedSender<HealthEvent>, stop: CancellationToken) -> Self {
         Self {
             events,
+            stop,
             targets: BTreeMap::new(),
         }
     }
@@ -169,11 +182,19 @@ impl HealthManager {
             retired: false,
         }));
         let check = target.check.clone();
-        let task = tokio::spawn(task::run(target, shared.clone(), self.events.clone()));
+        let stop = self.stop.child_token();
+        let checking = task::run(target, shared.clone(), self.events.clone());
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = checking => {}
+                () = stopped => {}
+            }
+        });
         Running {
             check,
             shared,
-            task,
+            stop,
         }
     }
 }

@@ -110,7 +110,7 @@ pub(super) fn initial_delay(interval: Duration, target: &Target) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::HealthCheck, sync::BackendKey};
+    use crate::{config::HealthCheck, model::BackendKey};
 
     #[test]
     fn initial_delays_are_within_one_interval_and_spread() {

@@ -4,29 +4,17 @@
 //! the server name; without it the check encrypts but accepts any certificate, as HAProxy's
 //! `check-ssl verify none` does: it then proves the backend answers HTTPS, not who it is.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, ring},
 };
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
-use crate::config::HealthTls;
-
-/// The certificates in a PEM file; an error text naming the file if there are none.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
-    }
-    Ok(certs)
-}
+use crate::config::{HealthTls, read_ca_file};
 
 /// The connector of one HTTPS check, built once per checked backend.
 pub fn connector(tls: &HealthTls) -> Result<TlsConnector, String> {

@@ -47,10 +47,7 @@ use serde::{Deserialize, Deserializer};
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tracing::{debug, warn};
 
-use super::{
-    Backoff, Endpoint, Source, SourceHandle,
-    per_service::{publish_union, sleep_unless_closed},
-};
+use super::{Backoff, Endpoint, Source, SourceHandle, per_service::publish_union};
 use crate::config::{ConsulSource, MAX_WEIGHT};
 
 /// How long Consul may hold a blocking query open (its default; Consul caps it at 10 min).
@@ -229,7 +226,7 @@ impl ServiceLoop {
                     // Start over with a plain read: the server may have restarted with lower
                     // indexes, and a blocking query on a stale index would wait a whole `wait`.
                     index = 0;
-                    if !sleep_unless_closed(&out, self.backoff.next_delay()).await {
+                    if !out.sleep_unless_closed(self.backoff.next_delay()).await {
                         return;
                     }
                 }

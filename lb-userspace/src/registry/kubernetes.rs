@@ -71,10 +71,7 @@ use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, warn};
 
-use super::{
-    Backoff, Endpoint, Source, SourceHandle,
-    per_service::{publish_union, sleep_unless_closed},
-};
+use super::{Backoff, Endpoint, Source, SourceHandle, per_service::publish_union};
 use crate::config::KubernetesSource;
 
 /// The service-account token the kubelet mounts into every pod.
@@ -201,7 +198,7 @@ impl KubernetesWatcher {
                 Err(e) => {
                     warn!(source = out.name(), "kubernetes: {e}");
                     out.error(format!("kubernetes: {e}"));
-                    if !sleep_unless_closed(&out, self.backoff.next_delay()).await {
+                    if !out.sleep_unless_closed(self.backoff.next_delay()).await {
                         return;
                     }
                 }
@@ -284,7 +281,7 @@ impl ServiceWatch {
                         debug!(service = %self.service, "kubernetes: {e}; listing again");
                         if matches!(e, watcher::Error::WatchStartFailed(_)) {
                             // Paced, in case a server keeps refusing fresh versions too.
-                            if !sleep_unless_closed(&out, self.backoff.next_delay()).await {
+                            if !out.sleep_unless_closed(self.backoff.next_delay()).await {
                                 return;
                             }
                             break;
@@ -294,7 +291,7 @@ impl ServiceWatch {
                     Err(e) => {
                         warn!(source = out.name(), service = %self.service, "kubernetes: {e}");
                         out.error(format!("kubernetes service `{}`: {e}", self.service));
-                        if !sleep_unless_closed(&out, self.backoff.next_delay()).await {
+                        if !out.sleep_unless_closed(self.backoff.next_delay()).await {
                             return;
                         }
                         false

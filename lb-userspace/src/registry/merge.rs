@@ -1,16 +1,16 @@
 //! Merges the config's services, their static backends and every source's endpoints into
-//! one [`DesiredState`], applying health (down backends leave the table, unless all are
+//! one model [`Snapshot`], applying health (down backends take no new flows, unless all are
 //! down: then fail open).
 //!
 //! Deterministic: the result depends only on the inputs, not on the order sources published
 //! in. When two origins list the same address and port for a service, the first in this
 //! order wins (its weight is used): the config file, then sources by name.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     config::{Config, Service},
-    sync::{BackendKey, DesiredBackend, DesiredService, DesiredState},
+    model::{Backend, BackendKey, Ignored, Snapshot},
 };
 
 use super::Endpoint;
@@ -18,43 +18,29 @@ use super::Endpoint;
 /// Name under which the config file's static backends appear as an origin.
 pub const CONFIG_ORIGIN: &str = "config";
 
-/// One backend of a merged service, with what the status page needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergedBackend {
-    pub key: BackendKey,
-    /// Weight as configured or registered.
-    pub weight: u32,
-    /// `config` or the source's name.
-    pub origin: String,
-    /// Health as the checker last saw it (true when the service has no health check).
-    pub up: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Merged {
-    pub desired: DesiredState,
-    /// Service name -> its backends, sorted by key.
-    pub backends: BTreeMap<String, Vec<MergedBackend>>,
-    /// Services whose every backend is down: all are kept (fail open).
-    pub fail_open: Vec<String>,
-    /// Endpoints not used, with why (unknown service, wrong address family).
-    pub ignored: Vec<(String, Endpoint, &'static str)>,
-}
-
 /// `sources` maps a source name to its last published endpoints; `is_up(service, backend)`
-/// is the health checker's view.
+/// is the health checker's view. The snapshot is of config generation `generation`.
 pub fn merge(
-    config: &Config,
+    config: &Arc<Config>,
+    generation: u64,
     sources: &BTreeMap<String, Vec<Endpoint>>,
     is_up: impl Fn(&str, &BackendKey) -> bool,
-) -> Merged {
-    let mut merged = Merged::default();
+) -> Snapshot {
+    let mut snapshot = Snapshot::empty(config.clone());
+    snapshot.generation = generation;
     let by_name: BTreeMap<&str, &Service> = config
         .services
         .iter()
         .map(|s| (s.name.as_str(), s))
         .collect();
-    let mut found: BTreeMap<&str, BTreeMap<BackendKey, MergedBackend>> = BTreeMap::new();
+    let mut found: BTreeMap<&str, BTreeMap<BackendKey, Backend>> = BTreeMap::new();
+    let backend = |key, weight, origin: &str| Backend {
+        key,
+        weight,
+        effective_weight: weight,
+        origin: origin.to_owned(),
+        up: true,
+    };
 
     for s in &config.services {
         let entry = found.entry(&s.name).or_default();
@@ -63,28 +49,28 @@ pub fn merge(
                 addr: b.address,
                 port: b.port,
             };
-            entry.entry(key).or_insert(MergedBackend {
-                key,
-                weight: b.weight,
-                origin: CONFIG_ORIGIN.to_owned(),
-                up: true,
-            });
+            entry
+                .entry(key)
+                .or_insert_with(|| backend(key, b.weight, CONFIG_ORIGIN));
         }
     }
     for (source, endpoints) in sources {
         for e in endpoints {
+            let ignored = |why| Ignored {
+                source: source.clone(),
+                endpoint: e.clone(),
+                why,
+            };
             let Some(service) = by_name.get(e.service.as_str()) else {
-                merged
+                snapshot
                     .ignored
-                    .push((source.clone(), e.clone(), "no such service in the config"));
+                    .push(ignored("no such service in the config"));
                 continue;
             };
             if service.vip.is_ipv4() != e.addr.is_ipv4() {
-                merged.ignored.push((
-                    source.clone(),
-                    e.clone(),
-                    "address family differs from the service's VIP",
-                ));
+                snapshot
+                    .ignored
+                    .push(ignored("address family differs from the service's VIP"));
                 continue;
             }
             let key = BackendKey {
@@ -95,18 +81,12 @@ pub fn merge(
                 .entry(&service.name)
                 .or_default()
                 .entry(key)
-                .or_insert(MergedBackend {
-                    key,
-                    weight: e.weight.min(crate::config::MAX_WEIGHT),
-                    origin: source.clone(),
-                    up: true,
-                });
+                .or_insert_with(|| backend(key, e.weight.min(crate::config::MAX_WEIGHT), source));
         }
     }
 
-    let mut services = Vec::new();
     for s in &config.services {
-        let mut backends: Vec<MergedBackend> = found
+        let mut backends: Vec<Backend> = found
             .remove(s.name.as_str())
             .unwrap_or_default()
             .into_values()
@@ -117,24 +97,24 @@ pub fn merge(
             }
         }
         // Fail open: if no backend that would take flows is up, ignore health.
-        let serving = |b: &&MergedBackend| b.weight > 0;
+        let serving = |b: &&Backend| b.weight > 0;
         let fail_open = backends.iter().filter(serving).count() > 0
             && !backends.iter().filter(serving).any(|b| b.up);
-        if fail_open {
-            merged.fail_open.push(s.name.clone());
+        for b in &mut backends {
+            b.effective_weight = if b.up || fail_open { b.weight } else { 0 };
         }
-        let desired_backends = backends
-            .iter()
-            .map(|b| DesiredBackend {
-                key: b.key,
-                weight: if b.up || fail_open { b.weight } else { 0 },
-            })
-            .collect();
-        services.push(DesiredService::with_backends(s, desired_backends));
-        merged.backends.insert(s.name.clone(), backends);
+        snapshot.services.push(crate::model::Service {
+            name: s.name.clone(),
+            vip: s.vip,
+            port: s.port,
+            protocol: s.protocol,
+            mode: s.mode,
+            health_checked: s.health.is_some(),
+            fail_open,
+            backends,
+        });
     }
-    merged.desired = DesiredState::from_services(services);
-    merged
+    snapshot
 }
 
 #[cfg(test)]
@@ -161,14 +141,14 @@ port = 81
 protocol = "tcp"
 "#;
 
-    fn config(health: bool) -> Config {
+    fn config(health: bool) -> Arc<Config> {
         let mut c = config::parse(CONFIG, "test.toml").expect("valid config");
         if health {
             for s in &mut c.services {
                 s.health = Some(HealthCheck::default());
             }
         }
-        c
+        Arc::new(c)
     }
 
     use crate::registry::ep;
@@ -180,14 +160,16 @@ protocol = "tcp"
         }
     }
 
-    fn weights(m: &Merged, service: &str) -> Vec<(BackendKey, u32)> {
-        let s = m
-            .desired
-            .services
+    fn weights(m: &Snapshot, service: &str) -> Vec<(BackendKey, u32)> {
+        let s = m.service(service).unwrap();
+        s.backends
             .iter()
-            .find(|s| s.name == service)
-            .unwrap();
-        s.backends.iter().map(|b| (b.key, b.weight)).collect()
+            .map(|b| (b.key, b.effective_weight))
+            .collect()
+    }
+
+    fn fail_open(m: &Snapshot) -> Vec<&str> {
+        m.fail_open().collect()
     }
 
     #[test]
@@ -204,7 +186,7 @@ protocol = "tcp"
             ),
             ("b".to_string(), vec![ep("empty", "10.0.0.4", 81, 3)]),
         ]);
-        let m = merge(&config(false), &sources, |_, _| true);
+        let m = merge(&config(false), 1, &sources, |_, _| true);
         assert_eq!(
             weights(&m, "web"),
             vec![(key("10.0.0.1", 80), 2), (key("10.0.0.2", 80), 1)]
@@ -213,10 +195,16 @@ protocol = "tcp"
         let reasons: Vec<_> = m
             .ignored
             .iter()
-            .map(|(s, e, _)| (s.as_str(), e.port, e.addr.is_ipv4()))
+            .map(|i| {
+                (
+                    i.source.as_str(),
+                    i.endpoint.port,
+                    i.endpoint.addr.is_ipv4(),
+                )
+            })
             .collect();
         assert_eq!(reasons, vec![("a", 80, true), ("a", 80, false)]);
-        assert_eq!(m.backends["web"][1].origin, "a");
+        assert_eq!(m.service("web").unwrap().backends[1].origin, "a");
     }
 
     #[test]
@@ -230,28 +218,31 @@ protocol = "tcp"
             vec![ep("web", "10.0.0.2", 80, 1), ep("web", "10.0.0.3", 80, 1)],
         )]);
         let c = config(false);
-        assert_eq!(merge(&c, &one, |_, _| true), merge(&c, &two, |_, _| true));
+        assert_eq!(
+            merge(&c, 1, &one, |_, _| true),
+            merge(&c, 1, &two, |_, _| true)
+        );
     }
 
     #[test]
     fn down_backends_leave_unless_all_are_down() {
         let sources = BTreeMap::from([("a".to_string(), vec![ep("web", "10.0.0.2", 80, 1)])]);
         let c = config(true);
-        let down_one = merge(&c, &sources, |_, b| b.addr.to_string() != "10.0.0.2");
+        let down_one = merge(&c, 1, &sources, |_, b| b.addr.to_string() != "10.0.0.2");
         assert_eq!(
             weights(&down_one, "web"),
             vec![(key("10.0.0.1", 80), 2), (key("10.0.0.2", 80), 0)]
         );
-        assert!(down_one.fail_open.is_empty());
-        let all_down = merge(&c, &sources, |_, _| false);
+        assert!(fail_open(&down_one).is_empty());
+        let all_down = merge(&c, 1, &sources, |_, _| false);
         assert_eq!(
             weights(&all_down, "web"),
             vec![(key("10.0.0.1", 80), 2), (key("10.0.0.2", 80), 1)]
         );
-        assert_eq!(all_down.fail_open, vec!["web".to_string()]);
+        assert_eq!(fail_open(&all_down), vec!["web"]);
         // Without a health check, the checker's view is not asked.
-        let unchecked = merge(&config(false), &sources, |_, _| false);
-        assert!(unchecked.fail_open.is_empty());
+        let unchecked = merge(&config(false), 1, &sources, |_, _| false);
+        assert!(fail_open(&unchecked).is_empty());
         assert_eq!(weights(&unchecked, "web")[1].1, 1);
     }
 }

@@ -9,6 +9,9 @@
 //! Services themselves (VIP, port, protocol) come from the config only: a source supplies
 //! backends for services by name, and endpoints naming an unknown service are ignored
 //! (and counted).
+//!
+//! May depend on: `lb_common`, `config`, `model` (an [`Endpoint`] is a model type). Used by
+//! the control plane (which merges) and by `admin` (the built-in registry's API).
 
 pub mod backoff;
 pub mod builtin;
@@ -19,27 +22,13 @@ pub mod merge;
 mod per_service;
 pub mod supervisor;
 
-use std::{collections::BTreeMap, future::Future, net::IpAddr};
+use std::future::Future;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+pub use crate::model::Endpoint;
 pub use backoff::Backoff;
-
-/// One instance of a service, as a source reports it.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct Endpoint {
-    /// Name of the config service this instance serves.
-    pub service: String,
-    pub addr: IpAddr,
-    pub port: u16,
-    /// Relative share of new flows; 0 drains (no new flows, established ones stay).
-    pub weight: u32,
-    /// Free-form labels from the source (shown in status; not used for balancing).
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
 
 /// An endpoint without metadata, from text: for the sources' unit tests.
 #[cfg(test)]
@@ -49,7 +38,7 @@ pub(crate) fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint 
         addr: addr.parse().unwrap(),
         port,
         weight,
-        metadata: BTreeMap::new(),
+        metadata: Default::default(),
     }
 }
 
@@ -70,17 +59,33 @@ pub struct SourceMessage {
 }
 
 /// How a source reaches the agent. Cheap to clone.
+///
+/// A source is told to stop in one of two ways, both seen by [`SourceHandle::closed`]: its
+/// `stop` token is cancelled (the control plane stops or removes it), or the agent dropped
+/// the receiving end.
 #[derive(Clone, Debug)]
 pub struct SourceHandle {
     name: String,
     tx: mpsc::UnboundedSender<SourceMessage>,
+    stop: CancellationToken,
 }
 
 impl SourceHandle {
+    /// A handle that stops only when `tx`'s receiver goes away.
     pub fn new(name: impl Into<String>, tx: mpsc::UnboundedSender<SourceMessage>) -> Self {
+        Self::with_stop(name, tx, CancellationToken::new())
+    }
+
+    /// A handle that also stops when `stop` is cancelled.
+    pub fn with_stop(
+        name: impl Into<String>,
+        tx: mpsc::UnboundedSender<SourceMessage>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             name: name.into(),
             tx,
+            stop,
         }
     }
 
@@ -101,9 +106,25 @@ impl SourceHandle {
         self.send(SourceUpdate::Error(error.to_string()));
     }
 
-    /// True once the agent has stopped listening: the source should return.
+    /// True once the source should return (stopped, or the agent stopped listening).
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.stop.is_cancelled() || self.tx.is_closed()
+    }
+
+    /// Resolves once the source should return; cancel-safe, for `select!`.
+    pub async fn closed(&self) {
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = self.tx.closed() => {}
+        }
+    }
+
+    /// Sleeps `delay` (a backoff); false, at once, if the source should return.
+    pub async fn sleep_unless_closed(&self, delay: std::time::Duration) -> bool {
+        tokio::select! {
+            () = self.closed() => false,
+            () = tokio::time::sleep(delay) => !self.is_closed(),
+        }
     }
 
     fn send(&self, update: SourceUpdate) {
@@ -117,7 +138,8 @@ impl SourceHandle {
 
 /// A backend source. `run` lives as long as the agent: it publishes the full endpoint set
 /// at start and after every change, reports errors, reconnects with [`Backoff`], and
-/// returns once `out.is_closed()`.
+/// returns once `out.closed()` resolves (the supervisor also drops a stopped source's
+/// future, so a source need not check at every await).
 pub trait Source: Send + 'static {
     fn run(self, out: SourceHandle) -> impl Future<Output = ()> + Send + 'static;
 }

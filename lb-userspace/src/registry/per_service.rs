@@ -1,14 +1,11 @@
 //! What the Consul and Kubernetes sources share: each runs one loop per watched service and
 //! publishes the union of the services' sets once every service has answered.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
-use tokio::{sync::mpsc::UnboundedReceiver, time::Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{Endpoint, SourceHandle};
-
-/// How often a source checks whether the agent stopped listening.
-const CLOSE_CHECK: Duration = Duration::from_millis(500);
 
 /// Publishes the union of the per-service sets arriving on `rx` (see [`ServiceSets`])
 /// until every service loop ended or the agent stopped listening.
@@ -28,16 +25,12 @@ pub(super) async fn publish_union(
                 }
                 None => return,
             },
-            _ = tokio::time::sleep(CLOSE_CHECK) => {}
-        }
-        if out.is_closed() {
-            return;
+            () = out.closed() => return,
         }
     }
 }
 
 /// The latest set of each watched service, and the union last published.
-///
 #[derive(Debug)]
 pub(super) struct ServiceSets {
     sets: BTreeMap<String, Option<Vec<Endpoint>>>,
@@ -72,16 +65,4 @@ impl ServiceSets {
         self.published = Some(all.clone());
         Some(all)
     }
-}
-
-/// Sleeps `delay`, waking every [`CLOSE_CHECK`]; false if the agent stopped listening.
-pub(super) async fn sleep_unless_closed(out: &SourceHandle, delay: Duration) -> bool {
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if out.is_closed() {
-            return false;
-        }
-        tokio::time::sleep_until(deadline.min(Instant::now() + CLOSE_CHECK)).await;
-    }
-    !out.is_closed()
 }

@@ -1,9 +1,11 @@
 //! Runs the config's `[[source]]` entries as tasks: starts new ones, restarts changed ones,
-//! stops removed ones when the config is reloaded.
+//! stops removed ones when the config is reloaded. Each source has its own stop token, a
+//! child of the set's: cancelling the set's token (the control plane stopping) stops all.
 
 use std::collections::BTreeMap;
 
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{Source, SourceHandle, SourceMessage};
@@ -11,25 +13,30 @@ use crate::config::SourceConfig;
 
 struct Running {
     config: SourceConfig,
-    task: JoinHandle<()>,
+    stop: CancellationToken,
+    /// Ends soon after `stop` is cancelled (at the source's next await).
+    _task: JoinHandle<()>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
-/// The running sources. Dropping it stops them all.
+/// The running sources. Dropping it (or cancelling its token) stops them all.
 pub struct SourceSet {
     tx: UnboundedSender<SourceMessage>,
+    stop: CancellationToken,
     running: BTreeMap<String, Running>,
 }
 
 impl SourceSet {
-    pub fn new(tx: UnboundedSender<SourceMessage>) -> Self {
+    /// Sources report on `tx` and stop when `stop` is cancelled.
+    pub fn new(tx: UnboundedSender<SourceMessage>, stop: CancellationToken) -> Self {
         Self {
             tx,
+            stop,
             running: BTreeMap::new(),
         }
     }
@@ -46,10 +53,15 @@ impl SourceSet {
                 }
                 previous => {
                     drop(previous);
-                    if let Some(task) = self.spawn(c) {
+                    let stop = self.stop.child_token();
+                    if let Some(task) = self.spawn(c, stop.clone()) {
                         info!(source = %name, "source started");
-                        let config = c.clone();
-                        self.running.insert(name, Running { config, task });
+                        let running = Running {
+                            config: c.clone(),
+                            stop,
+                            _task: task,
+                        };
+                        self.running.insert(name, running);
                     }
                 }
             }
@@ -61,8 +73,8 @@ impl SourceSet {
         gone
     }
 
-    fn spawn(&self, c: &SourceConfig) -> Option<JoinHandle<()>> {
-        let handle = SourceHandle::new(c.name(), self.tx.clone());
+    fn spawn(&self, c: &SourceConfig, stop: CancellationToken) -> Option<JoinHandle<()>> {
+        let handle = SourceHandle::with_stop(c.name(), self.tx.clone(), stop);
         let report = handle.clone();
         let started: Result<JoinHandle<()>, String> = match c {
             SourceConfig::Etcd(e) => super::etcd::EtcdWatcher::new(e)
@@ -87,6 +99,14 @@ impl SourceSet {
     }
 }
 
+/// Runs `source` until it returns or its handle is closed (then its future is dropped, so
+/// a request in flight ends at once).
 fn run<S: Source>(source: S, handle: SourceHandle) -> JoinHandle<()> {
-    tokio::spawn(source.run(handle))
+    let closed = handle.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = source.run(handle) => {}
+            () = closed.closed() => {}
+        }
+    })
 }

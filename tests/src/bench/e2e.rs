@@ -91,7 +91,7 @@ pub struct E2eResults {
     /// Whether the backends kept TIME_WAIT sockets (see `BenchLab::start`).
     pub backend_time_wait: bool,
     /// The agent's per-reason packet counters at the end of each round's run (its
-    /// `reasons:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`, per XDP mode.
+    /// `verdicts:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`, per XDP mode.
     pub agent_reasons: Vec<(usize, Peer, String)>,
 }
 
@@ -246,12 +246,13 @@ fn syn_retransmits(ns: &crate::netns::Netns) -> Result<u64> {
         .unwrap_or(0))
 }
 
-/// The counters of the agent's `reasons:` line, or a note that it printed none.
+/// The counters of the agent's `verdicts:` line (its status table, printed at exit), or a
+/// note that it printed none.
 pub fn reasons_line(agent_output: &str) -> String {
     agent_output
         .lines()
         .rev()
-        .find_map(|l| l.trim().strip_prefix("reasons:"))
+        .find_map(|l| l.trim().strip_prefix("verdicts:"))
         .map_or_else(
             || "(no counter table printed)".into(),
             |r| r.trim().to_owned(),

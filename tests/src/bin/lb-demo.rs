@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use lb_tests::cleanup::{self, interrupted};
-use lb_tests::servers::{tcp_name_spread_until, udp_name_spread_until};
+use lb_tests::servers::{tcp_name_spread_until, udp_name_spread_until, wait_for_tcp_while};
 use lb_tests::topology::Iface;
 use lb_tests::{NsChild, PeerMode, Spread, TcpNameServer, Topology, UdpNameServer, VIP4};
 
@@ -228,34 +228,22 @@ fn start_agent(topo: &Topology, args: &Args) -> Result<NsChild> {
 
 /// Retries a TCP connection to the VIP until it answers, the agent dies, or time runs out.
 fn wait_for_vip(topo: &Topology, agent: &mut NsChild, total: Duration) -> Result<()> {
-    let deadline = Instant::now() + total;
     let started = Instant::now();
-    loop {
+    let name = wait_for_tcp_while(&topo.client.ns, VIP4.into(), VIP_TCP_PORT, total, || {
         if interrupted() {
             bail!("interrupted while waiting for the VIP");
         }
         if let Some(st) = agent.try_wait()? {
             bail!("agent exited ({st}) before the VIP answered");
         }
-        match lb_tests::tcp_connect_name(
-            &topo.client.ns,
-            VIP4.into(),
-            VIP_TCP_PORT,
-            Duration::from_millis(500),
-        ) {
-            Ok(name) => {
-                println!(
-                    "VIP {VIP4}:{VIP_TCP_PORT} answered after {:.1} s (backend {name})",
-                    started.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("VIP did not answer within {total:?}")));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+        Ok(())
+    })
+    .with_context(|| format!("VIP did not answer within {total:?}"))?;
+    println!(
+        "VIP {VIP4}:{VIP_TCP_PORT} answered after {:.1} s (backend {name})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Stop a batch on Ctrl-C or once it is clearly not working.

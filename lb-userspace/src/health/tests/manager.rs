@@ -14,7 +14,7 @@ use super::{
 use crate::{
     config::{HealthCheck, HealthKind},
     health::{HealthEvent, HealthManager, Target, TargetHealth},
-    sync::BackendKey,
+    model::BackendKey,
 };
 
 const LIMIT: Duration = Duration::from_secs(10);

@@ -184,9 +184,9 @@ async fn https_against_another_ca_or_plain_http_fails() {
 fn a_ca_file_without_certificates_is_refused() {
     let path = std::env::temp_dir().join(format!("lb-health-empty-{}.pem", std::process::id()));
     std::fs::write(&path, "not a certificate\n").unwrap();
-    let err = tls::read_ca_file(&path).unwrap_err();
+    let err = crate::config::read_ca_file(&path).unwrap_err();
     let _ = std::fs::remove_file(&path);
     assert!(err.contains("no PEM certificate"), "{err}");
-    let err = tls::read_ca_file(std::path::Path::new("/nonexistent/ca.pem")).unwrap_err();
+    let err = crate::config::read_ca_file(std::path::Path::new("/nonexistent/ca.pem")).unwrap_err();
     assert!(err.contains("cannot read /nonexistent/ca.pem"), "{err}");
 }

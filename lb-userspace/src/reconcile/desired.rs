@@ -1,6 +1,6 @@
-//! The desired data-plane state: what every map should hold, derived from the config (and,
-//! later, merged registries). Sorted deterministically so the same inputs in any order give
-//! the same tables and the same checksum.
+//! The desired data-plane state: what every map should hold, derived from a model snapshot
+//! (or, in tests, from the config alone). Sorted deterministically so the same inputs in any
+//! order give the same tables and the same checksum.
 
 use std::net::IpAddr;
 
@@ -10,30 +10,25 @@ use lb_common::{
     maglev::{MaglevBackend, build_table},
 };
 
-use crate::config::{Config, Service};
+use crate::{
+    config::{Config, Service},
+    model::{BackendKey, Snapshot},
+};
 
-/// A backend's identity: its address and port. Equal identities share one backend id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendKey {
-    pub addr: IpAddr,
-    pub port: u16,
+/// The kernel's backend record of `k`. Equal keys share one backend id.
+pub fn backend_value(k: &BackendKey) -> BackendValue {
+    BackendValue {
+        addr: Addr::from(k.addr),
+        port: k.port.to_be(),
+        family: family_of(&k.addr),
+        _pad: 0,
+        _pad1: 0,
+    }
 }
 
-impl BackendKey {
-    pub fn value(&self) -> BackendValue {
-        BackendValue {
-            addr: Addr::from(self.addr),
-            port: self.port.to_be(),
-            family: family_of(&self.addr),
-            _pad: 0,
-            _pad1: 0,
-        }
-    }
-
-    /// Bytes that seed this backend's Maglev permutation.
-    pub fn maglev_key(&self) -> Vec<u8> {
-        format!("{}:{}", self.addr, self.port).into_bytes()
-    }
+/// Bytes that seed `k`'s Maglev permutation.
+pub fn maglev_key(k: &BackendKey) -> Vec<u8> {
+    format!("{}:{}", k.addr, k.port).into_bytes()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +100,7 @@ impl DesiredService {
 
     /// The Maglev table, given each backend's id.
     pub fn table(&self, id_of: impl Fn(&BackendKey) -> u32) -> Vec<u32> {
-        let keys: Vec<Vec<u8>> = self.backends.iter().map(|b| b.key.maglev_key()).collect();
+        let keys: Vec<Vec<u8>> = self.backends.iter().map(|b| maglev_key(&b.key)).collect();
         let mb: Vec<MaglevBackend> = self
             .backends
             .iter()
@@ -130,6 +125,34 @@ pub struct DesiredState {
 impl DesiredState {
     pub fn from_config(c: &Config) -> Self {
         Self::from_services(c.services.iter().map(DesiredService::from_config).collect())
+    }
+
+    /// What the XDP data plane should hold for `snapshot`: every service with its backends
+    /// at their effective weights, the table size and rate limit from the snapshot's config.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        let by_name: std::collections::BTreeMap<&str, &Service> = snapshot
+            .config
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s))
+            .collect();
+        let services = snapshot
+            .services
+            .iter()
+            .filter_map(|m| {
+                let s = by_name.get(m.name.as_str())?;
+                let backends = m
+                    .backends
+                    .iter()
+                    .map(|b| DesiredBackend {
+                        key: b.key,
+                        weight: b.effective_weight,
+                    })
+                    .collect();
+                Some(DesiredService::with_backends(s, backends))
+            })
+            .collect();
+        Self::from_services(services)
     }
 
     pub fn from_services(mut services: Vec<DesiredService>) -> Self {

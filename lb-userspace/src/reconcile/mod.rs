@@ -1,6 +1,13 @@
 //! Keeps the kernel maps equal to a desired state: stable ids, Maglev tables rebuilt only
 //! when their inputs change, and an order of writes that never shows a packet a service
 //! whose table or backends are not there yet.
+//!
+//! The XDP data plane's consumer of the model: [`DesiredState::from_snapshot`] turns a
+//! snapshot into what the maps should hold, [`Reconciler::apply`] writes the difference
+//! through [`MapWriter`] (implemented by the [`Dataplane`]; a recording fake in the tests).
+//!
+//! May depend on: `lb_common`, `config`, `model`, `dataplane`. Not on `registry`, `health`,
+//! `control` or anything above them.
 
 mod adopt;
 mod desired;
@@ -8,16 +15,59 @@ mod ids;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{MAX_BACKENDS, MAX_SERVICES, ServiceKey, VipAddrKey};
+use lb_common::{BackendValue, MAX_BACKENDS, MAX_SERVICES, ServiceKey, ServiceValue, VipAddrKey};
 
+pub use crate::model::BackendKey;
 pub use adopt::Adopted;
-pub use desired::{BackendKey, DesiredBackend, DesiredService, DesiredState};
+pub use desired::{DesiredBackend, DesiredService, DesiredState, backend_value, maglev_key};
 pub use ids::{Exhausted, IdAllocator};
 
 use crate::dataplane::{Dataplane, DataplaneError};
 
+/// The map writes [`Reconciler::apply`] makes, in the order it makes them: the seam between
+/// the write-order rule and the kernel.
+pub trait MapWriter {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), DataplaneError>;
+    /// Installs service `id`'s whole Maglev table at once.
+    fn install_table(&mut self, id: u32, table: &[u32]) -> Result<(), DataplaneError>;
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue)
+    -> Result<(), DataplaneError>;
+    fn put_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
+    fn remove_table(&mut self, id: u32) -> Result<(), DataplaneError>;
+    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError>;
+}
+
+impl MapWriter for Dataplane {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), DataplaneError> {
+        Dataplane::put_backend(self, id, value)
+    }
+    fn install_table(&mut self, id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        Dataplane::install_table(self, id, table)
+    }
+    fn put_service(
+        &mut self,
+        key: &ServiceKey,
+        value: &ServiceValue,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::put_service(self, key, value)
+    }
+    fn put_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError> {
+        Dataplane::put_vip_addr(self, key)
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        Dataplane::remove_service(self, key)
+    }
+    fn remove_table(&mut self, id: u32) -> Result<(), DataplaneError> {
+        Dataplane::remove_table(self, id)
+    }
+    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<(), DataplaneError> {
+        Dataplane::remove_vip_addr(self, key)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub enum ReconcileError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error("service ids: {0}")]
@@ -99,9 +149,9 @@ impl Reconciler {
     /// the other way.
     pub fn apply(
         &mut self,
-        dp: &mut Dataplane,
+        dp: &mut impl MapWriter,
         desired: &DesiredState,
-    ) -> Result<ApplyReport, SyncError> {
+    ) -> Result<ApplyReport, ReconcileError> {
         let mut report = ApplyReport::default();
 
         for b in desired.services.iter().flat_map(|s| &s.backends) {
@@ -109,8 +159,8 @@ impl Reconciler {
                 let id = self
                     .backend_ids
                     .get_or_alloc(&b.key)
-                    .map_err(SyncError::BackendIds)?;
-                dp.put_backend(id, &b.key.value())?;
+                    .map_err(ReconcileError::BackendIds)?;
+                dp.put_backend(id, &backend_value(&b.key))?;
             }
         }
 
@@ -121,7 +171,7 @@ impl Reconciler {
             let id = self
                 .service_ids
                 .get_or_alloc(&k)
-                .map_err(SyncError::ServiceIds)?;
+                .map_err(ReconcileError::ServiceIds)?;
             let previous = self.applied.get(&k);
             let table = s.table(|b| self.backend_ids.get(b).unwrap_or(0));
             let table_hash = fnv_u32s(&table);
@@ -216,3 +266,6 @@ fn fnv_u32s(v: &[u32]) -> u64 {
     }
     h.finish()
 }
+
+#[cfg(test)]
+mod tests;

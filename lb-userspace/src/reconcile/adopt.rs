@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use lb_common::{MAX_BACKENDS, MAX_SERVICES};
 
 use super::{
-    AppliedService, BackendKey, DesiredBackend, DesiredService, Reconciler, ServiceKeyOrd,
-    SyncError, fnv_u32s,
+    AppliedService, BackendKey, DesiredBackend, DesiredService, ReconcileError, Reconciler,
+    ServiceKeyOrd, fnv_u32s,
 };
 use crate::dataplane::Dataplane;
 
@@ -27,7 +27,7 @@ impl Reconciler {
     /// Seeds ids and applied state from the data plane's (adopted) maps. Call once, on a new
     /// reconciler, before the first `apply`. Records that do not make sense (an id out of
     /// range or used twice) are skipped: `apply` rewrites what they describe.
-    pub fn adopt(&mut self, dp: &Dataplane) -> Result<Adopted, SyncError> {
+    pub fn adopt(&mut self, dp: &Dataplane) -> Result<Adopted, ReconcileError> {
         let backends = dp.read_backends()?;
         let key_of = |id: u32| {
             backends

@@ -1,4 +1,4 @@
-//! Per-interface IP forwarding.
+//! Per-interface sysctls the data plane needs: IP forwarding.
 //!
 //! `bpf_fib_lookup` answers "forwarding disabled" for packets that arrived on an interface
 //! with forwarding off, so the data plane could not route a single new flow. The agent turns
@@ -8,6 +8,9 @@
 //! With a pin path the previous values are also kept in a pinned record: an agent that
 //! adopts a data plane left by another (`--keep-dataplane`, a crash) finds forwarding
 //! already on, and only the record tells it what to put back at its own clean shutdown.
+//!
+//! May depend on: `dataplane` (the pinned record's key and value types). Part of the L4 data
+//! plane (`l4`).
 
 use std::{collections::BTreeMap, fs, io, path::PathBuf};
 

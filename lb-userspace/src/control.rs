@@ -1,0 +1,321 @@
+//! The control plane part: decides what every data plane should serve, and owns none of
+//! them. It keeps the config generation, runs the config's sources and records what each
+//! last published (its last-known-good) and its errors, keeps the health checks' targets
+//! equal to the merged backends, merges it all (`registry::merge`, fail open included) into a
+//! model [`Snapshot`] and publishes it on the snapshot channel to every consumer.
+//!
+//! Runs as its own task ([`ControlPlane::run`]) with its own stop token (sources and health
+//! checks stop with it); the composition root talks to it through a [`ControlHandle`].
+//!
+//! May depend on: `lb_common`, `config`, `model`, `registry`, `health`. Not on `dataplane`,
+//! `reconcile`, `l4`, `admin`, `status` (a data plane is a consumer, never an input).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::{
+    mpsc::{self, UnboundedReceiver, UnboundedSender},
+    oneshot,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    health::{HealthEvent, HealthManager, Target, TargetHealth},
+    model::{self, Publisher, Snapshot, Subscriber},
+    registry::{
+        Endpoint, SourceMessage, SourceUpdate, builtin, merge::merge, supervisor::SourceSet,
+    },
+};
+
+/// How long the first generation waits for every source's first report: the first tables
+/// should hold the registries' backends (with an adopted data plane, the pinned tables keep
+/// forwarding meanwhile), but a source that cannot be reached must not hold up the start.
+pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(3);
+
+/// A source as the control plane knows it: its last complete set (kept when it fails: the
+/// last-known-good) and its error count.
+#[derive(Clone, Debug, Default)]
+struct SourceState {
+    endpoints: Vec<Endpoint>,
+    updates: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// One source, for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceView {
+    pub name: String,
+    pub endpoints: u64,
+    pub updates: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// What the status document needs from the control plane, read at one moment.
+#[derive(Clone, Debug)]
+pub struct ControlView {
+    /// The snapshot published last.
+    pub snapshot: Arc<Snapshot>,
+    /// By name.
+    pub sources: Vec<SourceView>,
+    /// Every health-checked target, sorted by service then backend.
+    pub health: Vec<TargetHealth>,
+}
+
+/// Requests to the running part (through a [`ControlHandle`]).
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Make this config the next generation; answers with its number once published.
+    SetConfig(Arc<Config>, oneshot::Sender<u64>),
+    View(oneshot::Sender<ControlView>),
+}
+
+/// How the composition root and the admin part reach the running control plane.
+#[derive(Clone, Debug)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<ControlRequest>,
+}
+
+impl ControlHandle {
+    /// Publishes `config` as the next generation; its number, `None` if the part stopped.
+    pub async fn set_config(&self, config: Arc<Config>) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(ControlRequest::SetConfig(config, tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// What status needs; `None` if the part stopped.
+    pub async fn view(&self) -> Option<ControlView> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(ControlRequest::View(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+pub struct ControlPlane {
+    config: Arc<Config>,
+    generation: u64,
+    sources: BTreeMap<String, SourceState>,
+    running: SourceSet,
+    health: HealthManager,
+    publisher: Publisher,
+    source_rx: UnboundedReceiver<SourceMessage>,
+    health_rx: UnboundedReceiver<HealthEvent>,
+}
+
+impl ControlPlane {
+    /// Starts `config`'s sources, reporting on `source_tx` (whose receiving end is
+    /// `source_rx`; the built-in registry reports there too). Sources and health checks stop
+    /// when `stop` is cancelled. Nothing is published before [`ControlPlane::set_config`];
+    /// the subscriber returned starts at an empty generation 0. Must run inside a tokio
+    /// runtime (sources and checks are tasks).
+    pub fn start(
+        config: Arc<Config>,
+        source_tx: UnboundedSender<SourceMessage>,
+        source_rx: UnboundedReceiver<SourceMessage>,
+        stop: &CancellationToken,
+    ) -> (Self, Subscriber) {
+        let (health_tx, health_rx) = mpsc::unbounded_channel();
+        let (publisher, subscriber) = model::channel(Snapshot::empty(config.clone()));
+        let mut running = SourceSet::new(source_tx, stop.child_token());
+        running.reconcile(&config.sources);
+        let control = Self {
+            config,
+            generation: 0,
+            sources: BTreeMap::new(),
+            running,
+            health: HealthManager::with_stop(health_tx, stop.child_token()),
+            publisher,
+            source_rx,
+            health_rx,
+        };
+        (control, subscriber)
+    }
+
+    /// Records source reports until every source (the built-in registry and each
+    /// `[[source]]`) has sent one, or [`FIRST_REPORT_WAIT`] passed.
+    pub async fn first_reports(&mut self) {
+        let mut waiting: BTreeSet<String> = self
+            .config
+            .sources
+            .iter()
+            .map(|s| s.name().to_owned())
+            .chain([builtin::SOURCE_NAME.to_owned()])
+            .collect();
+        let deadline = tokio::time::Instant::now() + FIRST_REPORT_WAIT;
+        while !waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, self.source_rx.recv()).await {
+                Ok(Some(m)) => {
+                    waiting.remove(&m.source);
+                    self.record_source(m);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(sources = ?waiting, "no first report within {FIRST_REPORT_WAIT:?}; starting without their backends");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Makes `config` the next generation: sources removed from it are stopped and
+    /// forgotten, new and changed ones (re)started; publishes its snapshot.
+    pub fn set_config(&mut self, config: Arc<Config>) -> Arc<Snapshot> {
+        for gone in self.running.reconcile(&config.sources) {
+            self.sources.remove(&gone);
+        }
+        self.config = config;
+        self.generation += 1;
+        self.publish(&format!("config generation {}", self.generation))
+    }
+
+    /// Merges config, sources and health into a snapshot, points the health checks at its
+    /// backends, and publishes it if anything changed.
+    fn publish(&mut self, why: &str) -> Arc<Snapshot> {
+        let endpoints: BTreeMap<String, Vec<Endpoint>> = self
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.endpoints.clone()))
+            .collect();
+        let health = &self.health;
+        let next = merge(&self.config, self.generation, &endpoints, |s, b| {
+            health.is_up(s, b)
+        });
+        self.set_health_targets(&next);
+
+        let old = self.publisher.borrow().clone();
+        let old_open: BTreeSet<&str> = old.fail_open().collect();
+        let new_open: BTreeSet<&str> = next.fail_open().collect();
+        for name in new_open.difference(&old_open) {
+            warn!(service = %name, "every backend is down: failing open, all of them stay in the table");
+        }
+        for name in old_open.difference(&new_open) {
+            info!(service = %name, "a backend is up again: no longer failing open");
+        }
+        for i in next.ignored.iter().filter(|i| !old.ignored.contains(i)) {
+            let e = &i.endpoint;
+            warn!(source = %i.source, service = %e.service, backend = %std::net::SocketAddr::new(e.addr, e.port), "endpoint ignored: {}", i.why);
+        }
+        if next.generation == old.generation && next.same_content(&old) {
+            return old;
+        }
+        debug!(why, generation = next.generation, "snapshot published");
+        let next = Arc::new(next);
+        self.publisher.send_replace(next.clone());
+        next
+    }
+
+    fn set_health_targets(&mut self, snapshot: &Snapshot) {
+        let targets = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| Some((s, s.health.as_ref()?)))
+            .flat_map(|(s, check)| {
+                snapshot
+                    .service(&s.name)
+                    .into_iter()
+                    .flat_map(|m| &m.backends)
+                    .map(|b| Target {
+                        service: s.name.clone(),
+                        backend: b.key,
+                        check: check.clone(),
+                    })
+            })
+            .collect();
+        self.health.set_targets(targets);
+    }
+
+    /// A source published or failed.
+    fn on_source(&mut self, msg: SourceMessage) {
+        let source = msg.source.clone();
+        if self.record_source(msg) {
+            self.publish(&format!("source {source} changed"));
+        }
+    }
+
+    /// Records a source's message; true if its endpoints changed.
+    fn record_source(&mut self, msg: SourceMessage) -> bool {
+        let state = self.sources.entry(msg.source.clone()).or_default();
+        match msg.update {
+            SourceUpdate::Endpoints(endpoints) => {
+                state.updates += 1;
+                let changed = state.endpoints != endpoints;
+                state.endpoints = endpoints;
+                changed
+            }
+            SourceUpdate::Error(e) => {
+                state.errors += 1;
+                warn!(source = %msg.source, error = %e, "source failed; its last known backends stay");
+                state.last_error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// A health check changed its view of a backend.
+    fn on_health(&mut self, ev: HealthEvent) {
+        let label = std::net::SocketAddr::new(ev.backend.addr, ev.backend.port);
+        let view = if ev.up { "up" } else { "down" };
+        self.publish(&format!("{} {label} {view}", ev.service));
+    }
+
+    /// What status needs, now.
+    pub fn view(&self) -> ControlView {
+        ControlView {
+            snapshot: self.publisher.borrow().clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|(name, s)| SourceView {
+                    name: name.clone(),
+                    endpoints: s.endpoints.len() as u64,
+                    updates: s.updates,
+                    errors: s.errors,
+                    last_error: s.last_error.clone(),
+                })
+                .collect(),
+            health: self.health.snapshot(),
+        }
+    }
+
+    /// A handle for [`ControlPlane::run`]'s requests, and their receiving end.
+    pub fn channel() -> (ControlHandle, mpsc::Receiver<ControlRequest>) {
+        let (tx, rx) = mpsc::channel(16);
+        (ControlHandle { tx }, rx)
+    }
+
+    /// Follows sources and health checks, and answers `requests`, until `stop` is
+    /// cancelled; then its sources and health checks stop (dropped with it).
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<ControlRequest>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(m) = self.source_rx.recv() => self.on_source(m),
+                Some(h) = self.health_rx.recv() => self.on_health(h),
+                Some(r) = requests.recv() => match r {
+                    ControlRequest::SetConfig(config, reply) => {
+                        self.set_config(config);
+                        let _ = reply.send(self.generation);
+                    }
+                    ControlRequest::View(reply) => {
+                        let _ = reply.send(self.view());
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The L4 data plane part: the XDP programs and everything they need from the host. It
+//! loads (or adopts) the programs and maps, attaches to the config's interfaces, turns on
+//! their forwarding sysctls, keeps the backends' next hops resolved, and reconciles every
+//! model snapshot into the maps (`reconcile`). It is one consumer of the model; it owns the
+//! data plane and nothing of the control plane.
+//!
+//! Runs as its own task ([`L4Dataplane::run`]) with its own stop token; the composition
+//! root talks to it through an [`L4Handle`] (prepare a new config generation, read what
+//! status needs) and the snapshot channel.
+//!
+//! May depend on: `lb_common`, `config`, `model`, `dataplane`, `reconcile`, `sysctls`,
+//! `neighbour`. Not on `registry`, `health`, `control`, `admin`, `status`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::programs::XdpMode;
+use lb_common::Stats;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, Config},
+    dataplane::{Dataplane, DataplaneError, LoadOptions},
+    model::{BackendKey, Snapshot, Subscriber},
+    neighbour::{Neighbours, RESOLVE_WAIT},
+    reconcile::{AppliedService, ApplyReport, DesiredState, ReconcileError, Reconciler},
+    sysctls::Forwarding,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum L4Error {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error("enabling forwarding on `{iface}`: {source}")]
+    Forwarding {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the L4 data plane is not running")]
+    Stopped,
+}
+
+/// How long a conntrack walk is reused: a full table is a quarter million entries, each a
+/// syscall or two, and scrapes should not stall the agent's loop.
+const CONNTRACK_SCAN_TTL: Duration = Duration::from_secs(2);
+
+/// What the status document needs from the data plane, read at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct L4View {
+    /// Config generation of the last snapshot applied.
+    pub generation: u64,
+    /// Checksum of every table and service record.
+    pub checksum: u64,
+    /// Snapshots applied (the tables recomputed).
+    pub syncs: u64,
+    /// Services in the kernel, in key order.
+    pub services: Vec<AppliedService>,
+    /// Counters per service id.
+    pub service_stats: BTreeMap<u32, Stats>,
+    /// Counters per backend that has an id.
+    pub backend_stats: BTreeMap<BackendKey, Stats>,
+    /// Live conntrack entries per service id (up to [`CONNTRACK_SCAN_TTL`] old).
+    pub conntrack_per_service: BTreeMap<u32, u64>,
+    /// Every verdict reason with its packet count, in `Reason::ALL` order.
+    pub reasons: Vec<(&'static str, u64)>,
+}
+
+/// Requests to the running part (through an [`L4Handle`]).
+#[derive(Debug)]
+pub enum L4Request {
+    /// Attach to the new generation's interfaces and set its settings, before its snapshot.
+    Prepare(Arc<Config>, oneshot::Sender<Result<(), L4Error>>),
+    View(oneshot::Sender<L4View>),
+}
+
+/// How the composition root and the admin part reach the running L4 part. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct L4Handle {
+    tx: mpsc::Sender<L4Request>,
+}
+
+impl L4Handle {
+    /// Prepares `config`'s generation (see [`L4Dataplane::prepare`]).
+    pub async fn prepare(&self, config: Arc<Config>) -> Result<(), L4Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(L4Request::Prepare(config, tx))
+            .await
+            .map_err(|_| L4Error::Stopped)?;
+        rx.await.map_err(|_| L4Error::Stopped)?
+    }
+
+    /// What status needs; `None` if the part stopped.
+    pub async fn view(&self) -> Option<L4View> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(L4Request::View(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Options from the command line that override the config.
+#[derive(Clone, Debug, Default)]
+pub struct L4Options {
+    /// Force generic (SKB) XDP whatever the config says.
+    pub force_generic: bool,
+}
+
+pub struct L4Dataplane {
+    opts: L4Options,
+    dp: Dataplane,
+    reconciler: Reconciler,
+    neighbours: Neighbours,
+    forwarding: Forwarding,
+    /// Generation of the last snapshot applied (0: none yet).
+    generation: u64,
+    syncs: u64,
+    /// Last conntrack walk (live entries per service id) and when it was made.
+    conntrack_scan: Option<(Instant, BTreeMap<u32, u64>)>,
+}
+
+impl L4Dataplane {
+    /// Loads the programs and maps (adopting pinned ones, with their ids and tables).
+    /// Nothing is attached yet.
+    pub fn load(config: &Config, opts: L4Options) -> Result<Self, L4Error> {
+        let dp = Dataplane::load(LoadOptions {
+            conntrack_entries: config.global.conntrack.max_entries,
+            pin_path: config.global.pin_path.clone(),
+        })?;
+        let reconciler = adopt_pinned(&dp)?;
+        let forwarding = Forwarding::with_record(dp.saved_sysctls()?);
+        let mut l4 = Self {
+            opts,
+            dp,
+            reconciler,
+            neighbours: Neighbours::default(),
+            forwarding,
+            generation: 0,
+            syncs: 0,
+            conntrack_scan: None,
+        };
+        // Inherited links count as attached, so `prepare` will not enable forwarding on their
+        // interfaces: the data plane needs it (bpf_fib_lookup), whoever turned it off since.
+        let inherited: Vec<String> = l4.dp.inherited().map(str::to_string).collect();
+        for iface in inherited {
+            l4.forwarding
+                .enable(&iface)
+                .map_err(|source| L4Error::Forwarding { iface, source })?;
+        }
+        Ok(l4)
+    }
+
+    fn mode(&self, c: &Config) -> XdpMode {
+        if self.opts.force_generic || c.global.xdp_mode == config::XdpMode::Generic {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        }
+    }
+
+    /// Gets ready for a new config generation, before its snapshot: attaches to new
+    /// interfaces and detaches from old ones, sets the global settings. On error nothing of
+    /// the running generation changed (maps are written only when its snapshot comes).
+    pub fn prepare(&mut self, c: &Config) -> Result<(), L4Error> {
+        self.attach_interfaces(c)?;
+        self.dp.set_settings(&c.global.settings())?;
+        // A reload is when routes are looked up again.
+        self.neighbours.forget_routes();
+        Ok(())
+    }
+
+    /// Only once the maps hold the first generation does our program replace the previous
+    /// agent's in the links it left pinned (atomically: forwarding never stops).
+    pub fn take_over_links(&mut self, c: &Config) -> Result<(), L4Error> {
+        let mode = self.mode(c);
+        self.dp.take_over_links(mode)?;
+        Ok(())
+    }
+
+    /// Makes the maps hold `snapshot`: next hops first (a backend enters the tables once its
+    /// MAC is known), then the reconciler's ordered writes. Logs `config applied` for a new
+    /// generation, `tables updated` when a source or health change rebuilt tables.
+    pub fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyReport, L4Error> {
+        let desired = DesiredState::from_snapshot(snapshot);
+        let backends: BTreeSet<IpAddr> = desired
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.key.addr))
+            .collect();
+        let (added, errors) = self.neighbours.ensure(backends);
+        for e in errors {
+            warn!(error = %e, "backend next hop not resolved; new flows to it drop until it is");
+        }
+        for hop in Neighbours::wait_resolved(&added, RESOLVE_WAIT) {
+            warn!(next_hop = %hop.addr, dev = %hop.dev, "next hop not resolved yet; its first flows may be retried");
+        }
+        let report = self.reconciler.apply(&mut self.dp, &desired)?;
+        self.syncs += 1;
+        let checksum = format!("{:016x}", self.reconciler.checksum());
+        if snapshot.generation != self.generation {
+            self.generation = snapshot.generation;
+            info!(
+                generation = self.generation,
+                services = desired.services.len(),
+                added = report.services_added,
+                removed = report.services_removed,
+                tables_rebuilt = report.tables_rebuilt,
+                checksum,
+                "config applied"
+            );
+        } else if report.tables_rebuilt > 0 {
+            info!(
+                generation = self.generation,
+                tables_rebuilt = report.tables_rebuilt,
+                checksum,
+                "tables updated (a source or health change)"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Applies every new snapshot until `stop` is cancelled, answering `requests` meanwhile;
+    /// returns itself for the composition root to shut down. An apply that fails is logged
+    /// and the tables keep their last good state.
+    pub async fn run(
+        mut self,
+        mut snapshots: Subscriber,
+        mut requests: mpsc::Receiver<L4Request>,
+        stop: CancellationToken,
+    ) -> Self {
+        // Whatever the channel holds was applied before this task started.
+        snapshots.borrow_and_update();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        // The control plane is gone: nothing more will come.
+                        stop.cancelled().await;
+                        break;
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if let Err(e) = self.apply(&snapshot) {
+                        error!(generation = snapshot.generation, error = %e, "tables not updated");
+                    }
+                }
+                Some(r) = requests.recv() => match r {
+                    L4Request::Prepare(config, reply) => {
+                        let _ = reply.send(self.prepare(&config));
+                    }
+                    L4Request::View(reply) => {
+                        let _ = reply.send(self.view());
+                    }
+                },
+            }
+        }
+        self
+    }
+
+    /// A handle for [`L4Dataplane::run`]'s requests, and their receiving end.
+    pub fn channel() -> (L4Handle, mpsc::Receiver<L4Request>) {
+        let (tx, rx) = mpsc::channel(16);
+        (L4Handle { tx }, rx)
+    }
+
+    /// Live conntrack entries per service id, walked at most every [`CONNTRACK_SCAN_TTL`].
+    fn conntrack_per_service(&mut self) -> BTreeMap<u32, u64> {
+        match &self.conntrack_scan {
+            Some((at, counts)) if at.elapsed() < CONNTRACK_SCAN_TTL => counts.clone(),
+            _ => {
+                let counts = self.dp.conntrack_per_service();
+                self.conntrack_scan = Some((Instant::now(), counts.clone()));
+                counts
+            }
+        }
+    }
+
+    /// What status needs, now.
+    pub fn view(&mut self) -> L4View {
+        let conntrack_per_service = self.conntrack_per_service();
+        let counters = self.dp.counters();
+        let services: Vec<AppliedService> = self.reconciler.applied().cloned().collect();
+        let service_stats = services
+            .iter()
+            .map(|s| (s.id, counters.service(s.id)))
+            .collect();
+        let backend_stats = services
+            .iter()
+            .flat_map(|s| s.desired.backends.iter().map(|b| b.key))
+            .filter_map(|k| Some((k, counters.backend(self.reconciler.backend_id(&k)?))))
+            .collect();
+        L4View {
+            generation: self.generation,
+            checksum: self.reconciler.checksum(),
+            syncs: self.syncs,
+            services,
+            service_stats,
+            backend_stats,
+            conntrack_per_service,
+            reasons: counters
+                .reasons()
+                .iter()
+                .map(|(r, n)| (r.name(), *n))
+                .collect(),
+        }
+    }
+
+    /// Attaches to new interfaces first (undoing them if one fails), then detaches from the
+    /// ones no longer listed, so an attach error leaves everything as it was.
+    fn attach_interfaces(&mut self, c: &Config) -> Result<(), L4Error> {
+        let mode = self.mode(c);
+        let current: BTreeSet<String> = self.dp.attached().map(str::to_string).collect();
+        let wanted: BTreeSet<String> = c.global.interfaces.iter().cloned().collect();
+        let mut added: Vec<String> = Vec::new();
+        for iface in wanted.difference(&current) {
+            let attached = self
+                .forwarding
+                .enable(iface)
+                .map_err(|source| L4Error::Forwarding {
+                    iface: iface.clone(),
+                    source,
+                })
+                .and_then(|()| Ok(self.dp.attach(iface, mode)?));
+            if let Err(e) = attached {
+                self.forwarding.restore(iface);
+                for a in &added {
+                    let _ = self.dp.detach(a);
+                    self.forwarding.restore(a);
+                }
+                return Err(e);
+            }
+            info!(iface, ?mode, "XDP attached");
+            added.push(iface.to_string());
+        }
+        for iface in current.difference(&wanted) {
+            self.dp.detach(iface)?;
+            self.forwarding.restore(iface);
+            info!(iface, "XDP detached");
+        }
+        Ok(())
+    }
+
+    /// Clean exit: detaches from every interface, removes every pin (so a next start begins
+    /// afresh), restores forwarding and removes the neighbour entries it added.
+    pub fn shutdown(mut self) {
+        let ifaces: Vec<String> = self.dp.attached().map(str::to_string).collect();
+        for iface in ifaces {
+            match self.dp.detach(&iface) {
+                Ok(()) => info!(iface, "XDP detached"),
+                Err(e) => warn!(iface, error = %e, "detach failed"),
+            }
+            self.forwarding.restore(&iface);
+        }
+        let pin_dir = self.dp.pin_dir().map(|p| p.root().display().to_string());
+        match (self.dp.remove_pins(), pin_dir) {
+            (Ok(()), Some(dir)) => info!(pin_path = dir, "pins removed"),
+            (Ok(()), None) => {}
+            (Err(e), _) => warn!(error = %e, "removing pins failed"),
+        }
+        self.neighbours.clear();
+    }
+
+    /// Exit that keeps the data plane: the pinned XDP links stay attached and keep
+    /// forwarding with the pinned maps, and interface forwarding and the backends' neighbour
+    /// entries stay (the data plane needs them). The next start adopts it all. Without a pin
+    /// path nothing can outlive the process, so this is [`L4Dataplane::shutdown`].
+    pub fn shutdown_keep(self) {
+        let Some(dir) = self.dp.pin_dir().map(|p| p.root().display().to_string()) else {
+            warn!("no pin_path: nothing can outlive the agent; shutting down cleanly");
+            return self.shutdown();
+        };
+        let ifaces: Vec<&str> = self.dp.attached().collect();
+        info!(
+            pin_path = dir,
+            interfaces = ?ifaces,
+            "exiting with the data plane pinned and forwarding; the next start adopts it"
+        );
+        // Dropping the data plane closes our handles only: the pins keep everything alive.
+    }
+}
+
+/// A reconciler that knows what the previous agent left pinned (ids, tables), with the one
+/// line that says what was adopted.
+fn adopt_pinned(dp: &Dataplane) -> Result<Reconciler, L4Error> {
+    let mut reconciler = Reconciler::new();
+    let found = dp.adoption();
+    if found.is_empty() {
+        if let Some(p) = dp.pin_dir() {
+            info!(pin_path = %p.root().display(), "nothing pinned: fresh start");
+        }
+        return Ok(reconciler);
+    }
+    let adopted = reconciler.adopt(dp)?;
+    info!(
+        services = adopted.services,
+        backends = adopted.backends,
+        conntrack_entries = dp.conntrack_entries(),
+        maps = found.maps.adopted.len(),
+        replaced = ?found.maps.replaced,
+        links = ?found.links,
+        checksum = format!("{:016x}", reconciler.checksum()),
+        "adopted the pinned data plane"
+    );
+    Ok(reconciler)
+}
