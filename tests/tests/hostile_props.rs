@@ -22,7 +22,7 @@ use lb_tests::{
     corpus::{self, Endpoints},
     fixture::*,
 };
-use lb_userspace::{config, sync::DesiredState};
+use lb_userspace::{config, reconcile::DesiredState};
 
 const DEFAULT_SEED: u64 = 0x0010_0BAD_5EED;
 const DEFAULT_CASES: usize = 10_000;
