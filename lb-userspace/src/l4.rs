@@ -33,6 +33,11 @@ use crate::{
     sysctls::Forwarding,
 };
 
+/// How often the attached interfaces' MACs are re-read: the data plane drops frames not
+/// addressed to the receiving interface's MAC, so a changed MAC must reach `IFACES` soon.
+/// One ioctl per interface; a netlink link subscription would make it immediate.
+const MAC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum L4Error {
     #[error(transparent)]
@@ -238,9 +243,19 @@ impl L4Dataplane {
     ) -> Self {
         // Whatever the channel holds was applied before this task started.
         snapshots.borrow_and_update();
+        let mut mac_check = tokio::time::interval(MAC_CHECK_INTERVAL);
+        mac_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                _ = mac_check.tick() => match self.dp.refresh_interface_macs() {
+                    Ok(changed) => {
+                        for iface in changed {
+                            info!(iface, "interface MAC changed: the data plane now expects the new one");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "re-reading interface MACs failed"),
+                },
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         // The control plane is gone: nothing more will come.

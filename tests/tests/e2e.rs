@@ -233,3 +233,47 @@ fn list_bpffs() -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The data plane drops frames not addressed to the receiving interface's MAC; when an
+/// operator changes that MAC while the agent runs, the agent picks the new one up (it
+/// re-reads them every second) and clients that resolve the new MAC are served again.
+#[test]
+fn interface_mac_change_is_picked_up() {
+    let lab = Lab::start(Topology::two_arm(1).unwrap(), None);
+    let _ = lab.client_connect();
+    let lb_c = &lab.topo.lb_ifaces[0].name;
+    lab.topo
+        .lb
+        .ip(["link", "set", "dev", lb_c, "address", "02:00:00:00:77:01"])
+        .unwrap();
+    // The client forgets the old MAC and resolves the new one (ARP passes the LB untouched).
+    let client = &lab.topo.client;
+    client
+        .ns
+        .ip(["neigh", "flush", "dev", &client.iface.name])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        let ok = client.ns.enter(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::new(IpAddr::V4(VIP4), lb_tests::lab::TCP_PORT),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        });
+        if ok || Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        served,
+        "no connection through the new MAC within 10 s\n{}",
+        lab.agent.output()
+    );
+    assert!(
+        lab.agent.output().contains("interface MAC changed"),
+        "the agent did not report the change\n{}",
+        lab.agent.output()
+    );
+}

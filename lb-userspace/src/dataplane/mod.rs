@@ -358,6 +358,34 @@ impl Dataplane {
         self.ifaces.set(slot, value, 0).map_err(map_err("IFACES"))
     }
 
+    /// Re-reads the MAC of every attached interface and updates `IFACES` where it changed
+    /// (an operator or a bond changed it): frames to the new MAC would otherwise be dropped
+    /// as not ours. Returns the interfaces that changed.
+    pub fn refresh_interface_macs(&mut self) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        let attached: Vec<(String, u32)> = self
+            .attached
+            .iter()
+            .map(|(name, a)| (name.clone(), a.ifindex))
+            .collect();
+        for (name, ifindex) in attached {
+            let slot = self
+                .ifaces
+                .get(&(ifindex % IFACE_SLOTS), 0)
+                .map_err(map_err("IFACES"))?;
+            if slot.ifindex != ifindex {
+                continue;
+            }
+            let mac = iface::mac_of(ifindex)
+                .map_err(|source| DataplaneError::InterfaceMac { ifindex, source })?;
+            if mac != slot.mac {
+                self.register_interface(ifindex)?;
+                changed.push(name);
+            }
+        }
+        Ok(changed)
+    }
+
     pub fn set_settings(&mut self, s: &Settings) -> Result<()> {
         self.settings.set(0, s, 0).map_err(map_err("SETTINGS"))
     }
