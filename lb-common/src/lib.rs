@@ -17,9 +17,12 @@ pub mod addr;
 pub mod csum;
 pub mod flow_state;
 pub mod hash;
+#[macro_use]
+pub mod layout;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod reason;
+pub mod sanity;
 pub mod service_slot;
 pub mod token_bucket;
 pub mod types;

@@ -55,10 +55,33 @@ pub enum Reason {
     /// FIB lookup refused because forwarding is off on the ingress interface: drop. The
     /// agent turns forwarding on for the interfaces it attaches to.
     ForwardingDisabled = 21,
+    /// Frame not addressed to the receiving interface (another host's MAC, broadcast,
+    /// multicast): drop. A router never forwards a frame that was not sent to it.
+    BadDstMac = 22,
+    /// Broadcast or multicast source MAC (no station sends from one): drop.
+    BadSrcMac = 23,
+    /// IP length longer than the frame, or too short for the headers it claims: drop.
+    BadIpLength = 24,
+    /// IPv4 header checksum wrong: drop.
+    BadIpChecksum = 25,
+    /// TTL / hop limit would reach 0 here. Client side: pass (the kernel answers ICMP time
+    /// exceeded, as a router does); reply side: drop.
+    TtlExceeded = 26,
+    /// TCP data offset past the end of the segment, or UDP length not within the IP
+    /// payload: drop.
+    BadL4Length = 27,
+    /// TCP flag set Linux conntrack calls invalid (no flags, SYN+FIN, SYN+RST, FIN
+    /// without ACK, ...): drop.
+    BadTcpFlags = 28,
+    /// Source port 0: drop.
+    BadSrcPort = 29,
+    /// Martian source address (the VIP itself, unspecified, loopback, multicast, broadcast,
+    /// link-local, reserved, IPv4-mapped/-compatible IPv6) opening a flow: drop.
+    MartianSource = 30,
 }
 
 /// Number of reasons (size of `REASONS`).
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 31;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -84,6 +107,15 @@ impl Reason {
         Reason::NoFlow,
         Reason::RedirectFailed,
         Reason::ForwardingDisabled,
+        Reason::BadDstMac,
+        Reason::BadSrcMac,
+        Reason::BadIpLength,
+        Reason::BadIpChecksum,
+        Reason::TtlExceeded,
+        Reason::BadL4Length,
+        Reason::BadTcpFlags,
+        Reason::BadSrcPort,
+        Reason::MartianSource,
     ];
 
     /// Stable snake_case name, used in metrics labels and `lb status`.
@@ -111,6 +143,15 @@ impl Reason {
             Reason::NoFlow => "no_flow",
             Reason::RedirectFailed => "redirect_failed",
             Reason::ForwardingDisabled => "forwarding_disabled",
+            Reason::BadDstMac => "bad_dst_mac",
+            Reason::BadSrcMac => "bad_src_mac",
+            Reason::BadIpLength => "bad_ip_length",
+            Reason::BadIpChecksum => "bad_ip_checksum",
+            Reason::TtlExceeded => "ttl_exceeded",
+            Reason::BadL4Length => "bad_l4_length",
+            Reason::BadTcpFlags => "bad_tcp_flags",
+            Reason::BadSrcPort => "bad_src_port",
+            Reason::MartianSource => "martian_source",
         }
     }
 }

@@ -205,7 +205,7 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// `CT_*`.
     pub state: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 11],
     /// `bpf_ktime_get_ns` of the last packet (refreshed at most every `CT_TOUCH_NS`).
     pub last_seen_ns: u64,
 }
@@ -299,7 +299,11 @@ pub struct Settings {
     /// SNAT source ports are allocated from `[snat_port_min, snat_port_max]`.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    pub _pad: u32,
+    /// Under SNAT-port pressure (a new flow's probe finds its port held), a flow still
+    /// opening (SYN_SENT on the client side) whose last packet is this old gives its port
+    /// back: a flood of spoofed SYNs cannot hold the port range for the whole SYN timeout.
+    /// 0 disables.
+    pub tcp_syn_reclaim_ms: u32,
     pub tcp_syn_timeout_ns: u64,
     pub tcp_established_timeout_ns: u64,
     pub tcp_closing_timeout_ns: u64,
@@ -314,7 +318,7 @@ impl Default for Settings {
         Self {
             snat_port_min: 40000,
             snat_port_max: 59999,
-            _pad: 0,
+            tcp_syn_reclaim_ms: 1000,
             tcp_syn_timeout_ns: 60 * SEC,
             tcp_established_timeout_ns: 3600 * SEC,
             tcp_closing_timeout_ns: 10 * SEC,
@@ -335,6 +339,22 @@ impl Settings {
         }
     }
 }
+
+/// One interface the program is attached to (`IFACES`, direct-mapped by
+/// `ifindex % IFACE_SLOTS`): frames must be addressed to `mac` to be forwarded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceSlot {
+    /// Host order; 0 = empty slot.
+    pub ifindex: u32,
+    pub mac: Mac,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<IfaceSlot>() == 12);
+
+/// Slots of `IFACES`. Two attached interfaces whose ifindexes collide modulo this keep the
+/// first; the other's frames skip the destination-MAC check (the agent warns).
+pub const IFACE_SLOTS: u32 = 4096;
 
 /// Conntrack entries refresh `last_seen_ns` at most this often, to keep the established path
 /// from writing a shared cache line on every packet.
@@ -358,4 +378,104 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for IfaceSlot {}
 }
+
+// Every field of every shared type, in order: no hidden padding anywhere.
+crate::packed_fields!(Addr { words });
+crate::packed_fields!(ServiceKey {
+    vip,
+    port,
+    proto,
+    family
+});
+crate::packed_fields!(ServiceValue {
+    id,
+    flags,
+    maglev_size,
+    _pad0,
+    rate_pps,
+    burst
+});
+crate::packed_fields!(ServiceSlot {
+    seq,
+    kind,
+    key,
+    _pad,
+    value
+});
+crate::packed_fields!(BackendValue {
+    addr,
+    port,
+    family,
+    _pad,
+    _pad1
+});
+crate::packed_fields!(VipAddrKey { addr, family, _pad });
+crate::packed_fields!(FlowKey {
+    src,
+    dst,
+    src_port,
+    dst_port,
+    proto,
+    family,
+    _pad
+});
+crate::packed_fields!(CtEntry {
+    backend,
+    snat,
+    backend_port,
+    snat_port,
+    egress_ifindex,
+    egress_dmac,
+    egress_smac,
+    service_id,
+    backend_id,
+    state,
+    _pad,
+    last_seen_ns,
+});
+crate::packed_fields!(NatEntry {
+    orig,
+    client_ifindex,
+    client_mac,
+    local_mac,
+    service_id,
+    backend_id,
+    state,
+    _pad,
+    _pad1,
+    last_seen_ns,
+});
+crate::packed_fields!(RateKey {
+    src,
+    service_id,
+    family,
+    _pad
+});
+crate::packed_fields!(Bucket {
+    nano_tokens,
+    last_ns
+});
+crate::packed_fields!(Stats {
+    packets,
+    bytes,
+    new_flows,
+    drops
+});
+crate::packed_fields!(IfAddrs {
+    v4,
+    v6,
+    flags,
+    _pad
+});
+crate::packed_fields!(Settings {
+    snat_port_min,
+    snat_port_max,
+    tcp_syn_reclaim_ms,
+    tcp_syn_timeout_ns,
+    tcp_established_timeout_ns,
+    tcp_closing_timeout_ns,
+    udp_timeout_ns,
+});
+crate::packed_fields!(IfaceSlot { ifindex, mac, _pad });

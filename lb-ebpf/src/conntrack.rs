@@ -1,25 +1,18 @@
-//! Flow lookup and creation: Maglev pick, next hop, SNAT port, both conntrack entries.
+//! Flow lookup and creation: both conntrack entries (client side and reply side), kept in
+//! step through a flow's life. Backend choice is `maglev`, the SNAT port `snat`.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{
     CT_CLOSING, CtEntry, FlowKey, Mac, NatEntry, Reason, ServiceValue, Settings, flow_state,
-    hash::{MAGLEV_SEED, SNAT_SEED, flow_hash},
 };
 
 use crate::{
-    fib,
+    ctx::PacketCtx,
+    fib, maglev,
     maps::Scratch,
-    maps::{BACKENDS, CONNTRACK, MAGLEV, NAT_REVERSE, SCRATCH},
+    maps::{CONNTRACK, NAT_REVERSE, SCRATCH},
     nat::copy_words,
+    snat,
 };
-
-const BPF_NOEXIST: u64 = 1;
-/// SNAT ports tried per new flow before giving up. Busy ports cost a lookup each; 32 keeps
-/// drops negligible up to ~60 % of the range held (0.6^32 ~ 1e-7).
-const SNAT_ATTEMPTS: u32 = 32;
-/// Stride between attempts: a prime, so retries spread over the range instead of probing
-/// the neighbours of a busy port.
-const SNAT_STRIDE: u32 = 4099;
 
 /// The live conntrack entry of this packet's flow, updated for this packet; `None` if there
 /// is none or it is stale (then the packet opens a new flow).
@@ -42,16 +35,21 @@ pub fn established(
     Some(e)
 }
 
-/// The same for a backend's reply.
+/// The reply-side entry of a backend's packet, if it is a reply to one of our flows. Not
+/// yet updated: the packet is checked first (see [`reply_seen`]).
 #[inline(always)]
-pub fn reply(key: &FlowKey, flags: u8, now: u64) -> Option<&'static NatEntry> {
+pub fn reply(key: &FlowKey) -> Option<&'static mut NatEntry> {
     let p = NAT_REVERSE.get_ptr_mut(key)?;
-    // SAFETY: as above.
-    let e = unsafe { &mut *p };
+    // SAFETY: map value pointer, valid for this program run.
+    Some(unsafe { &mut *p })
+}
+
+/// Updates a reply-side entry for a packet that passed the checks.
+#[inline(always)]
+pub fn reply_seen(key: &FlowKey, e: &mut NatEntry, flags: u8, now: u64) {
     if touch(&mut e.state, &mut e.last_seen_ns, key.proto, flags, now) {
         close_forward(key, e, now);
     }
-    Some(e)
 }
 
 /// Advances an entry's state for this packet and refreshes its timestamp, writing at most
@@ -138,7 +136,7 @@ pub struct ClientSide {
 /// in this CPU's scratch slot, valid until the program returns.
 #[inline(always)]
 pub fn create(
-    ctx: &XdpContext,
+    ctx: &impl PacketCtx,
     key: &FlowKey,
     flags: u8,
     svc: &ServiceValue,
@@ -149,18 +147,7 @@ pub fn create(
     if !flow_state::opens_flow(key.proto, flags) {
         return Err(Reason::NoFlow);
     }
-    if svc.maglev_size == 0 {
-        return Err(Reason::NoBackend);
-    }
-    let slot = flow_hash(key, MAGLEV_SEED) % svc.maglev_size;
-    let backend_id = *MAGLEV.get_value(svc.id, &slot).ok_or(Reason::NoBackend)?;
-    if backend_id == 0 {
-        return Err(Reason::NoBackend);
-    }
-    let backend = BACKENDS.get(backend_id).ok_or(Reason::NoBackend)?;
-    if backend.family != key.family {
-        return Err(Reason::FamilyMismatch);
-    }
+    let (backend_id, backend) = maglev::pick(svc, key)?;
     let hop = fib::lookup(ctx, key.family, key.proto, &backend.addr)?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtInsertFailed)?;
     // SAFETY: this CPU's slot; XDP runs to completion without migrating.
@@ -189,7 +176,7 @@ pub fn create(
     rev.proto = key.proto;
     rev.family = key.family;
     rev._pad = [0; 2];
-    let snat_port = allocate_port(rev, nat, key, settings, now)?;
+    let snat_port = snat::allocate_port(rev, nat, key, settings, now)?;
 
     // SAFETY: as above.
     unsafe {
@@ -211,52 +198,4 @@ pub fn create(
         return Err(Reason::CtInsertFailed);
     }
     Ok(ct)
-}
-
-/// Claims a free SNAT source port toward the backend in `rev` by inserting the reverse
-/// entry with `BPF_NOEXIST`; the insert is the lock. Ports held by flows that went idle past
-/// their timeout are reclaimed. Returns the port in network byte order.
-///
-/// The first probe just inserts (the common case: its port is free). Later probes look
-/// before they insert: a failed insert into an LRU map costs a free-list pop and push (~3x a
-/// lookup), and they only run when part of the range is held.
-#[inline(always)]
-fn allocate_port(
-    rev: &mut FlowKey,
-    nat: &NatEntry,
-    key: &FlowKey,
-    settings: &Settings,
-    now: u64,
-) -> Result<u16, Reason> {
-    let min = settings.snat_port_min as u32;
-    let range = (settings.snat_port_max as u32).saturating_sub(min) + 1;
-    let start = flow_hash(key, SNAT_SEED);
-    for i in 0..SNAT_ATTEMPTS {
-        let port = ((min + (start.wrapping_add(i * SNAT_STRIDE)) % range) as u16).to_be();
-        rev.dst_port = port;
-        if i == 0 && NAT_REVERSE.insert(&*rev, nat, BPF_NOEXIST).is_ok() {
-            return Ok(port);
-        }
-        // SAFETY: read-only look at the current holder.
-        match unsafe { NAT_REVERSE.get(&*rev) } {
-            None => {}
-            // Reclaimable: idle past its timeout, or an earlier incarnation of this very
-            // connection (the client reused its port and a SYN reopened the flow). Without
-            // the second case a client that reuses ports quickly burns a fresh port per
-            // reuse until its probes run out while most of the range is free.
-            Some(old)
-                if old.orig == *key
-                    || flow_state::is_stale(old.state, old.last_seen_ns, now, 0, settings) =>
-            {
-                let _ = NAT_REVERSE.remove(&*rev);
-            }
-            Some(_) => continue,
-        }
-        // Two CPUs claiming the same port at once: one insert wins, the other tries its next
-        // port.
-        if NAT_REVERSE.insert(&*rev, nat, BPF_NOEXIST).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(Reason::SnatExhausted)
 }

@@ -1,15 +1,15 @@
 //! Next hop toward a backend: route, egress interface, MACs and the source address to use.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
-    programs::XdpContext,
 };
 use lb_common::{Addr, FAMILY_V4, Mac, Reason};
+
+use crate::ctx::PacketCtx;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -25,7 +25,7 @@ pub struct NextHop {
 /// Looks up the route to `dst`. `BPF_FIB_LOOKUP_SRC` makes the kernel pick the source
 /// address as it would for its own traffic, so SNAT needs no address configuration.
 #[inline(always)]
-pub fn lookup(ctx: &XdpContext, family: u8, proto: u8, dst: &Addr) -> Result<NextHop, Reason> {
+pub fn lookup(ctx: &impl PacketCtx, family: u8, proto: u8, dst: &Addr) -> Result<NextHop, Reason> {
     let mut params = core::mem::MaybeUninit::<FibParams>::uninit();
     // Zeroed word by word in place: `mem::zeroed` (or moving a zeroed value) compiles to a
     // call of a byte-by-byte memset subprogram (64 iterations).
@@ -37,7 +37,7 @@ pub fn lookup(ctx: &XdpContext, family: u8, proto: u8, dst: &Addr) -> Result<Nex
     // SAFETY: plain-old-data struct, now all zero: a valid value for every field.
     let p = unsafe { params.assume_init_mut() };
     p.l4_protocol = proto;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = ctx.ingress_ifindex();
     if family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_4.ipv4_dst = dst.words[0];
@@ -48,7 +48,7 @@ pub fn lookup(ctx: &XdpContext, family: u8, proto: u8, dst: &Addr) -> Result<Nex
     // SAFETY: p is a valid bpf_fib_lookup on our stack.
     let ret = unsafe {
         bpf_fib_lookup(
-            ctx.as_ptr(),
+            ctx.as_raw(),
             p,
             core::mem::size_of::<FibParams>() as i32,
             BPF_FIB_LOOKUP_SRC,

@@ -1,7 +1,26 @@
 //! Wire headers. Fields are in network byte order, read and written as they are.
 //!
-//! Headers sit at 2-byte-aligned offsets in the frame; BPF on the architectures we run on
-//! allows unaligned loads, so plain field access is fine here.
+//! Headers sit at 2-byte offsets in the frame, so a `&T` to one (or a plain `*p` of a
+//! `u32` field) could be misaligned: fields are read and written through raw pointers with
+//! [`get!`] and [`set!`], which go through `wire` (one instruction per field, no alignment
+//! assumed).
+
+/// Reads field `$f` of the header at raw pointer `$p` (bounds-checked by `ptr_at`).
+macro_rules! get {
+    ($p:expr, $f:ident) => {
+        // SAFETY: `$p` was bounds-checked for the whole header; no alignment is assumed.
+        unsafe { $crate::wire::Field::get(&raw const (*$p).$f) }
+    };
+}
+
+/// Writes field `$f` of the header at raw pointer `$p` (bounds-checked by `ptr_at`).
+macro_rules! set {
+    ($p:expr, $f:ident, $v:expr) => {{
+        let v = $v;
+        // SAFETY: as for `get!`.
+        unsafe { $crate::wire::Field::set(&raw mut (*$p).$f, v) }
+    }};
+}
 
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6: u16 = 0x86DDu16.to_be();

@@ -1,23 +1,25 @@
-//! The packet path: parse -> service lookup -> rate limit -> conntrack -> (new flow: Maglev,
-//! FIB, SNAT) -> NAT rewrite -> XDP_TX / XDP_REDIRECT. Replies from backends take the reverse
-//! path back to the client.
+//! The packet path: parse -> service lookup -> rate limit -> checks -> conntrack -> (new
+//! flow: source checks, Maglev, FIB, SNAT) -> NAT rewrite -> XDP_TX / XDP_REDIRECT. Replies
+//! from backends take the reverse path back to the client, through the same checks.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::bindings::xdp_action;
 use lb_common::{Reason, ServiceValue, Settings};
 
 use crate::{
     clock,
     conntrack::{self, ClientSide},
+    ctx::{PacketCtx, ptr_at},
     headers::EthHdr,
     maps::{DEVMAP, SETTINGS},
     nat::{self, Rewrite},
-    parse::{self, Packet, ptr_at},
+    parse::{self, Packet},
     ratelimit, service,
     stats::{self, count, service_drop},
+    validate,
 };
 
 #[inline(always)]
-pub fn process(ctx: &XdpContext) -> u32 {
+pub fn process(ctx: &impl PacketCtx) -> u32 {
     let pkt = match parse::parse(ctx) {
         Ok(p) => p,
         Err(verdict) => return verdict,
@@ -42,25 +44,38 @@ pub fn process(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
+fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
+    // Rate limit first: a flood from one source is dropped at the cheapest point, and
+    // garbage counts against its sender's bucket like anything else it sends.
     let now = clock::now_ns();
     if !ratelimit::admit(svc, &pkt.key, now) {
         service_drop(svc.id, Reason::RateLimited);
         return xdp_action::XDP_DROP;
     }
+    if let Err(reason) = validate::packet(ctx, pkt) {
+        service_drop(svc.id, reason);
+        // TTL running out on the way in: the kernel answers ICMP time exceeded, as a router
+        // does (the VIP is not local, so it does not deliver it).
+        return if reason == Reason::TtlExceeded {
+            xdp_action::XDP_PASS
+        } else {
+            xdp_action::XDP_DROP
+        };
+    }
     let (ct, new_flow) = match conntrack::established(&pkt.key, pkt.tcp_flags, now, settings) {
         Some(ct) => (ct, false),
         None => {
+            if let Err(reason) = validate::new_flow_source(&pkt.key) {
+                service_drop(svc.id, reason);
+                return xdp_action::XDP_DROP;
+            }
             let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
                 return xdp_action::XDP_DROP;
             };
-            // SAFETY: bounds-checked.
-            let client = unsafe {
-                ClientSide {
-                    ifindex: ctx.ingress_ifindex() as u32,
-                    mac: (*eth).src,
-                    local_mac: (*eth).dst,
-                }
+            let client = ClientSide {
+                ifindex: ctx.ingress_ifindex(),
+                mac: get!(eth, src),
+                local_mac: get!(eth, dst),
             };
             match conntrack::create(ctx, &pkt.key, pkt.tcp_flags, svc, settings, &client, now) {
                 Ok(ct) => (ct, true),
@@ -71,6 +86,10 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Set
             }
         }
     };
+    if !trim(ctx, pkt) {
+        service_drop(svc.id, Reason::BadIpLength);
+        return xdp_action::XDP_DROP;
+    }
     let rw = Rewrite {
         src: &ct.snat,
         src_port: ct.snat_port,
@@ -89,9 +108,17 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &ServiceValue, settings: &Set
 
 /// Translates a backend's reply back to client <- VIP. `None` if it is not one of ours.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
-    let now = clock::now_ns();
-    let nat = conntrack::reply(&pkt.key, pkt.tcp_flags, now)?;
+fn to_client(ctx: &impl PacketCtx, pkt: &Packet) -> Option<u32> {
+    let nat = conntrack::reply(&pkt.key)?;
+    if let Err(reason) = validate::packet(ctx, pkt) {
+        service_drop(nat.service_id, reason);
+        return Some(xdp_action::XDP_DROP);
+    }
+    conntrack::reply_seen(&pkt.key, nat, pkt.tcp_flags, clock::now_ns());
+    if !trim(ctx, pkt) {
+        service_drop(nat.service_id, Reason::BadIpLength);
+        return Some(xdp_action::XDP_DROP);
+    }
     let rw = Rewrite {
         src: &nat.orig.dst,
         src_port: nat.orig.dst_port,
@@ -108,10 +135,18 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     Some(send(ctx, nat.client_ifindex))
 }
 
+/// Cuts bytes after the IP datagram (Ethernet padding, garbage) before forwarding, as the
+/// kernel's `ip_rcv` does: they would otherwise travel on. Rare (veth never pads; physical
+/// NICs pad frames under 60 bytes), so it costs nothing on the common path.
+#[inline(always)]
+fn trim(ctx: &impl PacketCtx, pkt: &Packet) -> bool {
+    pkt.trailer == 0 || ctx.trim_tail(pkt.trailer)
+}
+
 /// Out the way it came (one-arm) or through the devmap to another interface (two-arm).
 #[inline(always)]
-fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
-    if ifindex == ctx.ingress_ifindex() as u32 {
+fn send(ctx: &impl PacketCtx, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() {
         return xdp_action::XDP_TX;
     }
     match DEVMAP.redirect(ifindex, xdp_action::XDP_DROP as u64) {

@@ -1,8 +1,12 @@
-//! XDP programs of the load balancer.
+//! Programs of the load balancer: one entry file per program under `programs/`, over shared
+//! logic that does not depend on the attach point (`ctx::PacketCtx`).
 //!
-//! `xdp_lb` is the packet path (see `lb::process`); `xdp_pass` is a do-nothing program, the
-//! floor for benchmarks and the program veth peers need so XDP_REDIRECT into them works.
+//! Layout: `ctx` and `headers` (packet access) <- `parse`, `validate` (what a packet is and
+//! whether it may be forwarded) <- `service`, `ratelimit`, `maglev`, `snat`, `fib`,
+//! `conntrack` (decisions and state) <- `nat` (the rewrite) <- `lb` (the path) <- `programs`.
 #![no_std]
+// Single-instruction unaligned header access (see `wire`).
+#![feature(asm_experimental_arch)]
 #![no_main]
 // Map keys and values go to the helpers by reference: by value, each call would copy the
 // key (up to 40 bytes) onto the 512-byte BPF stack.
@@ -10,27 +14,22 @@
 
 mod clock;
 mod conntrack;
+mod ctx;
 mod fib;
+#[macro_use]
 mod headers;
 mod lb;
+mod maglev;
 mod maps;
 mod nat;
 mod parse;
+mod programs;
 mod ratelimit;
 mod service;
+mod snat;
 mod stats;
-
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-
-#[xdp]
-pub fn xdp_lb(ctx: XdpContext) -> u32 {
-    lb::process(&ctx)
-}
-
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
+mod validate;
+mod wire;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,11 +1,12 @@
 //! Rewrites a parsed packet's MACs, addresses and ports, patching checksums incrementally.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, FAMILY_V4, Mac, PROTO_TCP, csum::Delta};
 
 use crate::{
+    ctx::{PacketCtx, ptr_at},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr},
-    parse::{Packet, ptr_at},
+    parse::Packet,
+    wire::Word,
 };
 
 /// The new headers of a translated packet.
@@ -18,33 +19,34 @@ pub struct Rewrite<'a> {
     pub dmac: &'a Mac,
 }
 
-/// Copies a MAC as three 16-bit words (MACs sit at even offsets in the frame and in our map
-/// values). A plain `*dst = *src` of `[u8; 6]` from a map value into the frame compiles to a
-/// call of a byte-by-byte `memmove` subprogram: two of them cost about 20 ns per packet.
+/// Copies a MAC as three 16-bit words. A plain `*dst = *src` of `[u8; 6]` from a map value
+/// into the frame compiles to a call of a byte-by-byte `memmove` subprogram: two of them
+/// cost about 20 ns per packet.
 ///
 /// # Safety
-/// `dst` must be valid for a 6-byte write and 2-byte aligned.
+/// `dst` must be valid for a 6-byte write (any alignment); `src` is 2-aligned (MACs sit at
+/// even offsets of our map values).
 #[inline(always)]
 unsafe fn copy_mac(dst: *mut Mac, src: &Mac) {
     let d = dst.cast::<u16>();
     let s = src.as_ptr().cast::<u16>();
-    // SAFETY: 6 bytes, 2-byte aligned on both sides.
+    // SAFETY: 6 bytes on both sides; the frame side takes any alignment.
     unsafe {
         for i in 0..3 {
-            *d.add(i) = *s.add(i);
+            u16::store(d.add(i), *s.add(i));
         }
     }
 }
 
-/// Writes an address word by word, for the same reason as [`copy_mac`] (volatile, or LLVM
-/// merges the stores back into a `memmove` call).
+/// Writes an address word by word into a map value, for the same reason as [`copy_mac`]
+/// (volatile, or LLVM merges the stores back into a `memmove` call).
 ///
 /// # Safety
-/// `dst` must be valid for a 16-byte write.
+/// `dst` must be valid for a 16-byte write and 4-byte aligned (map values are).
 #[inline(always)]
 pub unsafe fn copy_words(dst: *mut [u32; 4], src: &[u32; 4]) {
     let d = dst.cast::<u32>();
-    // SAFETY: as for every header field (see `headers`).
+    // SAFETY: 16 bytes, 4-byte aligned.
     unsafe {
         for (i, w) in src.iter().enumerate() {
             core::ptr::write_volatile(d.add(i), *w);
@@ -52,10 +54,12 @@ pub unsafe fn copy_words(dst: *mut [u32; 4], src: &[u32; 4]) {
     }
 }
 
-/// Applies `rw` to the packet. `None` only if the frame shrank under us (cannot happen: the
-/// offsets were bounds-checked at parse time, but the verifier needs the checks again).
+/// Applies `rw` to the packet and decrements its TTL / hop limit (the LB is a hop: a packet
+/// must not circle through it forever; `validate` made sure it is above 1). `None` only if
+/// the frame shrank under us (cannot happen: the offsets were bounds-checked at parse time,
+/// but the verifier needs the checks again).
 #[inline(always)]
-pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
+pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
     let k = &pkt.key;
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds-checked pointers into the frame.
@@ -69,24 +73,29 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         .replace16(k.dst_port, rw.dst_port);
     if k.family == FAMILY_V4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
-        let addrs = Delta::new()
+        // TTL shares a checksummed 16-bit word with the protocol.
+        let ttl_word = ip.cast::<u8>().wrapping_add(8).cast::<u16>();
+        // SAFETY: bytes 8..10 of the bounds-checked header.
+        let old_ttl_word = unsafe { u16::load(ttl_word) };
+        set!(ip, ttl, pkt.ttl - 1);
+        // SAFETY: as above.
+        let new_ttl_word = unsafe { u16::load(ttl_word) };
+        let header = Delta::new()
+            .replace16(old_ttl_word, new_ttl_word)
             .replace32(k.src.words[0], rw.src.words[0])
             .replace32(k.dst.words[0], rw.dst.words[0]);
-        unsafe {
-            (*ip).check = addrs.apply((*ip).check);
-            (*ip).src = rw.src.words[0];
-            (*ip).dst = rw.dst.words[0];
-        }
-        // The pseudo-header covers the addresses: the same delta applies to L4.
+        set!(ip, check, header.apply(get!(ip, check)));
+        set!(ip, src, rw.src.words[0]);
+        set!(ip, dst, rw.dst.words[0]);
+        // The pseudo-header covers the addresses (not the TTL): the same delta applies to L4.
         l4 = l4
             .replace32(k.src.words[0], rw.src.words[0])
             .replace32(k.dst.words[0], rw.dst.words[0]);
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
-        unsafe {
-            copy_words(&raw mut (*ip).src, &rw.src.words);
-            copy_words(&raw mut (*ip).dst, &rw.dst.words);
-        }
+        set!(ip, hop_limit, pkt.ttl - 1);
+        set!(ip, src, rw.src.words);
+        set!(ip, dst, rw.dst.words);
         l4 = l4
             .replace_addr(&k.src.words, &rw.src.words)
             .replace_addr(&k.dst.words, &rw.dst.words);
@@ -94,20 +103,16 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
 
     if k.proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off)?;
-        unsafe {
-            (*tcp).sport = rw.src_port;
-            (*tcp).dport = rw.dst_port;
-            (*tcp).check = l4.apply((*tcp).check);
-        }
+        set!(tcp, sport, rw.src_port);
+        set!(tcp, dport, rw.dst_port);
+        set!(tcp, check, l4.apply(get!(tcp, check)));
     } else {
         let udp = ptr_at::<UdpHdr>(ctx, pkt.l4_off)?;
-        unsafe {
-            (*udp).sport = rw.src_port;
-            (*udp).dport = rw.dst_port;
-            // IPv4 UDP may carry no checksum (0); IPv6 UDP always does, and must never
-            // send 0 (RFC 8200 section 8.1), which apply_udp4 also guarantees.
-            (*udp).check = l4.apply_udp4((*udp).check);
-        }
+        set!(udp, sport, rw.src_port);
+        set!(udp, dport, rw.dst_port);
+        // IPv4 UDP may carry no checksum (0); IPv6 UDP always does, and must never
+        // send 0 (RFC 8200 section 8.1), which apply_udp4 also guarantees.
+        set!(udp, check, l4.apply_udp4(get!(udp, check)));
     }
     Some(())
 }

@@ -158,8 +158,8 @@ impl Fx {
             .expect("apply config");
         // Devmap entries name devices by ifindex in the *caller's* namespace.
         ns.enter(|| {
-            dp.allow_redirect_to(lb_c).expect("devmap");
-            dp.allow_redirect_to(lb_b).expect("devmap");
+            dp.register_interface(lb_c).expect("devmap");
+            dp.register_interface(lb_b).expect("devmap");
         });
         Fx {
             ns,
@@ -257,6 +257,8 @@ pub struct Pkt {
     pub dport: u16,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// TTL / hop limit.
+    pub ttl: u8,
 }
 
 impl Pkt {
@@ -271,6 +273,7 @@ impl Pkt {
             dport,
             l4,
             payload: b"hello".to_vec(),
+            ttl: 64,
         }
     }
 
@@ -293,6 +296,7 @@ impl Pkt {
             dport,
             l4,
             payload: payload.to_vec(),
+            ttl: 64,
         }
     }
 
@@ -323,18 +327,23 @@ impl Pkt {
             }};
         }
         match (self.vlan, self.src, self.dst) {
-            (None, IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth.ipv4(s.octets(), d.octets(), 64)),
-            (None, IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth.ipv6(s.octets(), d.octets(), 64)),
+            (None, IpAddr::V4(s), IpAddr::V4(d)) => {
+                finish!(eth.ipv4(s.octets(), d.octets(), self.ttl))
+            }
+            (None, IpAddr::V6(s), IpAddr::V6(d)) => {
+                finish!(eth.ipv6(s.octets(), d.octets(), self.ttl))
+            }
             (Some(v), IpAddr::V4(s), IpAddr::V4(d)) => finish!(
                 eth.single_vlan(v.try_into().unwrap())
-                    .ipv4(s.octets(), d.octets(), 64)
+                    .ipv4(s.octets(), d.octets(), self.ttl)
             ),
             _ => unreachable!("fixtures use no other combination"),
         }
         out
     }
 
-    /// This packet after translation to `src:sport -> dst:dport` with new MACs.
+    /// This packet after translation to `src:sport -> dst:dport` with new MACs, one hop on
+    /// (TTL / hop limit one less).
     pub fn translated(
         &self,
         smac: [u8; 6],
@@ -351,6 +360,7 @@ impl Pkt {
             sport,
             dst,
             dport,
+            ttl: self.ttl - 1,
             ..self.clone()
         }
     }

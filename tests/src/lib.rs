@@ -10,11 +10,14 @@
 //! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
 //! - [`lab`]: a topology with name servers and the real `lb` agent running on it.
 //! - [`control_lab`]: a lab with the admin API and registry, and timing helpers for changes.
+//! - [`corpus`]: hostile frames to a VIP, the policy's reference model, checks of forwarded frames.
+//! - [`rawsock`]: `AF_PACKET` sockets to inject and capture frames.
 
 pub mod admin;
 pub mod bench;
 pub mod cleanup;
 pub mod control_lab;
+pub mod corpus;
 pub mod etcd;
 pub mod fake_consul;
 pub mod fake_k8s;
@@ -22,6 +25,7 @@ pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod ns_server;
+pub mod rawsock;
 pub mod servers;
 pub mod topology;
 pub mod xdp;

@@ -770,7 +770,6 @@ fn removed_service_drops_its_table() {
 }
 
 /// Runs a fixture row and checks verdict, output bytes and the single reason counter.
-/// Runs a fixture row and checks verdict, output bytes and the single reason counter.
 trait Check {
     fn check(&mut self, row: &Row) -> Vec<u8>;
 }

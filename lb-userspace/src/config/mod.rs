@@ -276,7 +276,7 @@ impl Global {
         Settings {
             snat_port_min: self.snat_port_min,
             snat_port_max: self.snat_port_max,
-            _pad: 0,
+            tcp_syn_reclaim_ms: Settings::default().tcp_syn_reclaim_ms,
             tcp_syn_timeout_ns: ns(self.conntrack.tcp_syn_timeout),
             tcp_established_timeout_ns: ns(self.conntrack.tcp_established_timeout),
             tcp_closing_timeout_ns: ns(self.conntrack.tcp_closing_timeout),

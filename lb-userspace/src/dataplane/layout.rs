@@ -17,9 +17,9 @@ use std::{fmt, path::Path};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, MapType};
 use lb_common::{
-    BackendValue, Bucket, CtEntry, FlowKey, MAX_BACKENDS, MAX_SERVICES, NatEntry, RateKey,
-    ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey, reason::REASON_COUNT,
-    service_slot::SERVICE_SLOTS,
+    BackendValue, Bucket, CtEntry, FlowKey, IFACE_SLOTS, IfaceSlot, MAX_BACKENDS, MAX_SERVICES,
+    NatEntry, RateKey, ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey,
+    reason::REASON_COUNT, service_slot::SERVICE_SLOTS,
 };
 use tracing::warn;
 
@@ -160,6 +160,16 @@ pub const PINNED: &[MapSpec] = &[
         entries: Entries::Fixed(64),
         // BPF_F_RDONLY_PROG: the kernel sets it on every devmap.
         flags: 0x80,
+        version: 1,
+        on_replace: "refilled before the new program runs",
+    },
+    MapSpec {
+        name: "IFACES",
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<IfaceSlot>(),
+        entries: Entries::Fixed(IFACE_SLOTS),
+        flags: 0,
         version: 1,
         on_replace: "refilled before the new program runs",
     },

@@ -104,7 +104,7 @@ impl Dataplane {
         };
         self.attached
             .insert(iface.to_string(), Attachment { ifindex, link });
-        self.allow_redirect_to(ifindex)
+        self.register_interface(ifindex)
     }
 
     fn record_link_mode(&self, iface: &str, mode: XdpMode) -> Result<()> {
@@ -195,7 +195,7 @@ impl Dataplane {
                     continue;
                 }
             };
-            self.allow_redirect_to(ifindex)?;
+            self.register_interface(ifindex)?;
             self.attached.insert(
                 iface,
                 Attachment {

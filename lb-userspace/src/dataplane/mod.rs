@@ -8,6 +8,7 @@
 //! May depend on: `lb_common` only. Used by `reconcile`, `sysctls` and `l4`.
 
 mod counters;
+mod iface;
 pub mod layout;
 mod links;
 pub mod pin;
@@ -24,8 +25,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, links::LinkError},
 };
 use lb_common::{
-    BackendValue, CtEntry, FlowKey, ServiceKey, ServiceValue, Settings, Stats, VipAddrKey,
+    BackendValue, CtEntry, FlowKey, IFACE_SLOTS, IfaceSlot, ServiceKey, ServiceValue, Settings,
+    Stats, VipAddrKey,
 };
+use tracing::warn;
 
 pub use counters::Counters;
 pub use layout::MapsFound;
@@ -76,6 +79,12 @@ pub enum DataplaneError {
     Devmap(#[from] aya::maps::xdp::XdpMapError),
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("reading the MAC address of interface {ifindex}: {source}")]
+    InterfaceMac {
+        ifindex: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("interface `{0}` not found")]
     NoInterface(String),
     #[error("attaching XDP ({mode:?}) to `{iface}`: {source}")]
@@ -188,6 +197,7 @@ pub struct Dataplane {
     backends: Array<MapData, BackendValue>,
     settings: Array<MapData, Settings>,
     devmap: DevMapHash<MapData>,
+    ifaces: Array<MapData, IfaceSlot>,
     conntrack: HashMap<MapData, FlowKey, CtEntry>,
     counters: Counters,
 }
@@ -258,6 +268,7 @@ impl Dataplane {
             backends: take(&mut ebpf, "BACKENDS")?,
             settings: take(&mut ebpf, "SETTINGS")?,
             devmap: take(&mut ebpf, "DEVMAP")?,
+            ifaces: take(&mut ebpf, "IFACES")?,
             conntrack: take(&mut ebpf, "CONNTRACK")?,
             counters: Counters::take(&mut ebpf)?,
             attached: BTreeMap::new(),
@@ -318,9 +329,33 @@ impl Dataplane {
             .expect("programs were loaded and checked in Dataplane::load")
     }
 
-    /// Makes `iface` a redirect target without attaching the LB to it (tests use this).
-    pub fn allow_redirect_to(&mut self, ifindex: u32) -> Result<()> {
-        Ok(self.devmap.insert(ifindex, ifindex, None, 0)?)
+    /// Registers an interface the program serves (attach and takeover call it; tests call
+    /// it directly): a redirect target, and its MAC, which frames must be addressed to.
+    /// `ifindex` is in the caller's network namespace.
+    pub fn register_interface(&mut self, ifindex: u32) -> Result<()> {
+        self.devmap.insert(ifindex, ifindex, None, 0)?;
+        let mac = iface::mac_of(ifindex)
+            .map_err(|source| DataplaneError::InterfaceMac { ifindex, source })?;
+        let slot = ifindex % IFACE_SLOTS;
+        let current = self.ifaces.get(&slot, 0).map_err(map_err("IFACES"))?;
+        if current.ifindex != 0
+            && current.ifindex != ifindex
+            && self.attached.values().any(|a| a.ifindex == current.ifindex)
+        {
+            warn!(
+                ifindex,
+                other = current.ifindex,
+                "two attached interfaces share an IFACES slot: frames on the second skip the \
+                 destination-MAC check"
+            );
+            return Ok(());
+        }
+        let value = IfaceSlot {
+            ifindex,
+            mac,
+            _pad: [0; 2],
+        };
+        self.ifaces.set(slot, value, 0).map_err(map_err("IFACES"))
     }
 
     pub fn set_settings(&mut self, s: &Settings) -> Result<()> {

@@ -175,8 +175,35 @@ fn time_runs(
     })
 }
 
-fn packet_paths(runs: usize) -> (f64, Vec<PathResult>) {
+/// The size of a loaded program: what the verifier's budget and the JIT see. Recorded so
+/// growth is visible run to run.
+struct ProgramSize {
+    name: &'static str,
+    /// Instructions after the verifier's rewrites (xlated length / 8).
+    xlated_insns: u32,
+    /// Instructions the verifier processed (its complexity budget is 1M).
+    verified_insns: u32,
+    jited_bytes: u32,
+}
+
+fn program_sizes(fx: &mut Fx) -> Vec<ProgramSize> {
+    let size = |name: &'static str, prog: &Xdp| {
+        let info = prog.info().expect("program info");
+        ProgramSize {
+            name,
+            xlated_insns: info.size_translated().unwrap_or(0) / 8,
+            verified_insns: info.verified_instruction_count().unwrap_or(0),
+            jited_bytes: info.size_jitted(),
+        }
+    };
+    let lb = size("xdp_lb", fx.dp.lb_program());
+    let pass = size("xdp_pass", fx.dp.pass_program());
+    vec![lb, pass]
+}
+
+fn packet_paths(runs: usize) -> (f64, Vec<PathResult>, Vec<ProgramSize>) {
     let mut fx = Fx::start();
+    let sizes = program_sizes(&mut fx);
     let (lb_c, lb_b) = (fx.lb_c, fx.lb_b);
     // Flows the established, reply, UDP and IPv6 paths will hit.
     let est = Pkt::from_client("10.200.1.2", 30000, "10.200.100.1", 80, SYN);
@@ -197,6 +224,12 @@ fn packet_paths(runs: usize) -> (f64, Vec<PathResult>) {
         fx.run(lb_c, &limited(s));
     }
     let other = Pkt::from_client("10.200.1.2", 30003, "10.200.1.1", 22, SYN).bytes();
+    // A hostile frame to the service: SYN+FIN, dropped by the checks before any state.
+    let hostile = {
+        let mut b = Pkt::from_client("10.200.1.2", 30004, "10.200.100.1", 80, SYN).bytes();
+        b[14 + 20 + 13] = 0x03;
+        b
+    };
 
     let pass = fx.dp.pass_program() as *const Xdp;
     let lb = fx.dp.lb_program() as *const Xdp;
@@ -227,6 +260,11 @@ fn packet_paths(runs: usize) -> (f64, Vec<PathResult>) {
             Box::new(move |i| limited(10 + i as u16)),
         ),
         ("non-service pass", lb_c, Box::new(|_| other.clone())),
+        (
+            "hostile drop (SYN+FIN)",
+            lb_c,
+            Box::new(|_| hostile.clone()),
+        ),
     ];
     let results = cases
         .into_iter()
@@ -242,7 +280,7 @@ fn packet_paths(runs: usize) -> (f64, Vec<PathResult>) {
             }
         })
         .collect();
-    (floor_ns, results)
+    (floor_ns, results, sizes)
 }
 
 struct MaglevResult {
@@ -451,10 +489,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let (floor, paths) = if args.runs_part("packets") {
+    let (floor, paths, sizes) = if args.runs_part("packets") {
         packet_paths(args.runs)
     } else {
-        (f64::NAN, Vec::new())
+        (f64::NAN, Vec::new(), Vec::new())
     };
     let mg = if args.runs_part("maglev") {
         maglev()
@@ -525,6 +563,22 @@ fn main() -> anyhow::Result<()> {
         }
         md.push('\n');
     }
+    if !sizes.is_empty() {
+        let _ = writeln!(md, "## Program size (as loaded)\n");
+        let _ = writeln!(
+            md,
+            "| program | instructions (xlated) | verifier-processed instructions | JIT bytes |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for z in &sizes {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                z.name, z.xlated_insns, z.verified_insns, z.jited_bytes
+            );
+        }
+        md.push('\n');
+    }
     if !mg.is_empty() {
         let _ = writeln!(md, "## Maglev (M = 65537)\n");
         let _ = writeln!(
@@ -544,7 +598,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let json = format!(
-        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
+        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"programs\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
         args.note.as_deref().map_or("null".into(), report::json_str),
         args.runs,
         report::json_num(floor),
@@ -557,6 +611,14 @@ fn main() -> anyhow::Result<()> {
                 p.median_ns,
                 p.p90_ns,
                 p.net_ns
+            ))
+            .collect::<Vec<_>>()
+            .join(","),
+        sizes
+            .iter()
+            .map(|z| format!(
+                "{{\"program\":\"{}\",\"xlated_insns\":{},\"verified_insns\":{},\"jited_bytes\":{}}}",
+                z.name, z.xlated_insns, z.verified_insns, z.jited_bytes
             ))
             .collect::<Vec<_>>()
             .join(","),

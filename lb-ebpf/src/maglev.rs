@@ -1,0 +1,27 @@
+//! Backend selection for a new flow: the service's Maglev table (built by the agent, swapped
+//! whole), indexed by the flow hash.
+
+use lb_common::{
+    BackendValue, FlowKey, Reason, ServiceValue,
+    hash::{MAGLEV_SEED, flow_hash},
+};
+
+use crate::maps::{BACKENDS, MAGLEV};
+
+/// The backend a new flow of `svc` with key `key` goes to: its id and record.
+#[inline(always)]
+pub fn pick(svc: &ServiceValue, key: &FlowKey) -> Result<(u32, &'static BackendValue), Reason> {
+    if svc.maglev_size == 0 {
+        return Err(Reason::NoBackend);
+    }
+    let slot = flow_hash(key, MAGLEV_SEED) % svc.maglev_size;
+    let backend_id = *MAGLEV.get_value(svc.id, &slot).ok_or(Reason::NoBackend)?;
+    if backend_id == 0 {
+        return Err(Reason::NoBackend);
+    }
+    let backend = BACKENDS.get(backend_id).ok_or(Reason::NoBackend)?;
+    if backend.family != key.family {
+        return Err(Reason::FamilyMismatch);
+    }
+    Ok((backend_id, backend))
+}

@@ -1,0 +1,4 @@
+//! One file per program (attach point); each is a thin entry over the shared packet logic.
+
+mod xdp_lb;
+mod xdp_pass;
