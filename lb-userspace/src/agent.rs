@@ -53,6 +53,10 @@ pub enum AgentError {
     Admin(#[from] AdminError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// A part's task ended before it was told to stop (it panicked): the agent exits rather
+    /// than run half (a pinned data plane keeps forwarding for the next start).
+    #[error("the {0} stopped unexpectedly: {1}")]
+    PartFailed(&'static str, String),
 }
 
 /// `lb run`'s options.
@@ -109,10 +113,10 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     let mut generation = first.generation;
 
     let (control_handle, control_requests) = ControlPlane::channel();
-    let control_task = tokio::spawn(control.run(control_requests, control_stop.clone()));
+    let mut control_task = tokio::spawn(control.run(control_requests, control_stop.clone()));
     let l4_stop = CancellationToken::new();
     let (l4_handle, l4_requests) = L4Dataplane::channel();
-    let l4_task = tokio::spawn(l4.run(snapshots, l4_requests, l4_stop.clone()));
+    let mut l4_task = tokio::spawn(l4.run(snapshots, l4_requests, l4_stop.clone()));
     // The L7 gateway composes here: it will subscribe to the same snapshot channel (a
     // `Subscriber` clone taken before `l4.run`), and run on its own multi-threaded runtime
     // (its own threads: proxying is CPU-bound, unlike the rest) with its own stop token,
@@ -160,6 +164,8 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            r = &mut control_task => return Err(failed("control plane", r.err())),
+            r = &mut l4_task => return Err(failed("L4 data plane", r.err())),
         };
         info!("{why}");
         seen = file_fingerprint(&path);
@@ -188,6 +194,15 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
         Err(e) => warn!(error = %e, "the L4 data plane task failed; nothing to detach"),
     }
     Ok(())
+}
+
+fn failed(part: &'static str, e: Option<tokio::task::JoinError>) -> AgentError {
+    let why = e.map_or_else(|| "returned".to_owned(), |e| e.to_string());
+    error!(
+        part,
+        why, "a part of the agent stopped unexpectedly; exiting"
+    );
+    AgentError::PartFailed(part, why)
 }
 
 async fn print_stats(status: &StatusSource) {

@@ -319,3 +319,95 @@ impl ControlPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The control plane with no data plane at all: what it publishes, and when.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        config,
+        registry::{SourceHandle, ep},
+    };
+
+    const CONFIG: &str = r#"
+[global]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "192.0.2.1"
+port = 80
+protocol = "tcp"
+backend = [{ address = "10.0.0.1", port = 80 }]
+"#;
+
+    fn backends(s: &Snapshot) -> Vec<String> {
+        s.service("web")
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| format!("{}:{}/{}", b.key.addr, b.key.port, b.origin))
+            .collect()
+    }
+
+    /// Waits for the next published snapshot; `None` if none comes within 300 ms.
+    async fn next(sub: &mut Subscriber) -> Option<Arc<Snapshot>> {
+        tokio::time::timeout(Duration::from_millis(300), sub.changed())
+            .await
+            .ok()?
+            .ok()?;
+        Some(sub.borrow_and_update().clone())
+    }
+
+    #[tokio::test]
+    async fn publishes_generations_and_source_changes_only_when_they_change_something() {
+        let config = Arc::new(config::parse(CONFIG, "test.toml").unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let registry = SourceHandle::new(builtin::SOURCE_NAME, tx.clone());
+        let stop = CancellationToken::new();
+        let (mut control, mut sub) = ControlPlane::start(config.clone(), tx, rx, &stop);
+        assert_eq!(sub.borrow_and_update().generation, 0);
+
+        let first = control.set_config(config.clone());
+        assert_eq!(first.generation, 1);
+        assert_eq!(backends(&first), ["10.0.0.1:80/config"]);
+        assert_eq!(next(&mut sub).await.unwrap().generation, 1);
+
+        let (handle, requests) = ControlPlane::channel();
+        let task = tokio::spawn(control.run(requests, stop.clone()));
+
+        // A source adds a backend: published, same generation.
+        registry.publish(vec![ep("web", "10.0.0.2", 80, 1)]);
+        let changed = next(&mut sub)
+            .await
+            .expect("a snapshot for the new backend");
+        assert_eq!(changed.generation, 1);
+        assert_eq!(
+            backends(&changed),
+            ["10.0.0.1:80/config", "10.0.0.2:80/registry"]
+        );
+
+        // The same set again, or an error: nothing to publish (last-known-good kept).
+        registry.publish(vec![ep("web", "10.0.0.2", 80, 1)]);
+        registry.error("unreachable");
+        assert!(next(&mut sub).await.is_none());
+        let view = handle.view().await.unwrap();
+        assert_eq!(view.sources[0].updates, 2);
+        assert_eq!(view.sources[0].errors, 1);
+        assert_eq!(backends(&view.snapshot).len(), 2);
+
+        // A reload is a new generation even with an equal config.
+        assert_eq!(handle.set_config(config).await, Some(2));
+        assert_eq!(next(&mut sub).await.unwrap().generation, 2);
+
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the control plane stops on its token")
+            .unwrap();
+        assert!(handle.view().await.is_none());
+    }
+}

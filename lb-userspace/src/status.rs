@@ -5,8 +5,8 @@
 //! [`build`] assembles it from the control plane's view (snapshot, sources, health) and the
 //! L4 data plane's (ids, counters, conntrack); [`StatusSource`] asks the running parts.
 //!
-//! May depend on: `model`, `control`, `l4`, `health` (their views). Only `admin` and the
-//! composition root (`agent`, `main`) use it.
+//! May depend on: `model`, `control`, `l4`, `health` (their views). Used by `metrics`,
+//! `admin` and the composition root (`agent`, `main`).
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
