@@ -29,6 +29,8 @@ impl Word for u16 {
         unsafe {
             asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
                  options(readonly, nostack, preserves_flags));
+            // SAFETY: BPF loads zero-extend: telling LLVM spares a mask before each use.
+            core::hint::assert_unchecked(v <= u16::MAX as u64);
         }
         v as u16
     }
@@ -50,6 +52,8 @@ impl Word for u32 {
         unsafe {
             asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
                  options(readonly, nostack, preserves_flags));
+            // SAFETY: as for `u16`.
+            core::hint::assert_unchecked(v <= u32::MAX as u64);
         }
         v as u32
     }
