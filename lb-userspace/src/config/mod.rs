@@ -276,7 +276,8 @@ impl Global {
         Settings {
             snat_port_min: self.snat_port_min,
             snat_port_max: self.snat_port_max,
-            tcp_syn_reclaim_ms: Settings::default().tcp_syn_reclaim_ms,
+            // Validated to fit (at most MAX_SYN_RECLAIM_MS).
+            tcp_syn_reclaim_ms: self.conntrack.tcp_syn_reclaim.as_millis() as u32,
             tcp_syn_timeout_ns: ns(self.conntrack.tcp_syn_timeout),
             tcp_established_timeout_ns: ns(self.conntrack.tcp_established_timeout),
             tcp_closing_timeout_ns: ns(self.conntrack.tcp_closing_timeout),
@@ -321,6 +322,10 @@ pub struct Conntrack {
     pub max_entries: u32,
     /// TCP flow that has not completed its handshake.
     pub tcp_syn_timeout: Duration,
+    /// Under SNAT-port pressure, a flow still in its handshake and quiet this long gives its
+    /// port back (a spoofed-SYN flood cannot hold the range for `tcp_syn_timeout`); zero
+    /// disables. Whole milliseconds.
+    pub tcp_syn_reclaim: Duration,
     pub tcp_established_timeout: Duration,
     /// TCP flow after FIN or RST.
     pub tcp_closing_timeout: Duration,
@@ -334,6 +339,7 @@ impl Default for Conntrack {
         Self {
             max_entries: DEFAULT_CT_MAX_ENTRIES,
             tcp_syn_timeout: Duration::from_nanos(s.tcp_syn_timeout_ns),
+            tcp_syn_reclaim: Duration::from_millis(s.tcp_syn_reclaim_ms.into()),
             tcp_established_timeout: Duration::from_nanos(s.tcp_established_timeout_ns),
             tcp_closing_timeout: Duration::from_nanos(s.tcp_closing_timeout_ns),
             udp_timeout: Duration::from_nanos(s.udp_timeout_ns),

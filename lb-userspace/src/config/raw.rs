@@ -39,6 +39,7 @@ pub(super) struct RawRateLimit {
 pub(super) struct RawConntrack {
     pub max_entries: Option<Sp<i64>>,
     pub tcp_syn_timeout: Option<Sp<i64>>,
+    pub tcp_syn_reclaim_ms: Option<Sp<i64>>,
     pub tcp_established_timeout: Option<Sp<i64>>,
     pub tcp_closing_timeout: Option<Sp<i64>>,
     pub udp_timeout: Option<Sp<i64>>,
@@ -262,6 +263,7 @@ fn conntrack(t: &Table, d: &mut Diag) -> RawConntrack {
         &[
             "max_entries",
             "tcp_syn_timeout",
+            "tcp_syn_reclaim_ms",
             "tcp_established_timeout",
             "tcp_closing_timeout",
             "udp_timeout",
@@ -271,6 +273,7 @@ fn conntrack(t: &Table, d: &mut Diag) -> RawConntrack {
     RawConntrack {
         max_entries: int(t, "max_entries", d),
         tcp_syn_timeout: int(t, "tcp_syn_timeout", d),
+        tcp_syn_reclaim_ms: int(t, "tcp_syn_reclaim_ms", d),
         tcp_established_timeout: int(t, "tcp_established_timeout", d),
         tcp_closing_timeout: int(t, "tcp_closing_timeout", d),
         udp_timeout: int(t, "udp_timeout", d),

@@ -327,8 +327,29 @@ fn conntrack(raw: &RawConntrack, d: &mut Diag) -> Conntrack {
             defaults.tcp_closing_timeout,
         ),
         udp_timeout: timeout(&raw.udp_timeout, "udp_timeout", defaults.udp_timeout),
+        tcp_syn_reclaim: match &raw.tcp_syn_reclaim_ms {
+            None => defaults.tcp_syn_reclaim,
+            Some(r) if (0..=MAX_SYN_RECLAIM_MS).contains(&r.val) => {
+                Duration::from_millis(r.val as u64)
+            }
+            Some(r) => {
+                d.error(
+                    &r.span,
+                    "global.conntrack.tcp_syn_reclaim_ms",
+                    format!(
+                        "tcp_syn_reclaim_ms {} is out of range 0..={MAX_SYN_RECLAIM_MS} (0 disables; default {})",
+                        r.val,
+                        defaults.tcp_syn_reclaim.as_millis()
+                    ),
+                );
+                defaults.tcp_syn_reclaim
+            }
+        },
     }
 }
+
+/// Longest `tcp_syn_reclaim_ms`: an hour (past that, `tcp_syn_timeout` frees ports anyway).
+const MAX_SYN_RECLAIM_MS: i64 = 3_600_000;
 
 /// A port that must be in `1..=65535`.
 pub(super) fn port(raw: &Sp<i64>, field: &str, d: &mut Diag) -> Option<u16> {

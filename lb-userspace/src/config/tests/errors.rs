@@ -594,6 +594,24 @@ fn timeout_zero() {
 }
 
 #[test]
+fn syn_reclaim_negative() {
+    let text = format!("{GLOBAL}[global.conntrack]\ntcp_syn_reclaim_ms = -1\n");
+    one_error(
+        &text,
+        4,
+        "global.conntrack.tcp_syn_reclaim_ms",
+        "tcp_syn_reclaim_ms -1 is out of range 0..=3600000",
+    );
+}
+
+#[test]
+fn syn_reclaim_reaches_the_data_plane() {
+    let text = format!("{GLOBAL}[global.conntrack]\ntcp_syn_reclaim_ms = 0\n");
+    let c = crate::config::parse(&text, "t.toml").expect("valid");
+    assert_eq!(c.global.settings().tcp_syn_reclaim_ms, 0);
+}
+
+#[test]
 fn conntrack_max_entries_too_small() {
     let text = format!("{GLOBAL}[global.conntrack]\nmax_entries = 1000\n");
     one_error(

@@ -141,6 +141,7 @@ fn minimal_config_gets_every_default() {
         Conntrack {
             max_entries: 262_144,
             tcp_syn_timeout: Duration::from_secs(60),
+            tcp_syn_reclaim: Duration::from_secs(1),
             tcp_established_timeout: Duration::from_secs(3600),
             tcp_closing_timeout: Duration::from_secs(10),
             udp_timeout: Duration::from_secs(60),
