@@ -200,6 +200,22 @@ impl Fx {
             .collect()
     }
 
+    /// Asserts that, since `before` (a [`Fx::reasons`] reading), exactly one packet was
+    /// counted, under `reason`: every packet moves exactly one reason counter.
+    pub fn assert_only_reason(&self, before: &[u64], reason: lb_common::Reason, what: &str) {
+        let after = self.reasons();
+        for (i, r) in lb_common::Reason::ALL.iter().enumerate() {
+            let want = u64::from(*r == reason);
+            assert_eq!(
+                after[i] - before[i],
+                want,
+                "{what}: counter `{}` moved by {} (expected {want})",
+                r.name(),
+                after[i] - before[i]
+            );
+        }
+    }
+
     pub fn service(&self, name: &str) -> Stats {
         let id = self
             .rec

@@ -45,18 +45,7 @@ fn check_rows(fx: &mut Fx, rows: &[Row]) {
             "{}: the frame must be untouched",
             r.name
         );
-        let after = fx.reasons();
-        for (i, reason) in Reason::ALL.iter().enumerate() {
-            let want = u64::from(*reason == r.reason);
-            assert_eq!(
-                after[i] - before[i],
-                want,
-                "{}: counter `{}` moved by {} (expected {want})",
-                r.name,
-                reason.name(),
-                after[i] - before[i]
-            );
-        }
+        fx.assert_only_reason(&before, r.reason, &r.name);
     }
 }
 

@@ -793,18 +793,7 @@ impl Check for Fx {
         } else {
             assert_eq!(out, row.input, "{}: packet must be untouched", row.name);
         }
-        let after = self.reasons();
-        for (i, r) in Reason::ALL.iter().enumerate() {
-            let want = u64::from(*r == row.reason);
-            assert_eq!(
-                after[i] - before[i],
-                want,
-                "{}: counter `{}` moved by {} (expected {want})",
-                row.name,
-                r.name(),
-                after[i] - before[i]
-            );
-        }
+        self.assert_only_reason(&before, row.reason, row.name);
         out
     }
 }
