@@ -89,6 +89,24 @@ fn real_traffic(lab: &Lab, when: &str, first_udp_port: u16) {
 type V6Servers = Vec<(TcpNameServer, UdpNameServer)>;
 
 /// The lab with `n` backends and both VIPs answering; receivers check checksums themselves.
+/// The end of a corpus test: the agent survived, real traffic still works, and no frame
+/// broke the rules.
+fn conclude(lab: &mut Lab, v6_servers: V6Servers, failures: &[String]) {
+    assert!(
+        lab.agent.is_running(),
+        "the agent died during the corpus:\n{}",
+        lab.agent.output()
+    );
+    real_traffic(lab, "after", 30100);
+    drop(v6_servers);
+    assert!(
+        failures.is_empty(),
+        "{} problems:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn start_lab(n: usize) -> (Lab, V6Servers) {
     let lab = Lab::start_config(Topology::two_arm(n).unwrap(), config, &[]);
     let mut v6 = Vec::new();
@@ -159,19 +177,7 @@ fn hostile_corpus_never_reaches_a_backend() {
         &client_cap.drain(Duration::from_millis(200), Duration::from_secs(5), 100_000),
     );
     let failures = judge(&entries, &arrivals);
-    assert!(
-        lab.agent.is_running(),
-        "the agent died during the corpus:\n{}",
-        lab.agent.output()
-    );
-    real_traffic(&lab, "after", 30100);
-    drop(v6_servers);
-    assert!(
-        failures.is_empty(),
-        "{} problems:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    conclude(&mut lab, v6_servers, &failures);
 }
 
 /// Sends every entry (its opener first) and returns, by corpus index, the frames carrying
@@ -390,19 +396,7 @@ fn hostile_replies_never_reach_the_client() {
         .unwrap();
     let arrivals = inject_and_capture(&tx, &captures, &entries);
     let failures = judge(&entries, &arrivals);
-    assert!(
-        lab.agent.is_running(),
-        "the agent died during the corpus:\n{}",
-        lab.agent.output()
-    );
-    real_traffic(&lab, "after", 30100);
-    drop(v6_servers);
-    assert!(
-        failures.is_empty(),
-        "{} problems:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    conclude(&mut lab, v6_servers, &failures);
 }
 
 /// TTL / hop limit 0 or 1 to a VIP: the data plane hands the frame to the kernel, which
