@@ -78,10 +78,14 @@ pub enum Reason {
     /// Martian source address (the VIP itself, unspecified, loopback, multicast, broadcast,
     /// link-local, reserved, IPv4-mapped/-compatible IPv6) opening a flow: drop.
     MartianSource = 30,
+    /// To an L7 gateway service (`mode = "http"`), past the rate limit and the checks: pass
+    /// (the kernel delivers it to the gateway's socket through the VIP's local route and
+    /// sk_lookup).
+    ToGateway = 31,
 }
 
 /// Number of reasons (size of `REASONS`).
-pub const REASON_COUNT: u32 = 31;
+pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -116,6 +120,7 @@ impl Reason {
         Reason::BadTcpFlags,
         Reason::BadSrcPort,
         Reason::MartianSource,
+        Reason::ToGateway,
     ];
 
     /// Stable snake_case name, used in metrics labels and `lb status`.
@@ -152,6 +157,7 @@ impl Reason {
             Reason::BadTcpFlags => "bad_tcp_flags",
             Reason::BadSrcPort => "bad_src_port",
             Reason::MartianSource => "martian_source",
+            Reason::ToGateway => "to_gateway",
         }
     }
 }

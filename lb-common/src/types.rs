@@ -19,6 +19,9 @@ pub const MAX_MAGLEV_SIZE: u32 = 1_000_003;
 
 /// Service flags (`ServiceValue::flags`).
 pub const SVC_FLAG_NAT: u32 = 1;
+/// The service is the L7 gateway's: after the rate limit and the checks, packets go to the
+/// kernel (`XDP_PASS`), which delivers them to the gateway's socket.
+pub const SVC_FLAG_PASS: u32 = 2;
 
 /// An IPv4 or IPv6 address in wire order. IPv4 uses `words[0]`; the other words are zero.
 #[repr(C)]

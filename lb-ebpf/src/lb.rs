@@ -3,7 +3,7 @@
 //! from backends take the reverse path back to the client, through the same checks.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{Reason, ServiceValue, Settings};
+use lb_common::{Reason, SVC_FLAG_PASS, ServiceValue, Settings};
 
 use crate::{
     clock,
@@ -61,6 +61,14 @@ fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: 
         } else {
             xdp_action::XDP_DROP
         };
+    }
+    // The gateway's services end here: checked and limited like any other, then the kernel
+    // delivers them (local route for the VIP, sk_lookup to the gateway's socket). No
+    // conntrack: the kernel's TCP stack owns these connections.
+    if svc.flags & SVC_FLAG_PASS != 0 {
+        let syn = lb_common::flow_state::opens_flow(pkt.key.proto, pkt.tcp_flags);
+        stats::to_gateway(svc.id, pkt.len, syn);
+        return xdp_action::XDP_PASS;
     }
     let (ct, new_flow) = match conntrack::established(&pkt.key, pkt.tcp_flags, now, settings) {
         Some(ct) => (ct, false),

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, SockMap},
 };
 use lb_common::{
     BackendValue, Bucket, CtEntry, FlowKey, IFACE_SLOTS, IfaceSlot, MAX_BACKENDS, MAX_SERVICES,
@@ -22,6 +22,11 @@ const MAGLEV_INNER_FLAGS: usize = 0x1000 | 0x400;
 /// (VIP, port, protocol) -> service.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// The L7 gateway's listening sockets: index 0 IPv4, 1 IPv6 (see `sk_lookup_gateway`).
+/// Not pinned: the sockets live and die with the agent.
+#[map]
+pub static GATEWAY_SOCKETS: SockMap = SockMap::with_max_entries(2, 0);
 
 /// Direct-mapped copy of `SERVICES`, read first (see `lb_common::service_slot`).
 #[map]

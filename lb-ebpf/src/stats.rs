@@ -43,3 +43,10 @@ pub fn service_drop(svc: u32, reason: Reason) {
     count(reason);
     add(SERVICE_STATS.get_ptr_mut(svc), 0, false, true);
 }
+
+/// A packet of gateway service `svc` passed to the kernel (a SYN counts as a new flow).
+#[inline(always)]
+pub fn to_gateway(svc: u32, bytes: u64, syn: bool) {
+    count(Reason::ToGateway);
+    add(SERVICE_STATS.get_ptr_mut(svc), bytes, syn, false);
+}

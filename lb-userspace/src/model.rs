@@ -12,7 +12,11 @@
 //! and the generation's [`Config`], from which consumers read their own settings). Nothing
 //! else in the agent.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use tokio::sync::watch;
 
@@ -61,8 +65,8 @@ pub struct Backend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    pub vip: IpAddr,
-    pub port: u16,
+    /// VIP and port; `None` for a backend set only gateway routes reach.
+    pub frontend: Option<SocketAddr>,
     pub protocol: Protocol,
     pub mode: Mode,
     /// The service has a health check.

@@ -1,4 +1,5 @@
 //! One file per program (attach point); each is a thin entry over the shared packet logic.
 
+mod sk_lookup_gateway;
 mod xdp_lb;
 mod xdp_pass;

@@ -92,6 +92,15 @@ impl<'a> Table<'a> {
             .unwrap_or_else(|| self.span.clone())
     }
 
+    /// The keys present, in file order.
+    pub(super) fn keys(&self) -> Vec<String> {
+        self.inner
+            .iter()
+            .filter(|(_, item)| !item.is_none())
+            .map(|(k, _)| k.to_owned())
+            .collect()
+    }
+
     /// The value of `key`, if present.
     pub(super) fn get(&self, key: &str) -> Option<Node<'a>> {
         let (k, item) = self.inner.get_key_value(key)?;

@@ -21,6 +21,7 @@ mod control;
 mod diag;
 mod doc;
 mod error;
+mod gateway;
 mod health;
 mod raw;
 mod services;
@@ -37,6 +38,10 @@ use std::time::Duration;
 use lb_common::{PROTO_TCP, PROTO_UDP, Settings};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use gateway::{
+    DEFAULT_API_KEY_HEADER, DEFAULT_JWKS_MIN_REFETCH, DEFAULT_JWKS_REFRESH, DEFAULT_JWT_LEEWAY,
+    DEFAULT_TENANT_CLAIM, JWT_ALGORITHMS,
+};
 pub use health::read_ca_file;
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
@@ -105,6 +110,17 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// In file order.
     pub services: Vec<Service>,
+    /// `[[auth]]`: authentication providers gateway routes name, in file order.
+    pub auth: Vec<AuthProvider>,
+    /// `[gateway]`: agent-wide L7 gateway settings.
+    pub gateway: GatewaySettings,
+}
+
+impl Config {
+    /// The `[[auth]]` provider named `name`.
+    pub fn auth_provider(&self, name: &str) -> Option<&AuthProvider> {
+        self.auth.iter().find(|a| a.name == name)
+    }
 }
 
 /// Where the built-in registry persists registrations when `[registry] state_file` is not
@@ -348,16 +364,20 @@ impl Default for Conntrack {
 }
 
 /// A load-balanced service (`[[service]]`): packets to `vip:port` over `protocol` are spread
-/// over `backends`.
+/// over `backends` (`mode = "nat"`), or handed to the L7 gateway, whose routes pick among
+/// other services (`mode = "http"`). A service without `vip` and `port` is a backend set
+/// that only gateway routes reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     /// Unique, `[A-Za-z0-9_.-]{1,63}`.
     pub name: String,
-    pub vip: IpAddr,
-    /// Not 0.
-    pub port: u16,
+    /// `vip` and `port` (port not 0); `None` for a backend set of gateway routes.
+    pub frontend: Option<SocketAddr>,
+    /// TCP when there is no frontend.
     pub protocol: Protocol,
     pub mode: Mode,
+    /// `mode = "http"`: its TLS certificates and routes (`None` otherwise).
+    pub http: Option<HttpService>,
     /// A prime in `MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE`; the global one unless overridden.
     pub maglev_table_size: u32,
     /// The global one unless overridden.
@@ -452,13 +472,194 @@ impl std::fmt::Display for Protocol {
     }
 }
 
-/// How packets reach backends. Only NAT exists today; the enum leaves room for DSR/IPIP.
+/// How packets reach backends. The enum leaves room for DSR/IPIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Destination rewritten to the backend, source to our address (SNAT); replies come back
     /// through the load balancer.
     #[default]
     Nat,
+    /// The data plane rate-limits and checks, then passes the packets to the kernel, which
+    /// delivers the connection to the L7 gateway's socket (local route + sk_lookup).
+    Http,
+}
+
+/// What a `mode = "http"` service serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpService {
+    /// `[[service.tls]]`: certificates by SNI name; empty: plain HTTP (HTTP/1.1 and
+    /// prior-knowledge h2c). The first is the default for clients without (known) SNI.
+    pub tls: Vec<TlsCert>,
+    /// `[[service.route]]`, in file order (precedence is the router's: most specific first).
+    pub routes: Vec<Route>,
+}
+
+/// One certificate chain and key, served for `names`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCert {
+    /// Exact (`api.example.com`) or wildcard (`*.example.com`) names, lower case; empty: only
+    /// the default.
+    pub names: Vec<String>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[[service.route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique within the service; default `route<N>`.
+    pub name: String,
+    /// Lower-case host names or `*.` wildcards; empty: any host.
+    pub hosts: Vec<String>,
+    pub path: PathMatch,
+    pub rewrite: Rewrite,
+    /// Upper-case method names; empty: any.
+    pub methods: Vec<String>,
+    /// Lower-case header names and what their value must be.
+    pub headers: Vec<(String, HeaderMatch)>,
+    /// Services the requests go to, split by weight.
+    pub targets: Vec<RouteTarget>,
+    /// Talk HTTP/2 (prior knowledge) to the backends.
+    pub http2: bool,
+    /// Name of the `[[auth]]` provider requests must satisfy.
+    pub auth: Option<String>,
+    /// Scopes the identity must hold (403 otherwise).
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<RouteLimit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// On segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    None,
+    /// Remove the matched prefix (`/api/users` -> `/users`; never empty: `/`).
+    StripPrefix,
+    /// Replace the matched prefix.
+    ReplacePrefix(String),
+    /// Replace the whole path (the query is kept).
+    ReplacePath(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    Exact(String),
+    Present,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub service: String,
+    /// Share of requests; 0 sends none (at least one target has weight > 0).
+    pub weight: u32,
+}
+
+/// A route's request rate limit: a token bucket per `key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimit {
+    /// Requests per second, >= 1.
+    pub rate: u32,
+    /// Bucket depth, >= 1; default `rate`.
+    pub burst: u32,
+    pub key: LimitKey,
+}
+
+/// What a route's rate limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's address (default).
+    ClientIp,
+    /// The authenticated subject (JWT `sub`, API key name); the client's address without.
+    Identity,
+    /// The identity's tenant; the client's address without.
+    Tenant,
+    /// One bucket for the whole route.
+    Route,
+}
+
+/// `[[auth]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthProvider {
+    pub name: String,
+    pub kind: AuthKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthKind {
+    Jwt(JwtAuth),
+    ApiKey(ApiKeyAuth),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtAuth {
+    pub keys: JwtKeys,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// The token's `aud` must hold one of these, if any.
+    pub audiences: Vec<String>,
+    /// Names from [`JWT_ALGORITHMS`]; default RS256 and ES256.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Lower-case header holding the bare token; `None`: `Authorization: Bearer`.
+    pub header: Option<String>,
+    /// Claim copied to `X-Tenant-ID`.
+    pub tenant_claim: String,
+    /// Further claims copied to headers: (claim, lower-case header).
+    pub claim_headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeys {
+    /// Fetched, refreshed every `refresh`, refetched on an unknown `kid` at most every
+    /// `min_refetch`.
+    Url {
+        url: String,
+        refresh: Duration,
+        min_refetch: Duration,
+    },
+    /// A JWKS document in a file (absolute path).
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyAuth {
+    /// The key file (absolute path): SHA-256 hashes of keys, reloaded when it changes.
+    pub file: PathBuf,
+    /// Lower-case header carrying the key; default `x-api-key`.
+    pub header: String,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub access_log: AccessLog,
+    /// Where access log lines go; `None`: standard output.
+    pub access_log_file: Option<PathBuf>,
+    /// Worker threads of the gateway's own runtime; default 2.
+    pub threads: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            access_log: AccessLog::Off,
+            access_log_file: None,
+            threads: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

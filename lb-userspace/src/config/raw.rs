@@ -9,6 +9,10 @@ use super::doc::{Node, Sp, Table};
 
 pub(super) struct RawConfig {
     pub global: Option<RawGlobal>,
+    /// `[[auth]]`, read and judged at once (see `gateway`).
+    pub auth: Vec<super::gateway::RawAuth>,
+    /// `[gateway]`, read and judged at once.
+    pub gateway: super::GatewaySettings,
     pub admin: Option<RawAdmin>,
     pub registry: Option<RawRegistry>,
     pub sources: Vec<RawSource>,
@@ -61,6 +65,12 @@ pub(super) struct RawService {
     /// backends are not all known.
     pub backends_complete: bool,
     pub health: Option<RawHealth>,
+    /// `[[service.route]]`, read and judged at once (see `gateway`).
+    pub routes: Vec<super::gateway::RawRoute>,
+    /// `[[service.tls]]`, read and judged (files read) at once.
+    pub tls: Vec<super::TlsCert>,
+    /// Some `route` entry was malformed (reported): do not also report "no routes".
+    pub routes_complete: bool,
 }
 
 pub(super) struct RawBackend {
@@ -150,7 +160,12 @@ pub(super) struct RawHealth {
 
 /// Reads the document root, reporting unknown fields, wrong types and missing fields.
 pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
-    root.deny_unknown(&["global", "admin", "registry", "source", "service"], d);
+    root.deny_unknown(
+        &[
+            "global", "admin", "registry", "source", "service", "auth", "gateway",
+        ],
+        d,
+    );
     let global = root
         .required("global", "the `[global]` table of agent-wide settings", d)
         .and_then(|n| n.table(d))
@@ -181,6 +196,8 @@ pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
         .collect();
     RawConfig {
         global,
+        auth: super::gateway::auth(root, d),
+        gateway: super::gateway::settings(root, d),
         admin,
         registry,
         sources,
@@ -292,6 +309,8 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             "rate_limit",
             "backend",
             "health",
+            "route",
+            "tls",
         ],
         d,
     );
@@ -311,21 +330,18 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         .enumerate()
         .filter_map(|(index, b)| Some(backend(index, &b?, d)))
         .collect();
+    let (routes, routes_complete) = super::gateway::routes(t, d);
     RawService {
         index,
         span: t.span.clone(),
         name: t
             .required("name", "a unique name for logs and stats", d)
             .and_then(|n| n.str(d)),
-        vip: t
-            .required("vip", "the virtual IP address clients connect to", d)
-            .and_then(|n| n.str(d)),
-        port: t
-            .required("port", "the virtual port", d)
-            .and_then(|n| n.int(d)),
-        protocol: t
-            .required("protocol", "`tcp` or `udp`", d)
-            .and_then(|n| n.str(d)),
+        // All three optional here: a service without `vip` and `port` is a backend set for
+        // gateway routes (`services` judges which combinations are valid).
+        vip: string(t, "vip", d),
+        port: int(t, "port", d),
+        protocol: string(t, "protocol", d),
         mode: string(t, "mode", d),
         maglev_table_size: int(t, "maglev_table_size", d),
         rate_limit: rate_limit(t, d),
@@ -335,6 +351,9 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             .get("health")
             .and_then(|n| n.table(d))
             .map(|t| health(&t, d)),
+        routes,
+        routes_complete,
+        tls: super::gateway::tls(t, d),
     }
 }
 

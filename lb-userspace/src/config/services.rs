@@ -11,7 +11,9 @@ use super::doc::Sp;
 use super::health::health;
 use super::raw::{RawBackend, RawService};
 use super::validate::{port, rate_limit, table_size};
-use super::{Backend, Global, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Service};
+use super::{
+    Backend, Global, HttpService, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Service,
+};
 
 /// What the cross-service checks need from one service, whatever else was wrong with it.
 struct Checked {
@@ -114,14 +116,24 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
         .port
         .as_ref()
         .and_then(|v| port(v, &format!("{p}.port"), d));
-    let protocol = raw
-        .protocol
-        .as_ref()
-        .and_then(|v| protocol(v, &format!("{p}.protocol"), d));
     let mode = match &raw.mode {
         None => Some(Mode::Nat),
         Some(m) => mode(m, &format!("{p}.mode"), d),
     };
+    let protocol = match &raw.protocol {
+        Some(v) => protocol(v, &format!("{p}.protocol"), d),
+        // A backend set without a VIP carries HTTP (gateway routes): TCP goes without saying.
+        None if raw.vip.is_none() && raw.port.is_none() => Some(Protocol::Tcp),
+        None => {
+            d.error(
+                &raw.span,
+                &format!("{p}.protocol"),
+                "missing required field `protocol` (`tcp` or `udp`)",
+            );
+            None
+        }
+    };
+    let frontend_ok = frontend_shape(raw, &p, mode, protocol, d);
     let maglev_table_size = match &raw.maglev_table_size {
         None => Some(global.maglev_table_size),
         Some(s) => table_size(s, &format!("{p}.maglev_table_size"), d),
@@ -154,13 +166,26 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
         (Some(v), Some(p), Some(pr)) => Some((v, p, pr)),
         _ => None,
     };
+    let frontend = match (vip, port) {
+        (Some(v), Some(p)) => Some(Some(SocketAddr::new(v, p))),
+        _ if raw.vip.is_none() && raw.port.is_none() => Some(None),
+        _ => None,
+    };
+    let http = match mode {
+        Some(Mode::Http) => Some(HttpService {
+            tls: raw.tls.clone(),
+            routes: raw.routes.iter().map(|r| r.route.clone()).collect(),
+        }),
+        _ => None,
+    };
     let service = (|| {
+        frontend_ok.then_some(())?;
         Some(Service {
             name: name?.val.clone(),
-            vip: vip?,
-            port: port?,
+            frontend: frontend?,
             protocol: protocol?,
             mode: mode?,
+            http,
             maglev_table_size: maglev_table_size?,
             rate_limit,
             backends: backends?,
@@ -240,18 +265,118 @@ fn protocol(raw: &Sp<String>, field: &str, d: &mut Diag) -> Option<Protocol> {
 fn mode(raw: &Sp<String>, field: &str, d: &mut Diag) -> Option<Mode> {
     match raw.val.as_str() {
         "nat" => return Some(Mode::Nat),
+        "http" => return Some(Mode::Http),
         m @ ("dsr" | "ipip") => d.error(
             &raw.span,
             field,
-            format!("mode `{m}` is not supported yet (only `nat`)"),
+            format!("mode `{m}` is not supported yet (only `nat` and `http`)"),
         ),
         other => d.error(
             &raw.span,
             field,
-            format!("unknown mode `{other}`; expected `nat`"),
+            format!("unknown mode `{other}`; expected `nat` or `http`"),
         ),
     }
     None
+}
+
+/// The combinations of `vip`, `port`, `mode`, routes, TLS and backends that make sense:
+/// `vip` and `port` together or not at all (without them the service is a backend set for
+/// gateway routes); `mode = "http"` needs both, TCP, at least one route and no backends of
+/// its own; routes and TLS only with `mode = "http"`.
+fn frontend_shape(
+    raw: &RawService,
+    p: &str,
+    mode: Option<Mode>,
+    protocol: Option<Protocol>,
+    d: &mut Diag,
+) -> bool {
+    let mut errors = 0;
+    let mut err = |span: &super::diag::Span, field: &str, msg: String| {
+        d.error(span, &format!("{p}.{field}"), msg);
+        errors += 1;
+    };
+    let mut incomplete = false;
+    match (&raw.vip, &raw.port) {
+        (Some(_), None) => err(
+            &raw.span,
+            "port",
+            "missing required field `port` (a service with a `vip` needs its port)".into(),
+        ),
+        (None, Some(port)) => err(
+            &port.span,
+            "vip",
+            "missing required field `vip` (a `port` needs its virtual IP address)".into(),
+        ),
+        _ => {}
+    }
+    let no_vip = raw.vip.is_none() && raw.port.is_none();
+    if no_vip
+        && let Some(pr) = &raw.protocol
+        && protocol == Some(Protocol::Udp)
+    {
+        err(
+            &pr.span,
+            "protocol",
+            "a service without `vip` is a backend set for gateway routes, which carry TCP".into(),
+        );
+    }
+    if mode == Some(Mode::Http) {
+        let span = raw.mode.as_ref().map_or(&raw.span, |m| &m.span);
+        if no_vip {
+            err(
+                span,
+                "vip",
+                "`mode = \"http\"` needs a `vip` and `port` to listen on".into(),
+            );
+        }
+        if protocol == Some(Protocol::Udp) {
+            err(
+                span,
+                "protocol",
+                "`mode = \"http\"` needs `protocol = \"tcp\"`".into(),
+            );
+        }
+        if raw.routes.is_empty() && raw.routes_complete {
+            err(
+                span,
+                "route",
+                "`mode = \"http\"` needs at least one `[[service.route]]`".into(),
+            );
+        }
+        if let Some(b) = raw.backends.first() {
+            err(&b.span, &format!("backend[{}]", b.index), "a `mode = \"http\"` service has no backends of its own: its routes name the services that do".into());
+        }
+        if raw.maglev_table_size.is_some() {
+            let s = raw.maglev_table_size.as_ref().expect("checked");
+            err(
+                &s.span,
+                "maglev_table_size",
+                "a `mode = \"http\"` service has no Maglev table".into(),
+            );
+        }
+    } else if mode.is_some() {
+        if !raw.routes.is_empty() {
+            err(&raw.span, "route", "routes need `mode = \"http\"`".into());
+        } else if !raw.routes_complete {
+            incomplete = true;
+        }
+        if !raw.tls.is_empty() {
+            err(
+                &raw.span,
+                "tls",
+                "`[[service.tls]]` needs `mode = \"http\"`".into(),
+            );
+        }
+    }
+    if no_vip && raw.rate_limit.is_some() {
+        err(
+            &raw.span,
+            "rate_limit",
+            "a service without `vip` gets no packets to limit (set limits on its routes)".into(),
+        );
+    }
+    errors == 0 && !incomplete && raw.routes_complete
 }
 
 /// The service's backends, or `None` if any is invalid. Also requires one with weight > 0.

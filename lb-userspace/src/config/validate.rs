@@ -10,7 +10,7 @@ use super::doc::Sp;
 use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings};
 use super::{
     Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
-    MIN_SNAT_PORT, RateLimit, XdpMode, control, services, sources,
+    MIN_SNAT_PORT, RateLimit, XdpMode, control, gateway, services, sources,
 };
 use lb_common::maglev::{is_prime, next_prime};
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
@@ -34,12 +34,20 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         .iter()
         .filter_map(|s| s.name.as_ref().map(|n| n.val.as_str()))
         .collect();
+    let routes: Vec<_> = raw
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.clone()?, format!("service[{}]", s.index), &s.routes)))
+        .collect();
+    gateway::check_references(&services, &routes, &raw.auth, d);
     Config {
         global,
         admin: control::admin(raw.admin.as_ref(), d),
         registry: control::registry(raw.registry.as_ref(), d),
         sources: sources::sources(&raw.sources, &service_names, d),
         services,
+        auth: raw.auth.iter().filter_map(|a| a.provider.clone()).collect(),
+        gateway: raw.gateway.clone(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! May depend on: `lb_common` only. Used by `reconcile`, `sysctls` and `l4`.
 
 mod counters;
+mod gateway;
 mod iface;
 pub mod layout;
 mod links;
@@ -200,6 +201,8 @@ pub struct Dataplane {
     ifaces: Array<MapData, IfaceSlot>,
     conntrack: HashMap<MapData, FlowKey, CtEntry>,
     counters: Counters,
+    /// The gateway's sk_lookup hook is attached (see `gateway`).
+    gateway_attached: bool,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -252,6 +255,19 @@ impl Dataplane {
             prog.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        {
+            let name = "sk_lookup_gateway";
+            let prog: &mut aya::programs::SkLookup = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Program {
+                    name,
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
         let services: HashMap<MapData, ServiceKey, ServiceValue> = take(&mut ebpf, "SERVICES")?;
         let records = services
             .iter()
@@ -271,6 +287,7 @@ impl Dataplane {
             ifaces: take(&mut ebpf, "IFACES")?,
             conntrack: take(&mut ebpf, "CONNTRACK")?,
             counters: Counters::take(&mut ebpf)?,
+            gateway_attached: false,
             attached: BTreeMap::new(),
             pins,
             adoption: Adoption {

@@ -73,6 +73,7 @@ impl Reconciler {
                         vip,
                         port: u16::from_be(key.port),
                         table_size: value.maglev_size,
+                        flags: value.flags,
                         rate_pps: value.rate_pps,
                         burst: value.burst,
                         backends: members,

@@ -5,13 +5,13 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_NAT, ServiceKey, ServiceValue,
+    Addr, BackendValue, SVC_FLAG_NAT, SVC_FLAG_PASS, ServiceKey, ServiceValue,
     addr::family_of,
     maglev::{MaglevBackend, build_table},
 };
 
 use crate::{
-    config::{Config, Service},
+    config::{Config, MIN_MAGLEV_SIZE, Mode, Service},
     model::{BackendKey, Snapshot},
 };
 
@@ -44,6 +44,8 @@ pub struct DesiredService {
     pub vip: IpAddr,
     pub port: u16,
     pub table_size: u32,
+    /// `SVC_FLAG_*`.
+    pub flags: u32,
     pub rate_pps: u64,
     pub burst: u64,
     /// Sorted by key.
@@ -51,7 +53,9 @@ pub struct DesiredService {
 }
 
 impl DesiredService {
-    fn from_config(s: &Service) -> Self {
+    /// `None` for a service without a frontend (a backend set of gateway routes: nothing of
+    /// it reaches the XDP maps).
+    fn from_config(s: &Service) -> Option<Self> {
         let backends = s
             .backends
             .iter()
@@ -66,31 +70,44 @@ impl DesiredService {
         Self::with_backends(s, backends)
     }
 
-    /// Service `s` with `backends` (in any order) instead of its configured ones.
-    pub fn with_backends(s: &Service, mut backends: Vec<DesiredBackend>) -> Self {
+    /// Service `s` with `backends` (in any order) instead of its configured ones; `None`
+    /// when it has no frontend. A gateway (`mode = "http"`) service is passed to the kernel
+    /// after the rate limit and checks: it has no backends and the smallest table.
+    pub fn with_backends(s: &Service, mut backends: Vec<DesiredBackend>) -> Option<Self> {
+        let frontend = s.frontend?;
+        let (vip, port) = (frontend.ip(), frontend.port());
         backends.sort_by_key(|b| b.key);
-        Self {
+        let pass = s.mode == Mode::Http;
+        if pass {
+            backends.clear();
+        }
+        Some(Self {
             name: s.name.clone(),
             key: ServiceKey::new(
-                Addr::from(s.vip),
-                s.port.to_be(),
+                Addr::from(vip),
+                port.to_be(),
                 s.protocol.number(),
-                family_of(&s.vip),
+                family_of(&vip),
             ),
-            vip: s.vip,
-            port: s.port,
-            table_size: s.maglev_table_size,
+            vip,
+            port,
+            flags: if pass { SVC_FLAG_PASS } else { SVC_FLAG_NAT },
+            table_size: if pass {
+                MIN_MAGLEV_SIZE
+            } else {
+                s.maglev_table_size
+            },
             rate_pps: s.rate_limit.rate,
             burst: s.rate_limit.burst,
             backends,
-        }
+        })
     }
 
     /// The kernel's service record for service id `id`.
     pub fn value(&self, id: u32) -> ServiceValue {
         ServiceValue {
             id,
-            flags: SVC_FLAG_NAT,
+            flags: self.flags,
             maglev_size: self.table_size,
             _pad0: 0,
             rate_pps: self.rate_pps,
@@ -124,7 +141,12 @@ pub struct DesiredState {
 
 impl DesiredState {
     pub fn from_config(c: &Config) -> Self {
-        Self::from_services(c.services.iter().map(DesiredService::from_config).collect())
+        Self::from_services(
+            c.services
+                .iter()
+                .filter_map(DesiredService::from_config)
+                .collect(),
+        )
     }
 
     /// What the XDP data plane should hold for `snapshot`: every service with its backends
@@ -149,7 +171,7 @@ impl DesiredState {
                         weight: b.effective_weight,
                     })
                     .collect();
-                Some(DesiredService::with_backends(s, backends))
+                DesiredService::with_backends(s, backends)
             })
             .collect();
         Self::from_services(services)

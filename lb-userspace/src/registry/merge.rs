@@ -67,7 +67,10 @@ pub fn merge(
                     .push(ignored("no such service in the config"));
                 continue;
             };
-            if service.vip.is_ipv4() != e.addr.is_ipv4() {
+            if service
+                .frontend
+                .is_some_and(|f| f.is_ipv4() != e.addr.is_ipv4())
+            {
                 snapshot
                     .ignored
                     .push(ignored("address family differs from the service's VIP"));
@@ -105,8 +108,7 @@ pub fn merge(
         }
         snapshot.services.push(crate::model::Service {
             name: s.name.clone(),
-            vip: s.vip,
-            port: s.port,
+            frontend: s.frontend,
             protocol: s.protocol,
             mode: s.mode,
             health_checked: s.health.is_some(),
