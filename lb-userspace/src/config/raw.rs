@@ -69,6 +69,9 @@ pub(super) struct RawService {
     pub routes: Vec<super::gateway::RawRoute>,
     /// `[[service.tls]]`, read and judged (files read) at once.
     pub tls: Vec<super::TlsCert>,
+    /// Whether `vip` and `port` are written at all (even with a wrong type, reported).
+    pub has_vip: bool,
+    pub has_port: bool,
     /// Some `route` entry was malformed (reported): do not also report "no routes".
     pub routes_complete: bool,
 }
@@ -339,6 +342,8 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             .and_then(|n| n.str(d)),
         // All three optional here: a service without `vip` and `port` is a backend set for
         // gateway routes (`services` judges which combinations are valid).
+        has_vip: t.get("vip").is_some(),
+        has_port: t.get("port").is_some(),
         vip: string(t, "vip", d),
         port: int(t, "port", d),
         protocol: string(t, "protocol", d),

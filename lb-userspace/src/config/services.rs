@@ -123,7 +123,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
     let protocol = match &raw.protocol {
         Some(v) => protocol(v, &format!("{p}.protocol"), d),
         // A backend set without a VIP carries HTTP (gateway routes): TCP goes without saying.
-        None if raw.vip.is_none() && raw.port.is_none() => Some(Protocol::Tcp),
+        None if !raw.has_vip && !raw.has_port => Some(Protocol::Tcp),
         None => {
             d.error(
                 &raw.span,
@@ -168,7 +168,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
     };
     let frontend = match (vip, port) {
         (Some(v), Some(p)) => Some(Some(SocketAddr::new(v, p))),
-        _ if raw.vip.is_none() && raw.port.is_none() => Some(None),
+        _ if !raw.has_vip && !raw.has_port => Some(None),
         _ => None,
     };
     let http = match mode {
@@ -297,20 +297,20 @@ fn frontend_shape(
         errors += 1;
     };
     let mut incomplete = false;
-    match (&raw.vip, &raw.port) {
-        (Some(_), None) => err(
+    match (raw.has_vip, raw.has_port) {
+        (true, false) => err(
             &raw.span,
             "port",
             "missing required field `port` (a service with a `vip` needs its port)".into(),
         ),
-        (None, Some(port)) => err(
-            &port.span,
+        (false, true) => err(
+            &raw.span,
             "vip",
             "missing required field `vip` (a `port` needs its virtual IP address)".into(),
         ),
         _ => {}
     }
-    let no_vip = raw.vip.is_none() && raw.port.is_none();
+    let no_vip = !raw.has_vip && !raw.has_port;
     if no_vip
         && let Some(pr) = &raw.protocol
         && protocol == Some(Protocol::Udp)

@@ -225,7 +225,7 @@ fn unsupported_mode() {
         &text,
         7,
         "service[0].mode",
-        "mode `dsr` is not supported yet (only `nat`)",
+        "mode `dsr` is not supported yet (only `nat` and `http`)",
     );
 }
 

@@ -78,13 +78,15 @@ backend = [
         admin: Admin::default(),
         registry: BuiltinRegistry::default(),
         sources: Vec::new(),
+        auth: Vec::new(),
+        gateway: Default::default(),
         services: vec![
             Service {
                 name: "web".into(),
-                vip: ip("10.0.0.1"),
-                port: 80,
+                frontend: Some(std::net::SocketAddr::new(ip("10.0.0.1"), 80)),
                 protocol: Protocol::Tcp,
                 mode: Mode::Nat,
+                http: None,
                 maglev_table_size: 251,
                 rate_limit: RateLimit {
                     rate: 1000,
@@ -106,10 +108,10 @@ backend = [
             },
             Service {
                 name: "dns.v6".into(),
-                vip: ip("2001:db8::53"),
-                port: 53,
+                frontend: Some(std::net::SocketAddr::new(ip("2001:db8::53"), 53)),
                 protocol: Protocol::Udp,
                 mode: Mode::Nat,
+                http: None,
                 maglev_table_size: 65537,
                 rate_limit: RateLimit {
                     rate: 50,
@@ -199,7 +201,10 @@ fn demo_config_matches_the_demo_topology() {
     let summary: Vec<_> = config
         .services
         .iter()
-        .map(|s| (s.vip, s.port, s.protocol, s.backends.clone()))
+        .map(|s| {
+            let f = s.frontend.expect("a frontend");
+            (f.ip(), f.port(), s.protocol, s.backends.clone())
+        })
         .collect();
     assert_eq!(
         summary,
