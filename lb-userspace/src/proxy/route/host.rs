@@ -30,6 +30,14 @@ impl HostPattern {
                 return Err(BadHost::Wildcard);
             }
             check_name(suffix)?;
+            // `*.0.0.1` would match IP addresses: no top-level domain is numeric.
+            if suffix
+                .rsplit('.')
+                .next()
+                .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(BadHost::Wildcard);
+            }
             return Ok(Self::Suffix(format!(".{suffix}")));
         }
         if lower.contains('*') {
@@ -120,6 +128,7 @@ mod tests {
         assert_eq!(HostPattern::parse("a.*.com"), Err(BadHost::Wildcard));
         assert_eq!(HostPattern::parse("*example.com"), Err(BadHost::Wildcard));
         assert_eq!(HostPattern::parse("*.*.com"), Err(BadHost::Wildcard));
+        assert_eq!(HostPattern::parse("*.0.0.1"), Err(BadHost::Wildcard));
         assert_eq!(HostPattern::parse("a.com:80"), Err(BadHost::Port));
         assert_eq!(HostPattern::parse("[::1]:80"), Err(BadHost::Port));
         assert_eq!(HostPattern::parse("a..com"), Err(BadHost::Char));

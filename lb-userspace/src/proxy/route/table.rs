@@ -35,6 +35,9 @@ pub struct Matched<'a, T> {
     pub route: &'a Route<T>,
     /// What to send upstream: the normalized, rewritten path and the query as received.
     pub path: String,
+    /// The normalized request path before the rewrite, without the query (what was
+    /// matched; for logs and path-based policies).
+    pub normalized: String,
 }
 
 impl<T> RouteTable<T> {
@@ -91,8 +94,10 @@ impl<T> RouteTable<T> {
     }
 
     /// The route for a request, in precedence order (see the module doc), and the path to
-    /// forward. `host` is the Host header or `:authority` (port and case ignored);
-    /// `path_and_query` the raw request target in origin form (or `*`).
+    /// forward. `host` is the Host header or `:authority` (port and case ignored; the
+    /// caller decides which one when both are present); `path_and_query` the raw request
+    /// target in origin form or `*`: for hyper, `uri.path_and_query()`, never the
+    /// absolute-form URI.
     ///
     /// `Err` means the path is refused (answer 400); `Ok(None)` that no route matches
     /// (404), which is always the case for `OPTIONS *`.
@@ -120,6 +125,7 @@ impl<T> RouteTable<T> {
             Matched {
                 route,
                 path: req.with_path(&route.rewrite(&req.path, matched)),
+                normalized: req.path.clone(),
             }
         }))
     }

@@ -373,6 +373,19 @@ fn normalization_blocks_traversal_into_other_routes() {
         get(&t, "h", "/public/../admin"),
         ("root".into(), "/admin".into())
     );
+    let m = t
+        .find(
+            Some("h"),
+            &Method::GET,
+            "/%70ublic//x/.?a=..",
+            &HeaderMap::new(),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.normalized.as_str(), m.path.as_str()),
+        ("/public/x/", "/public/x/?a=..")
+    );
     assert_eq!(name(&t, "h", "/public/%2e%2e/admin/x"), "root");
     assert_eq!(name(&t, "h", "/%70ublic/x"), "public");
     assert_eq!(name(&t, "h", "//public//x"), "public");
