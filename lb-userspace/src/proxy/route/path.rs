@@ -252,6 +252,34 @@ mod tests {
     }
 
     #[test]
+    fn output_is_canonical_for_every_short_input() {
+        // Every path of up to 5 pieces from these: the result has no empty, `.` or `..`
+        // segment, and normalizing it again changes nothing.
+        let pieces = ["/", ".", "a", "%2e", "%2E%2e", "%41", "%7e", "%3f"];
+        let mut paths = vec![String::from("/")];
+        for _ in 0..5 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| pieces.iter().map(move |x| format!("{p}{x}")))
+                .collect();
+            for p in &longer {
+                let once = normalize(p).unwrap();
+                assert!(once.starts_with('/'), "{p} -> {once}");
+                let inner = once.trim_end_matches('/');
+                for seg in inner.split('/').skip(1) {
+                    assert!(!matches!(seg, "" | "." | ".."), "{p} -> {once}");
+                }
+                assert!(
+                    !once.contains("%2E") && !once.contains("%41"),
+                    "{p} -> {once}"
+                );
+                assert_eq!(normalize(&once).unwrap(), once, "{p}");
+            }
+            paths = longer;
+        }
+    }
+
+    #[test]
     fn asterisk_is_kept() {
         assert_eq!(RequestPath::parse("*").unwrap().path, "*");
         assert_eq!(RequestPath::parse("*x"), Err(PathError::NotAbsolute));
