@@ -1,0 +1,4 @@
+//! The in-process L7 API gateway.
+
+pub mod limit;
+pub mod route;
