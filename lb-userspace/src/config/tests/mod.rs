@@ -4,6 +4,7 @@
 
 mod control;
 mod errors;
+mod gateway;
 mod health;
 mod valid;
 
