@@ -1,0 +1,3 @@
+//! The in-process L7 API gateway.
+
+pub mod auth;
