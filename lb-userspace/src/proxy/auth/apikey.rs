@@ -241,7 +241,12 @@ fn build(text: &str, path: &Path) -> Result<KeyMap, KeyFileErrors> {
             e.limits,
             Vec::new(),
         )
-        .map_err(|_| one_error(path, "a key holds a value that is not a valid header".into()))?;
+        .map_err(|_| {
+            one_error(
+                path,
+                "a key holds a value that is not a valid header".into(),
+            )
+        })?;
         keys.insert(e.digest, Arc::new(identity));
     }
     Ok(keys)

@@ -96,7 +96,11 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Vec<KeyEntry>, KeyFileErro
     let root = doc.as_table();
     for (k, _) in root.iter().filter(|(k, _)| *k != "key") {
         let span = root.key(k).and_then(|k| k.span());
-        d.error(span, k, format!("unknown field `{k}`; expected `[[key]]` tables"));
+        d.error(
+            span,
+            k,
+            format!("unknown field `{k}`; expected `[[key]]` tables"),
+        );
     }
     let mut entries = Vec::new();
     match root.get("key") {
@@ -144,7 +148,11 @@ fn entry(
     let text = |k: &str, required: bool, d: &mut Diag| -> Option<String> {
         match (t.get(k), value(k).and_then(Value::as_str)) {
             (None, _) if required => {
-                d.error(at.clone(), &field(k), format!("missing required field `{k}`"));
+                d.error(
+                    at.clone(),
+                    &field(k),
+                    format!("missing required field `{k}`"),
+                );
                 None
             }
             (None, _) => None,
@@ -153,7 +161,11 @@ fn entry(
                 None
             }
             (Some(_), Some(s)) if s.is_empty() || header_value(s).is_none() => {
-                d.error(span_of(k), &field(k), "must be non-empty, without control characters");
+                d.error(
+                    span_of(k),
+                    &field(k),
+                    "must be non-empty, without control characters",
+                );
                 None
             }
             (Some(_), Some(s)) => Some(s.to_owned()),
@@ -179,7 +191,11 @@ fn entry(
     let mut scopes = Vec::new();
     if let Some(item) = t.get("scopes") {
         match item.as_array() {
-            None => d.error(span_of("scopes"), &field("scopes"), "expected an array of strings"),
+            None => d.error(
+                span_of("scopes"),
+                &field("scopes"),
+                "expected an array of strings",
+            ),
             Some(array) => {
                 for (i, v) in array.iter().enumerate() {
                     match v.as_str() {
@@ -207,7 +223,11 @@ fn entry(
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n > 0);
         if n.is_none() {
-            d.error(span_of(k), &field(k), "expected an integer from 1 to 4294967295");
+            d.error(
+                span_of(k),
+                &field(k),
+                "expected an integer from 1 to 4294967295",
+            );
         }
         n
     };
@@ -260,6 +280,7 @@ fn check_unique(entries: &[(KeyEntry, Option<Range<usize>>, usize)], d: &mut Dia
 }
 
 fn line_of(text: &str, span: &Option<Range<usize>>) -> usize {
-    span.as_ref()
-        .map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    span.as_ref().map_or(0, |s| {
+        text[..s.start.min(text.len())].matches('\n').count() + 1
+    })
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::identity::Identity;
 
@@ -68,20 +68,23 @@ impl TokenCache {
         Some(identity)
     }
 
-    /// Caches `identity` until `exp` (unix seconds; `now_unix` is the current unix time), at
-    /// most `max_ttl`. A token expiring now or earlier is not cached.
+    /// Caches `identity` until `exp` (unix seconds; `wall` is the current time, so the
+    /// deadline keeps sub-second precision), at most `max_ttl`. A token expiring now or
+    /// earlier is not cached.
     pub fn insert(
         &self,
         hash: TokenHash,
         identity: Arc<Identity>,
         exp: Option<u64>,
-        now_unix: u64,
+        wall: SystemTime,
         now: Instant,
         generation: u64,
     ) {
         let left = match exp {
-            Some(exp) if exp <= now_unix => return,
-            Some(exp) => Duration::from_secs(exp - now_unix).min(self.max_ttl),
+            Some(exp) => match (UNIX_EPOCH + Duration::from_secs(exp)).duration_since(wall) {
+                Ok(left) => left.min(self.max_ttl),
+                Err(_) => return,
+            },
             None => self.max_ttl,
         };
         if self.half == 0 || left.is_zero() {
@@ -119,9 +122,12 @@ mod tests {
     use super::*;
 
     fn id(name: &str) -> Arc<Identity> {
-        Arc::new(
-            Identity::new(AuthMethod::Jwt, name.into(), None, vec![], None, vec![]).unwrap(),
-        )
+        Arc::new(Identity::new(AuthMethod::Jwt, name.into(), None, vec![], None, vec![]).unwrap())
+    }
+
+    /// Wall clock at unix second 1000.
+    fn at1000() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1000)
     }
 
     fn h(i: u32) -> TokenHash {
@@ -135,7 +141,7 @@ mod tests {
         let c = TokenCache::new(10, Duration::from_secs(60));
         let now = Instant::now();
         for i in 0..100 {
-            c.insert(h(i), id("x"), Some(2000), 1000, now, 0);
+            c.insert(h(i), id("x"), Some(2000), at1000(), now, 0);
             // Token 0 is used all along: it must stay.
             assert!(c.get(&h(0), now, 0).is_some(), "token 0 evicted at {i}");
             assert!(c.len() <= 10, "{} entries", c.len());
@@ -148,23 +154,26 @@ mod tests {
     fn never_past_exp_nor_max_ttl_nor_key_change() {
         let c = TokenCache::new(10, Duration::from_secs(60));
         let now = Instant::now();
-        c.insert(h(1), id("a"), Some(1010), 1000, now, 7);
+        c.insert(h(1), id("a"), Some(1010), at1000(), now, 7);
         assert!(c.get(&h(1), now + Duration::from_secs(9), 7).is_some());
         assert!(c.get(&h(1), now + Duration::from_secs(10), 7).is_none());
-        c.insert(h(2), id("b"), Some(1_000_000), 1000, now, 7);
+        c.insert(h(2), id("b"), Some(1_000_000), at1000(), now, 7);
         assert!(c.get(&h(2), now + Duration::from_secs(59), 7).is_some());
         assert!(c.get(&h(2), now + Duration::from_secs(60), 7).is_none());
-        c.insert(h(3), id("c"), None, 1000, now, 7);
+        c.insert(h(3), id("c"), None, at1000(), now, 7);
         assert!(c.get(&h(3), now, 8).is_none(), "survived a key-set change");
-        c.insert(h(4), id("d"), Some(1000), 1000, now, 7);
-        assert!(c.get(&h(4), now, 7).is_none(), "cached a token expiring now");
+        c.insert(h(4), id("d"), Some(1000), at1000(), now, 7);
+        assert!(
+            c.get(&h(4), now, 7).is_none(),
+            "cached a token expiring now"
+        );
     }
 
     #[test]
     fn zero_capacity_disables() {
         let c = TokenCache::new(0, Duration::from_secs(60));
         let now = Instant::now();
-        c.insert(h(1), id("a"), None, 1000, now, 0);
+        c.insert(h(1), id("a"), None, at1000(), now, 0);
         assert!(c.get(&h(1), now, 0).is_none());
     }
 }

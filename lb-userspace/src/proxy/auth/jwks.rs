@@ -256,11 +256,7 @@ impl JwksStore {
             }),
         });
         inner.fetch_now().await;
-        tokio::spawn(refresh_loop(
-            Arc::downgrade(&inner),
-            refresh,
-            stop.clone(),
-        ));
+        tokio::spawn(refresh_loop(Arc::downgrade(&inner), refresh, stop.clone()));
         Ok(Self { inner })
     }
 

@@ -145,10 +145,11 @@ impl JwtProvider {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-                let set = KeySet::from_file_bytes(&bytes).map_err(|message| AuthError::KeyFile {
-                    path: path.clone(),
-                    message,
-                })?;
+                let set =
+                    KeySet::from_file_bytes(&bytes).map_err(|message| AuthError::KeyFile {
+                        path: path.clone(),
+                        message,
+                    })?;
                 KeySource::Static(Arc::new(set))
             }
             Keys::Jwks {
@@ -203,14 +204,14 @@ impl JwtProvider {
             return Ok(hit);
         }
         let (claims, generation) = self.verify_signature(token).await.map_err(fail)?;
-        let now_unix = unix_now();
-        let checked = self.rules.check(&claims, now_unix).map_err(fail)?;
+        let wall = SystemTime::now();
+        let checked = self.rules.check(&claims, unix_secs(wall)).map_err(fail)?;
         let identity = Arc::new(checked.identity);
         self.cache.insert(
             hash,
             identity.clone(),
             checked.exp,
-            now_unix,
+            wall,
             Instant::now(),
             generation,
         );
@@ -369,8 +370,6 @@ fn header_failure(token: &str) -> &'static str {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
