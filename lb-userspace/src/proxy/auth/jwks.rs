@@ -49,13 +49,13 @@ impl Key {
             return false;
         }
         use Algorithm::*;
-        match (self.kind, alg) {
-            (KeyKind::Rsa, RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
-            (KeyKind::Ec(None | Some(Curve::P256)), ES256) => true,
-            (KeyKind::Ec(None | Some(Curve::P384)), ES384) => true,
-            (KeyKind::Ed, EdDSA) => true,
-            _ => false,
-        }
+        matches!(
+            (self.kind, alg),
+            (KeyKind::Rsa, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+                | (KeyKind::Ec(None | Some(Curve::P256)), ES256)
+                | (KeyKind::Ec(None | Some(Curve::P384)), ES384)
+                | (KeyKind::Ed, EdDSA)
+        )
     }
 }
 

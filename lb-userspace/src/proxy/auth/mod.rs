@@ -8,9 +8,9 @@
 //! let stop = CancellationToken::new();              // cancel to stop refresh/reload tasks
 //! let mut s = JwtSettings::new(Keys::Jwks { url, refresh: 300s, min_refetch: 30s });
 //! s.issuer = Some(iss); s.audiences = vec![aud];
+//! let strip = identity_headers([&s]);               // over every JwtSettings in use
 //! let jwt = Authenticator::Jwt(Arc::new(JwtProvider::new(s, &stop).await?));
 //! let keys = Authenticator::ApiKey(ApiKeys::watch(ApiKeySettings::new(path), 5s, stop.clone())?);
-//! let strip = identity_headers([&s]);               // every JwtSettings in use
 //!
 //! // Per request, on EVERY route (with or without auth):
 //! strip_identity_headers(req.headers_mut(), &strip);
