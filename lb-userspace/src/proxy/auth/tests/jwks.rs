@@ -71,23 +71,29 @@ async fn garbage_kids_refetch_at_most_once_per_min_refetch() {
         "the start fetch counts within min_refetch"
     );
 
-    // With a short bound: one refetch per window, even for concurrent requests.
-    let idp = Idp::start(Reply::Jwks(jwks_with(&["rsa1"]))).await;
-    let p = std::sync::Arc::new(provider(&idp, HOUR, Duration::from_millis(300), &stop).await);
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            let t = sign(
+    // With a short bound: one refetch per window, even for concurrent requests. Tokens are
+    // signed first so the requests all land well within one window.
+    let tokens: Vec<String> = (0..10)
+        .map(|i| {
+            let kid = format!("junk-{i}");
+            sign(
                 jsonwebtoken::Algorithm::RS256,
-                Some(&format!("junk-{i}")),
+                Some(&kid),
                 "rsa1",
                 &claims("a"),
-            );
-            p.verify(&t).await.unwrap_err().reason
-        }));
-    }
+            )
+        })
+        .collect();
+    let idp = Idp::start(Reply::Jwks(jwks_with(&["rsa1"]))).await;
+    let p = std::sync::Arc::new(provider(&idp, HOUR, Duration::from_secs(1), &stop).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
+            let p = p.clone();
+            tokio::spawn(async move { p.verify(&t).await.unwrap_err().reason })
+        })
+        .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap(), reason::UNKNOWN_KID);
     }
