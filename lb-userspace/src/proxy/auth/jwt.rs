@@ -275,6 +275,10 @@ impl JwtProvider {
         token: &str,
     ) -> Result<(serde_json::Map<String, serde_json::Value>, u64), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
+        // RFC 7515 4.1.11: `crit` lists extensions the recipient must understand; we know none.
+        if header_json(token).is_some_and(|h| h.contains_key("crit")) {
+            return Err(reason::MALFORMED);
+        }
         let validation = self
             .validations
             .iter()
@@ -347,25 +351,23 @@ fn decode_failure(kind: &ErrorKind) -> &'static str {
     }
 }
 
+/// The token's JOSE header as JSON, read on the slow path only (jsonwebtoken's `Header`
+/// drops the fields we look at here).
+fn header_json(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine;
+    let part = token.split('.').next()?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// Why the header did not parse: an `alg` jsonwebtoken does not know (`none` above all) is
 /// `alg_not_allowed`, anything else is `malformed`.
 fn header_failure(token: &str) -> &'static str {
-    use base64::Engine;
-    #[derive(serde::Deserialize)]
-    struct AlgOnly {
-        alg: String,
-    }
-    let alg = token
-        .split('.')
-        .next()
-        .and_then(|h| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(h)
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<AlgOnly>(&json).ok());
+    let alg = header_json(token).and_then(|h| h.get("alg")?.as_str().map(str::to_owned));
     match alg {
-        Some(AlgOnly { alg }) if alg.parse::<Algorithm>().is_err() => reason::ALG_NOT_ALLOWED,
+        Some(alg) if alg.parse::<Algorithm>().is_err() => reason::ALG_NOT_ALLOWED,
         _ => reason::MALFORMED,
     }
 }

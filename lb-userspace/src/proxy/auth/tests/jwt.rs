@@ -296,6 +296,24 @@ async fn truncated_tampered_and_garbage_tokens() {
         p.verify(&good).await.is_ok(),
         "the untampered token still passes"
     );
+
+    // A `crit` extension we cannot understand refuses the token (RFC 7515 4.1.11), even
+    // correctly signed.
+    let crit_header = B64.encode(br#"{"alg":"RS256","kid":"rsa1","crit":["exp-ext"],"exp-ext":1}"#);
+    let body = B64.encode(claims("a").to_string());
+    let message = format!("{crit_header}.{body}");
+    let pem = std::fs::read(testdata("rsa1.key.pem")).unwrap();
+    let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
+    assert_eq!(
+        reason_of(&p, &format!("{message}.{sig}")).await,
+        reason::MALFORMED
+    );
+    // The same claims without `crit` pass: the signing above is right.
+    let plain = B64.encode(br#"{"alg":"RS256","kid":"rsa1"}"#);
+    let message = format!("{plain}.{body}");
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
+    assert!(p.verify(&format!("{message}.{sig}")).await.is_ok());
 }
 
 #[tokio::test]
