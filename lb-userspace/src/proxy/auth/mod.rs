@@ -61,6 +61,8 @@ mod failure;
 mod identity;
 mod jwks;
 mod jwt;
+mod jwt_settings;
+mod keyset;
 #[cfg(test)]
 mod tests;
 
@@ -77,7 +79,8 @@ pub use identity::{
 };
 pub use jsonwebtoken::Algorithm;
 pub use jwks::JwksStatus;
-pub use jwt::{JwtProvider, JwtSettings, Keys, TokenSource};
+pub use jwt::JwtProvider;
+pub use jwt_settings::{JwtSettings, Keys, TokenSource};
 
 /// A provider could not be set up (bad settings or key file).
 #[derive(Debug, thiserror::Error)]
