@@ -121,17 +121,13 @@ impl JwtProvider {
             return Ok(hit);
         }
         let (claims, generation) = self.verify_signature(token).await.map_err(fail)?;
+        // Instant first: the deadline (instant + exp - wall) then falls at or before exp.
+        let now = Instant::now();
         let wall = SystemTime::now();
         let checked = self.rules.check(&claims, unix_secs(wall)).map_err(fail)?;
         let identity = Arc::new(checked.identity);
-        self.cache.insert(
-            hash,
-            identity.clone(),
-            checked.exp,
-            wall,
-            Instant::now(),
-            generation,
-        );
+        self.cache
+            .insert(hash, identity.clone(), checked.exp, wall, now, generation);
         Ok(identity)
     }
 
