@@ -1,4 +1,5 @@
 //! The in-process L7 API gateway.
 
+pub mod auth;
 pub mod limit;
 pub mod route;
