@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("reconcile", 6),
     ("sysctls", 6),
     ("l4", 7),
+    ("proxy", 7),
     ("status", 8),
     ("metrics", 9),
     ("admin", 10),

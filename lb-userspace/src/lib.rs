@@ -11,7 +11,7 @@
 //!  4 control                 control plane part: generations, sources, health, merge, publish
 //!  5 dataplane, neighbour    the XDP object and its maps; backends' next hops
 //!  6 reconcile, sysctls      snapshot -> ordered map writes; interface sysctls
-//!  7 l4                      L4 data plane part: one consumer of the snapshot
+//!  7 l4, proxy               L4 data plane part: one consumer of the snapshot; L7 gateway
 //!  8 status                  the status document, from the parts' views
 //!  9 metrics                 Prometheus rendering of the status
 //! 10 admin                   admin part: HTTP API (status, metrics, built-in registry)
@@ -28,6 +28,7 @@ pub mod l4;
 pub mod metrics;
 pub mod model;
 pub mod neighbour;
+pub mod proxy;
 pub mod reconcile;
 pub mod registry;
 pub mod status;
