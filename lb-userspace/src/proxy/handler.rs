@@ -14,7 +14,7 @@ use super::{
     access_log::{AccessLog, AccessRecord, millis},
     body::{Finish, Observed},
     headers,
-    metrics::GatewayMetrics,
+    metrics::{GatewayMetrics, UpstreamErrorKind},
     pipeline::{ConnInfo, Decide, Decision},
     server::ServerSettings,
     upstream::{BoxError, ProxyBody, Upstreams},
@@ -29,6 +29,8 @@ pub(super) struct Shared<D> {
     pub settings: ServerSettings,
     /// Cancelled when the server is done draining: ends upgraded (WebSocket) tunnels.
     pub closing: CancellationToken,
+    /// One clone per live tunnel (strong count - 1 = tunnels), for the drain.
+    pub tunnels: Arc<()>,
 }
 
 /// Why a request is refused before anything else runs.
@@ -130,7 +132,7 @@ pub(super) async fn handle<D: Decide>(
         return finish(record, r);
     }
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    let upgrading = h1 && headers::wants_upgrade(req.headers());
+    let upgrading = h1 && headers::wants_websocket(req.method(), req.headers());
     let client_upgrade: Option<OnUpgrade> = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
@@ -141,10 +143,13 @@ pub(super) async fn handle<D: Decide>(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()));
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
-    {
-        // An HTTP/2 client's :authority becomes Host for HTTP/1.1 backends.
+    // RFC 9112 3.2.2: an absolute-form target's authority overrides Host.
+    let host = match (h1, parts.uri.authority()) {
+        (true, Some(a)) => Some(a.as_str().to_owned()),
+        _ => host,
+    };
+    if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        // Also an HTTP/2 client's :authority becomes Host for HTTP/1.1 backends.
         parts.headers.insert(header::HOST, v);
     }
     let request_id = headers::ensure_request_id(&mut parts.headers);
@@ -230,12 +235,13 @@ pub(super) async fn handle<D: Decide>(
     match (switching, client_upgrade) {
         (true, Some(client)) => {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, upstream, shared.closing.clone()));
+            let guard = shared.tunnels.clone();
+            tokio::spawn(tunnel(client, upstream, shared.closing.clone(), guard));
         }
         (true, None) => {
             shared
                 .metrics
-                .upstream_error(&fwd.service, super::metrics::UpstreamErrorKind::Reset);
+                .upstream_error(&fwd.service, UpstreamErrorKind::Reset);
             let r = boxed_full(full(
                 StatusCode::BAD_GATEWAY,
                 "unexpected 101 from upstream",
@@ -252,7 +258,14 @@ pub(super) async fn handle<D: Decide>(
     }
     add_response_headers(&mut rparts.headers, fwd.response_headers);
     rparts.headers.insert(headers::X_REQUEST_ID, request_id);
-    let body = rbody.map_err(BoxError::from).boxed_unsync();
+    let (metrics, service) = (shared.metrics.clone(), fwd.service.clone());
+    let body = rbody
+        .map_err(move |e| {
+            // The backend broke off mid-body; the client sees its stream reset.
+            metrics.upstream_error(&service, UpstreamErrorKind::Reset);
+            BoxError::from(e)
+        })
+        .boxed_unsync();
     finish(record, Response::from_parts(rparts, body))
 }
 
@@ -263,7 +276,13 @@ fn add_response_headers(h: &mut HeaderMap, extra: Vec<(http::HeaderName, HeaderV
 }
 
 /// Join an accepted upgrade's two sides until either closes or the server is closing.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, closing: CancellationToken) {
+/// `_live` is held while the tunnel runs: the server's drain waits for it.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    closing: CancellationToken,
+    _live: Arc<()>,
+) {
     let (c, u) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {

@@ -19,9 +19,18 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// A client-supplied request id longer than this is replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Does this HTTP/1.1 request ask for a protocol upgrade (`Connection: upgrade` + `Upgrade`)?
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+/// Is this HTTP/1.1 request a WebSocket handshake (`GET`, `Connection: upgrade`,
+/// `Upgrade: websocket`)? Only WebSocket is passed through: an `h2c` (or other) upgrade would
+/// turn the connection into a tunnel whose later requests skip the pipeline.
+pub fn wants_websocket(method: &http::Method, headers: &HeaderMap) -> bool {
+    method == http::Method::GET
+        && connection_lists(headers, "upgrade")
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
@@ -342,6 +351,20 @@ mod tests {
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn only_websocket_get_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        assert!(wants_websocket(&http::Method::GET, &h));
+        assert!(!wants_websocket(&http::Method::POST, &h));
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(!wants_websocket(&http::Method::GET, &h));
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        assert!(!wants_websocket(&http::Method::GET, &h));
     }
 
     #[test]

@@ -123,6 +123,7 @@ pub async fn serve<D: Decide>(
         log: observers.access_log,
         settings: settings.clone(),
         closing: closing.clone(),
+        tunnels: Arc::new(()),
     });
     let builder = Arc::new(builder(&settings));
     let acceptor = tls.as_ref().map(|t| t.acceptor());
@@ -197,8 +198,10 @@ pub async fn serve<D: Decide>(
     }
 
     drop(listener);
-    // In-flight requests finish; idle keep-alive connections close now.
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+    // In-flight requests finish; idle keep-alive connections close now; WebSocket tunnels
+    // (which hyper no longer tracks) may run until the deadline.
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()
     {
@@ -206,6 +209,9 @@ pub async fn serve<D: Decide>(
             "gateway {local_listen}: drain timeout, closing {} connections",
             conns.len()
         );
+    }
+    while Arc::strong_count(&shared.tunnels) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     closing.cancel();
     conns.shutdown().await;

@@ -116,11 +116,9 @@ async fn grpc_trailers_pass_through_h2_backend() {
     assert_eq!(&s.body[..], b"\0\0\0\0\x01q");
 }
 
-#[tokio::test]
-async fn websocket_echo_through_proxy() {
-    let backend = Backend::start().await;
-    let proxy = plain_proxy(&backend, false).await;
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+/// Open a WebSocket through the proxy (raw handshake); returns the stream after the 101.
+async fn ws_open(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -140,21 +138,91 @@ async fn websocket_echo_through_proxy() {
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
-    for msg in [&b"hello"[..], b"second frame"] {
-        s.write_all(msg).await.unwrap();
-        let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(LIMIT, s.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, msg);
-    }
+    s
+}
+
+async fn ws_echo(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, msg);
+}
+
+#[tokio::test]
+async fn websocket_echo_through_proxy() {
+    let backend = Backend::start().await;
+    let proxy = plain_proxy(&backend, false).await;
+    let mut s = ws_open(proxy.addr).await;
+    ws_echo(&mut s, b"hello").await;
+    ws_echo(&mut s, b"second frame").await;
     let seen = &backend.requests()[0];
     assert_eq!(seen.headers[header::UPGRADE], "websocket");
     assert_eq!(
         seen.headers["sec-websocket-key"],
         "dGhlIHNhbXBsZSBub25jZQ=="
     );
+}
+
+#[tokio::test]
+async fn websocket_lives_through_drain_then_closes() {
+    let backend = Backend::start().await;
+    let mut proxy = start_proxy(
+        One::new(backend.addr, false),
+        None,
+        ServerSettings {
+            drain_timeout: Duration::from_millis(400),
+            ..ServerSettings::default()
+        },
+        UpstreamSettings::default(),
+    )
+    .await;
+    let mut s = ws_open(proxy.addr).await;
+    proxy.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ws_echo(&mut s, b"still here").await;
+    tokio::time::timeout(LIMIT, proxy.task.take().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(LIMIT, s.read(&mut b)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "tunnel not closed: {n:?}");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_not_passed_through() {
+    let backend = Backend::start().await;
+    let proxy = plain_proxy(&backend, false).await;
+    let (text, _) = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    let seen = &backend.requests()[0];
+    assert!(seen.headers.get(header::UPGRADE).is_none());
+    assert!(seen.headers.get("http2-settings").is_none());
+}
+
+#[tokio::test]
+async fn absolute_form_authority_wins_over_host() {
+    let backend = Backend::start().await;
+    let proxy = plain_proxy(&backend, false).await;
+    let (text, _) = raw(
+        proxy.addr,
+        b"GET http://real.test/abs?q=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    let seen = &backend.requests()[0];
+    assert_eq!(seen.path_query, "/abs?q=1");
+    assert_eq!(seen.headers[header::HOST], "real.test");
+    assert_eq!(seen.headers["x-forwarded-host"], "real.test");
 }
 
 #[tokio::test]
