@@ -19,9 +19,10 @@ use super::{
     upstream::Upstreams,
 };
 
-/// Time to receive a request's full header block (slowloris guard), and a chunked body's
-/// first chunk.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to receive a request's full header block (slowloris guard) and a chunked body's first
+/// chunk. hyper starts it as soon as it waits for a request head, so on HTTP/1.1 it is also
+/// the keep-alive idle timeout. 30 s is hyper's own default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request header block (HTTP/1.1 read buffer; HTTP/2 header list size). hyper
 /// answers 431 beyond it on HTTP/1.1.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;

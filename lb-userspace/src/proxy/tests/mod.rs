@@ -257,6 +257,16 @@ pub(super) async fn start_proxy(
     settings: ServerSettings,
     upstream: UpstreamSettings,
 ) -> Proxy {
+    start_proxy_logging(decide, tls, settings, upstream, AccessLog::disabled()).await
+}
+
+pub(super) async fn start_proxy_logging(
+    decide: One,
+    tls: Option<Arc<Tls>>,
+    settings: ServerSettings,
+    upstream: UpstreamSettings,
+    access_log: AccessLog,
+) -> Proxy {
     // Through std, as the integrator will (sockmap-registered listener).
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = std_listener.local_addr().unwrap();
@@ -270,7 +280,7 @@ pub(super) async fn start_proxy(
         Arc::new(Upstreams::new(&upstream)),
         Observers {
             metrics: metrics.clone(),
-            access_log: AccessLog::disabled(),
+            access_log,
         },
         settings,
         stop.clone(),

@@ -427,3 +427,94 @@ async fn drain_timeout_closes_what_remains() {
         .unwrap();
     assert!(r.is_err(), "the cut request cannot have completed");
 }
+
+#[tokio::test]
+async fn access_log_line_per_request() {
+    use super::super::access_log::{AccessLogSettings, LogFormat, LogTarget};
+    let dir = std::env::temp_dir().join(format!("lb-gw-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let (log, writer) = AccessLog::start(AccessLogSettings {
+        format: LogFormat::Json,
+        target: LogTarget::File(path.clone()),
+        capacity: 64,
+    })
+    .await
+    .unwrap();
+    let backend = Backend::start().await;
+    let mut proxy = start_proxy_logging(
+        One::new(backend.addr, false),
+        None,
+        ServerSettings::default(),
+        UpstreamSettings::default(),
+        log,
+    )
+    .await;
+    let mut c = h1(proxy.addr).await;
+    let mut req = get("/logged?secret=1");
+    req.headers_mut()
+        .insert("x-request-id", "rid-42".parse().unwrap());
+    let _ = body_of(c.send_request(req).await.unwrap()).await;
+    let _ = body_of(c.send_request(get("/deny")).await.unwrap()).await;
+    drop(c);
+    proxy.stop.cancel();
+    tokio::time::timeout(LIMIT, proxy.task.take().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The server dropped its handle: the writer drains and ends.
+    tokio::time::timeout(LIMIT, writer).await.unwrap().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["route"], "r");
+    assert_eq!(lines[0]["method"], "GET");
+    assert_eq!(lines[0]["path"], "/logged");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["bytes"], 2);
+    assert_eq!(lines[0]["request_id"], "rid-42");
+    assert_eq!(lines[0]["backend"], backend.addr.to_string());
+    assert!(lines[0]["upstream_ms"].as_f64().is_some());
+    assert_eq!(lines[1]["status"], 403);
+    assert!(lines[1]["backend"].is_null());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn request_bodies_arrive_whole() {
+    let backend = Backend::start().await;
+    let proxy = plain_proxy(&backend, false).await;
+    // Chunked: the first chunk is read before the backend is contacted, the rest streamed.
+    let (text, _) = raw(
+        proxy.addr,
+        b"POST /chunked HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    // Content-Length, 1 MiB, over HTTP/1.1 and h2c.
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let mut c = h1(proxy.addr).await;
+    let req = Request::post("/cl")
+        .header(header::HOST, "api.test")
+        .body(Full::new(big.clone()))
+        .unwrap();
+    assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
+    let mut c = h2c(proxy.addr).await;
+    let req = Request::post("http://api.test/h2-body")
+        .version(Version::HTTP_2)
+        .body(Full::new(big.clone()))
+        .unwrap();
+    assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
+    let seen = backend.requests();
+    assert_eq!(seen[0].body, "hello world");
+    assert!(!seen[0].headers.contains_key(header::CONTENT_LENGTH));
+    assert_eq!(seen[1].body, big);
+    assert_eq!(seen[1].headers[header::CONTENT_LENGTH], "1048576");
+    assert_eq!(seen[2].body, big);
+}
