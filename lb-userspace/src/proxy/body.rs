@@ -2,10 +2,11 @@
 //! records the request in metrics and the access log: durations include streaming.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::{
     access_log::{AccessLog, AccessRecord, millis},
+    metrics::UpstreamErrorKind,
     metrics::{GatewayMetrics, NO_ROUTE},
     upstream::{BoxError, ProxyBody},
 };
@@ -85,6 +87,68 @@ impl Body for Observed {
             _ => {}
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Fails a body that yields nothing for `idle` (a stalled backend would otherwise hold the
+/// client's request open forever), counting an upstream timeout.
+pub(super) struct IdleTimeout {
+    inner: ProxyBody,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    metrics: Arc<GatewayMetrics>,
+    service: Arc<str>,
+}
+
+impl IdleTimeout {
+    pub fn new(
+        inner: ProxyBody,
+        idle: Duration,
+        metrics: Arc<GatewayMetrics>,
+        service: Arc<str>,
+    ) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            metrics,
+            service,
+        }
+    }
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    this.metrics
+                        .upstream_error(&this.service, UpstreamErrorKind::Timeout);
+                    return Poll::Ready(Some(Err("upstream body idle timeout".into())));
+                }
+                Poll::Pending
+            }
+            ready => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                ready
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

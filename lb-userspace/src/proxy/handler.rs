@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     access_log::{AccessLog, AccessRecord, millis},
-    body::{Finish, Observed},
+    body::{Finish, IdleTimeout, Observed},
     headers,
     metrics::{GatewayMetrics, UpstreamErrorKind},
     pipeline::{ConnInfo, Decide, Decision},
@@ -266,6 +266,12 @@ pub(super) async fn handle<D: Decide>(
             BoxError::from(e)
         })
         .boxed_unsync();
+    let body = match shared.upstreams.body_idle_timeout() {
+        Some(idle) => {
+            IdleTimeout::new(body, idle, shared.metrics.clone(), fwd.service.clone()).boxed_unsync()
+        }
+        None => body,
+    };
     finish(record, Response::from_parts(rparts, body))
 }
 

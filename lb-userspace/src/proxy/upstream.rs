@@ -25,6 +25,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle pooled connections are closed after this (below common backend keep-alive of 60-75 s,
 /// so the proxy, not the backend, closes first and races are rare).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Longest silence inside a response body before it is cut (nginx `proxy_read_timeout`).
+/// gRPC streams that may be silent longer need a larger value or `None`.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per backend.
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 64;
 
@@ -34,6 +37,8 @@ pub struct UpstreamSettings {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_backend: usize,
+    /// See [`DEFAULT_BODY_IDLE_TIMEOUT`]; `None` = no limit.
+    pub body_idle_timeout: Option<Duration>,
 }
 
 impl Default for UpstreamSettings {
@@ -43,6 +48,7 @@ impl Default for UpstreamSettings {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_idle_per_backend: DEFAULT_MAX_IDLE_PER_BACKEND,
+            body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
         }
     }
 }
@@ -72,6 +78,7 @@ pub struct Upstreams {
     h1: Client<HttpConnector, ProxyBody>,
     h2: Client<HttpConnector, ProxyBody>,
     response_timeout: Duration,
+    body_idle_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -101,7 +108,12 @@ impl Upstreams {
             h1: builder().build(conn.clone()),
             h2: builder().http2_only(true).build(conn),
             response_timeout: settings.response_timeout,
+            body_idle_timeout: settings.body_idle_timeout,
         }
+    }
+
+    pub fn body_idle_timeout(&self) -> Option<Duration> {
+        self.body_idle_timeout
     }
 
     /// Send `req` to `backend`: its URI becomes `http://<backend><path?query>`, its version

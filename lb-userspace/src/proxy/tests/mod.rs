@@ -156,6 +156,13 @@ async fn backend_handle(
             tokio::time::sleep(Duration::from_millis(600)).await;
             Ok(Response::new(full_body("slow done")))
         }
+        "/stall" => {
+            // One chunk, then nothing, forever.
+            let first =
+                futures_util::stream::iter(vec![Ok(Frame::data(Bytes::from_static(b"first")))]);
+            let stalled = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+            Ok(Response::new(StreamBody::new(stalled).boxed_unsync()))
+        }
         "/grpc" => {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
@@ -189,6 +196,8 @@ pub(super) struct One {
     pub backend: SocketAddr,
     pub http2: bool,
     pub calls: AtomicUsize,
+    /// The connection facts of the last request.
+    pub last_conn: Arc<Mutex<Option<ConnInfo>>>,
 }
 
 impl One {
@@ -197,6 +206,7 @@ impl One {
             backend,
             http2,
             calls: AtomicUsize::new(0),
+            last_conn: Arc::default(),
         }
     }
 }
@@ -204,10 +214,11 @@ impl One {
 impl Decide for One {
     fn decide(
         &self,
-        _conn: &ConnInfo,
+        conn: &ConnInfo,
         req: &mut http::request::Parts,
     ) -> impl Future<Output = Decision> + Send {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last_conn.lock().unwrap() = Some(conn.clone());
         let d = match req.uri.path() {
             "/deny" => {
                 let mut r = Response::new(Full::new(Bytes::from_static(b"no")));

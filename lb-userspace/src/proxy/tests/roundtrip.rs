@@ -14,7 +14,15 @@ use super::*;
 #[tokio::test]
 async fn h1_keep_alive_round_trip_with_forwarding_headers() {
     let backend = Backend::start().await;
-    let proxy = plain_proxy(&backend, false).await;
+    let decide = One::new(backend.addr, false);
+    let last_conn = decide.last_conn.clone();
+    let proxy = start_proxy(
+        decide,
+        None,
+        ServerSettings::default(),
+        UpstreamSettings::default(),
+    )
+    .await;
     let mut c = h1(proxy.addr).await;
     for _ in 0..2 {
         let r = c.send_request(get("/hello?x=1")).await.unwrap();
@@ -44,6 +52,10 @@ async fn h1_keep_alive_round_trip_with_forwarding_headers() {
     );
     let snap = proxy.metrics.snapshot();
     assert_eq!(snap["r"].by_class[1], 2);
+    let conn = last_conn.lock().unwrap().clone().unwrap();
+    assert_eq!(conn.local, proxy.addr);
+    assert_eq!(conn.peer.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert!(!conn.tls && conn.sni.is_none() && !conn.alpn_h2);
 }
 
 #[tokio::test]
@@ -517,4 +529,41 @@ async fn request_bodies_arrive_whole() {
     assert_eq!(seen[1].body, big);
     assert_eq!(seen[1].headers[header::CONTENT_LENGTH], "1048576");
     assert_eq!(seen[2].body, big);
+}
+
+#[tokio::test]
+async fn stalled_upstream_body_is_cut() {
+    let backend = Backend::start().await;
+    let proxy = start_proxy(
+        One::new(backend.addr, false),
+        None,
+        ServerSettings::default(),
+        UpstreamSettings {
+            body_idle_timeout: Some(Duration::from_millis(200)),
+            ..UpstreamSettings::default()
+        },
+    )
+    .await;
+    let mut c = h1(proxy.addr).await;
+    let r = c.send_request(get("/stall")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body();
+    let first = tokio::time::timeout(LIMIT, http_body_util::BodyExt::frame(&mut body))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    let next = tokio::time::timeout(LIMIT, http_body_util::BodyExt::frame(&mut body))
+        .await
+        .expect("stalled body not cut");
+    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
+    let mut reg = prometheus_client::registry::Registry::default();
+    proxy.metrics.register(&mut reg);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    assert!(
+        text.contains(r#"lb_gateway_upstream_errors_total{service="svc",kind="timeout"} 1"#),
+        "{text}"
+    );
 }

@@ -96,8 +96,10 @@ async fn two_sni_names_each_get_their_certificate_and_h2() {
     let (b, b_der) = dir.cert("b", &["*.b.test"]);
     let tls = Tls::load(settings(vec![a, b])).unwrap();
     let backend = Backend::start().await;
+    let decide = One::new(backend.addr, false);
+    let last_conn = decide.last_conn.clone();
     let proxy = start_proxy(
-        One::new(backend.addr, false),
+        decide,
         Some(tls),
         ServerSettings::default(),
         UpstreamSettings::default(),
@@ -127,6 +129,10 @@ async fn two_sni_names_each_get_their_certificate_and_h2() {
         seen.headers[http::header::FORWARDED],
         "for=127.0.0.1;proto=https;host=a.test"
     );
+
+    let conn = last_conn.lock().unwrap().clone().unwrap();
+    assert!(conn.tls && conn.alpn_h2);
+    assert_eq!(conn.sni.as_deref(), Some("a.test"));
 
     // Wildcard name, HTTP/1.1 by ALPN.
     let (leaf, s) = connect(proxy.addr, "x.b.test", &roots, &[b"http/1.1"]).await;
