@@ -33,8 +33,13 @@ pub(super) struct Shared<D> {
     pub tunnels: Arc<()>,
 }
 
-/// Why a request is refused before anything else runs.
-fn check(req: &Request<Incoming>) -> Result<(), &'static str> {
+/// Why a request is refused before anything else runs: (status, reason).
+fn check(req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+    // A reverse proxy has no tunnel to offer (WebSocket uses GET + Upgrade).
+    if req.method() == http::Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported"));
+    }
+    let bad = |why| (StatusCode::BAD_REQUEST, why);
     let h = req.headers();
     let h1 = req.version() <= Version::HTTP_11;
     // hyper already refuses a Transfer-Encoding that does not end in `chunked`; anything but
@@ -42,11 +47,11 @@ fn check(req: &Request<Incoming>) -> Result<(), &'static str> {
     let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
     if !te.is_empty() {
         if !h1 || te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err("unsupported transfer-encoding");
+            return Err(bad("unsupported transfer-encoding"));
         }
         // hyper drops Content-Length when both are present (RFC 9112 6.3); belt and braces.
         if h.contains_key(header::CONTENT_LENGTH) {
-            return Err("both content-length and transfer-encoding");
+            return Err(bad("both content-length and transfer-encoding"));
         }
     }
     let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
@@ -57,13 +62,13 @@ fn check(req: &Request<Incoming>) -> Result<(), &'static str> {
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
         };
-        let n = parse(first).ok_or("bad content-length")?;
+        let n = parse(first).ok_or(bad("bad content-length"))?;
         if cl.any(|v| parse(v) != Some(n)) {
-            return Err("conflicting content-length");
+            return Err(bad("conflicting content-length"));
         }
     }
     if h1 && req.version() == Version::HTTP_11 && h.get_all(header::HOST).iter().count() != 1 {
-        return Err("one Host header required");
+        return Err(bad("one Host header required"));
     }
     Ok(())
 }
@@ -121,9 +126,9 @@ pub(super) async fn handle<D: Decide>(
     };
 
     // 1. Request checks: refuse and close, so nothing after a bad framing is ever read.
-    if let Err(why) = check(&req) {
-        tracing::debug!(peer = %conn.peer, "gateway: bad request: {why}");
-        let mut r = boxed_full(full(StatusCode::BAD_REQUEST, why));
+    if let Err((status, why)) = check(&req) {
+        tracing::debug!(peer = %conn.peer, "gateway: refused: {why}");
+        let mut r = boxed_full(full(status, why));
         if h1 {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -124,3 +124,12 @@ async fn content_length_and_chunked_is_reframed_and_closed() {
     assert!(!seen[0].headers.contains_key(header::CONTENT_LENGTH));
     assert!(seen.iter().all(|s| s.path_query != "/smuggled"));
 }
+
+#[tokio::test]
+async fn connect_is_refused() {
+    refused(
+        b"CONNECT backend.test:443 HTTP/1.1\r\nHost: backend.test:443\r\n\r\n",
+        405,
+    )
+    .await;
+}
