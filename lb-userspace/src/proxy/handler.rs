@@ -153,8 +153,13 @@ pub(super) async fn handle<D: Decide>(
         (true, Some(a)) => Some(a.as_str().to_owned()),
         _ => host,
     };
-    if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-        // Also an HTTP/2 client's :authority becomes Host for HTTP/1.1 backends.
+    // Also an HTTP/2 client's :authority becomes Host for HTTP/1.1 backends; an HTTP/1.0
+    // request without one gets the VIP the client connected to.
+    let host_header = host
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+        .or_else(|| HeaderValue::from_str(&conn.local.to_string()).ok());
+    if let Some(v) = host_header {
         parts.headers.insert(header::HOST, v);
     }
     let request_id = headers::ensure_request_id(&mut parts.headers);

@@ -567,3 +567,15 @@ async fn stalled_upstream_body_is_cut() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn http10_without_host_gets_the_vip() {
+    let backend = Backend::start().await;
+    let proxy = plain_proxy(&backend, false).await;
+    let (text, closed) = raw(proxy.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    assert!(closed);
+    let seen = &backend.requests()[0];
+    assert_eq!(seen.headers[header::HOST], proxy.addr.to_string().as_str());
+    assert!(seen.headers.get("x-forwarded-host").is_none());
+}
