@@ -414,7 +414,11 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "{:<32} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                    if r.route.is_empty() { "(no route)" } else { &r.route },
+                    if r.route.is_empty() {
+                        "(no route)"
+                    } else {
+                        &r.route
+                    },
                     r.requests,
                     r.by_class[1],
                     r.by_class[3],
