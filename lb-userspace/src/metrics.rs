@@ -324,6 +324,29 @@ mod tests {
                     packets: 1,
                 },
             ],
+            routes: vec![crate::status::RouteStatus {
+                route: "api/users".into(),
+                requests: 6,
+                by_class: [0, 4, 0, 1, 1],
+                auth_failures: 1,
+                rate_limited: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn gateway_routes_and_histograms() {
+        let g = GatewayMetrics::new();
+        g.observe_request("api/users", 200, std::time::Duration::from_millis(2));
+        let text = render(&sample(), Some(&g));
+        for want in [
+            "lb_gateway_requests_total{route=\"api/users\",code_class=\"2xx\"} 4\n",
+            "lb_gateway_requests_total{route=\"api/users\",code_class=\"5xx\"} 1\n",
+            "lb_gateway_auth_failures_total{route=\"api/users\"} 1\n",
+            "# TYPE lb_gateway_request_duration_seconds histogram\n",
+            "lb_gateway_request_duration_seconds_count{route=\"api/users\"} 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
     }
 
