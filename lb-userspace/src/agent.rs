@@ -163,6 +163,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     };
     let mut poll = every(1);
+    let mut gateway_check = every(1);
     let mut stats = every(o.stats_interval);
     let mut seen = file_fingerprint(&path);
     let parts = Parts {
@@ -181,6 +182,12 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
             }
             _ = stats.tick(), if o.stats_interval > 0 => {
                 print_stats(&status).await;
+                continue;
+            }
+            _ = gateway_check.tick() => {
+                if gateway.is_finished() {
+                    return Err(failed("gateway", None));
+                }
                 continue;
             }
             _ = term.recv() => break,

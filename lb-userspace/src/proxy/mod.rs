@@ -14,6 +14,7 @@
 pub mod access_log;
 pub mod auth;
 mod body;
+pub mod connect;
 pub mod decide;
 mod handler;
 pub mod headers;

@@ -8,11 +8,11 @@ use http::{Request, Response, Uri, Version, uri::PathAndQuery};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::metrics::UpstreamErrorKind;
+use super::{connect::BackendConnector, metrics::UpstreamErrorKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type sent to backends and to clients.
@@ -39,6 +39,8 @@ pub struct UpstreamSettings {
     pub max_idle_per_backend: usize,
     /// See [`DEFAULT_BODY_IDLE_TIMEOUT`]; `None` = no limit.
     pub body_idle_timeout: Option<Duration>,
+    /// Local ports for backend connections (see `connect`); `None`: the kernel's range.
+    pub local_ports: Option<(u16, u16)>,
 }
 
 impl Default for UpstreamSettings {
@@ -49,6 +51,7 @@ impl Default for UpstreamSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_idle_per_backend: DEFAULT_MAX_IDLE_PER_BACKEND,
             body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
+            local_ports: None,
         }
     }
 }
@@ -75,8 +78,8 @@ impl UpstreamError {
 
 /// The backend connection pools.
 pub struct Upstreams {
-    h1: Client<HttpConnector, ProxyBody>,
-    h2: Client<HttpConnector, ProxyBody>,
+    h1: Client<BackendConnector, ProxyBody>,
+    h2: Client<BackendConnector, ProxyBody>,
     response_timeout: Duration,
     body_idle_timeout: Option<Duration>,
 }
@@ -89,11 +92,12 @@ impl std::fmt::Debug for Upstreams {
 
 impl Upstreams {
     pub fn new(settings: &UpstreamSettings) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(settings.connect_timeout));
-        // The request carries the backend as an http:// authority; nothing else is dialled.
-        conn.enforce_http(true);
+        // The request carries the backend as an http://ip:port authority; nothing else is
+        // dialled.
+        let conn = BackendConnector {
+            connect_timeout: settings.connect_timeout,
+            local_ports: settings.local_ports,
+        };
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
             b.pool_timer(TokioTimer::new())
