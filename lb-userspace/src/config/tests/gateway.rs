@@ -357,3 +357,19 @@ fn mismatched_key_is_an_error() {
     parse(&tls(&cert, &good), "t.toml").unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn paths_must_be_normalized() {
+    for (path, why) in [
+        ("/a/../b", "`..` segment"),
+        ("/a//b", "`//`"),
+        ("/a%2Fb", "holds `%`"),
+    ] {
+        one_error(
+            &gw(&format!("path_prefix = \"{path}\"\n")),
+            14,
+            "service[1].route[0].path",
+            why,
+        );
+    }
+}
