@@ -46,6 +46,8 @@ pub struct RouteStats {
     /// Responses by class: index 0 = 1xx .. 4 = 5xx.
     pub by_class: [u64; 5],
     pub auth_failures: u64,
+    /// Authentication failures by reason (`missing`, `expired`, ...).
+    pub auth_reasons: BTreeMap<String, u64>,
     pub rate_limited: u64,
 }
 
@@ -65,6 +67,8 @@ pub struct GatewayMetrics {
     rate_limited: Family<Labels, Counter>,
     access_log_dropped: Counter,
     routes: Mutex<BTreeMap<Arc<str>, RouteStats>>,
+    /// Failed upstream exchanges by (service, kind), for the status document.
+    upstream: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Default for GatewayMetrics {
@@ -79,6 +83,7 @@ impl Default for GatewayMetrics {
             rate_limited: Family::default(),
             access_log_dropped: Counter::default(),
             routes: Mutex::new(BTreeMap::new()),
+            upstream: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -168,6 +173,20 @@ impl GatewayMetrics {
                 ("kind", kind.as_str().to_owned()),
             ])
             .inc();
+        *self
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((service.to_owned(), kind.as_str()))
+            .or_default() += 1;
+    }
+
+    /// Failed upstream exchanges by (service, kind).
+    pub fn upstream_errors(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// For the integrator's `Decide`: an authentication failure on `route` for `reason`
@@ -179,7 +198,10 @@ impl GatewayMetrics {
                 ("reason", reason.to_owned()),
             ])
             .inc();
-        self.with_route(route, |s| s.auth_failures += 1);
+        self.with_route(route, |s| {
+            s.auth_failures += 1;
+            *s.auth_reasons.entry(reason.to_owned()).or_default() += 1;
+        });
     }
 
     /// For the integrator's `Decide`: a request refused by the rate limiter on `route`.
