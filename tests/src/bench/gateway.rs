@@ -221,7 +221,10 @@ pub fn run(lab: &BenchLab, tools: &Tools, opts: &GwOptions, gate: &IdleGate) -> 
                 res.failures.push((
                     round,
                     peer,
-                    format!("exited during its runs ({st}); last output:\n{}", tail.join("\n")),
+                    format!(
+                        "exited during its runs ({st}); last output:\n{}",
+                        tail.join("\n")
+                    ),
                 ));
             }
             let _ = active.child.stop(crate::netns::NsChild::STOP_GRACE);
@@ -246,13 +249,8 @@ fn one_run(
 ) -> Result<GwSample> {
     let idle = gate.wait()?;
     let before = CpuTimes::now()?;
-    let report = wrk::run_with_headers(
-        &lab.topo.client.ns,
-        url,
-        mode == Mode::Close,
-        headers,
-        load,
-    )?;
+    let report =
+        wrk::run_with_headers(&lab.topo.client.ns, url, mode == Mode::Close, headers, load)?;
     let (busy, total) = CpuTimes::now()?.since(&before);
     Ok(GwSample {
         round,

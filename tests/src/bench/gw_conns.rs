@@ -110,7 +110,9 @@ pub fn wait_status(
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(err.context(format!("{addr}{path} did not answer {want} within {total:?}")));
+            return Err(err.context(format!(
+                "{addr}{path} did not answer {want} within {total:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -133,8 +135,7 @@ pub struct IdleMem {
 impl IdleMem {
     /// RSS growth per connection, bytes.
     pub fn bytes_per_conn(&self) -> f64 {
-        (self.rss_after_kib as f64 - self.rss_before_kib as f64) * 1024.0
-            / self.conns.max(1) as f64
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) * 1024.0 / self.conns.max(1) as f64
     }
 }
 
@@ -267,7 +268,8 @@ mod tests {
             let (mut s, _) = l.accept().unwrap();
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel").unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+                .unwrap();
             std::thread::sleep(Duration::from_millis(20));
             s.write_all(b"lo").unwrap();
             let _ = s.read(&mut buf).unwrap();

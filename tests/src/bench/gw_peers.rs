@@ -452,7 +452,11 @@ pub fn check_tools(peers: &[GwPeer], tools: &Tools) -> Result<()> {
         .filter(|b| !need(b))
         .map(String::from)
         .collect();
-    if peers.iter().any(|p| matches!(p, GwPeer::Nginx | GwPeer::NginxApiKey)) && !need("nginx") {
+    if peers
+        .iter()
+        .any(|p| matches!(p, GwPeer::Nginx | GwPeer::NginxApiKey))
+        && !need("nginx")
+    {
         missing.push("nginx".into());
     }
     if peers.iter().any(|p| p.is_envoy()) && tools.envoy.is_none() {

@@ -15,10 +15,7 @@ pub fn gateway_targets(g: &GwResults) -> Vec<Target> {
     let mut t = Vec::new();
     for (base, goal) in [(GwPeer::Nginx, 1.0), (GwPeer::EnvoyJwt, 3.0)] {
         t.push(ratio(
-            format!(
-                "gateway + JWT keep-alive req/s vs {}",
-                base.label()
-            ),
+            format!("gateway + JWT keep-alive req/s vs {}", base.label()),
             format!(">= {goal}x"),
             ka(GwPeer::GatewayJwt),
             ka(base),
@@ -104,8 +101,7 @@ pub fn gateway_markdown(g: &GwResults) -> String {
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for p in GwPeer::ALL {
-        let (Some(ka), Some(cl)) = (s.get(&(p, Mode::KeepAlive)), s.get(&(p, Mode::Close)))
-        else {
+        let (Some(ka), Some(cl)) = (s.get(&(p, Mode::KeepAlive)), s.get(&(p, Mode::Close))) else {
             continue;
         };
         let _ = writeln!(
