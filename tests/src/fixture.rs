@@ -80,6 +80,22 @@ protocol = "tcp"
 address = "10.200.1.50"
 port = 8080
 
+# An L7 gateway service: checked and limited here, then passed to the kernel.
+[[service]]
+name = "gw-upstream"
+
+[[service]]
+name = "gateway"
+vip = "10.200.100.9"
+port = 80
+protocol = "tcp"
+mode = "http"
+[service.rate_limit]
+rate = 1
+burst = 2
+[[service.route]]
+service = "gw-upstream"
+
 [[service]]
 name = "noneigh"
 vip = "10.200.100.4"

@@ -442,6 +442,65 @@ fn rate_limited_source() {
     assert_eq!(v, XDP_REDIRECT);
 }
 
+/// A `mode = "http"` service: its packets are parsed, rate-limited and checked like any
+/// service's, then passed to the kernel untouched (the local route and sk_lookup take them
+/// to the gateway), with no conntrack entry; garbage to it is dropped, not passed.
+#[test]
+fn gateway_service_is_checked_then_passed() {
+    let mut fx = Fx::start();
+    let ct_before = fx.dp.conntrack_entries();
+    let syn = |src: &str, sport: u16| Pkt::from_client(src, sport, "10.200.100.9", 80, SYN);
+    fx.check(&Row {
+        name: "SYN to the gateway VIP",
+        ingress: fx.lb_c,
+        input: syn("10.200.1.2", 1000).bytes(),
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::ToGateway,
+    });
+    let mut bad = syn("10.200.1.2", 1001);
+    bad.l4 = L4::Tcp {
+        syn: true,
+        ack: false,
+        fin: true,
+    };
+    fx.check(&Row {
+        name: "SYN+FIN to the gateway VIP",
+        ingress: fx.lb_c,
+        input: bad.bytes(),
+        verdict: XDP_DROP,
+        output: None,
+        reason: Reason::BadTcpFlags,
+    });
+    fx.check(&Row {
+        name: "third packet from one source over rate 1/s burst 2",
+        ingress: fx.lb_c,
+        input: syn("10.200.1.2", 1002).bytes(),
+        verdict: XDP_DROP,
+        output: None,
+        reason: Reason::RateLimited,
+    });
+    fx.check(&Row {
+        name: "another source is still passed",
+        ingress: fx.lb_c,
+        input: Pkt::from_client("10.200.1.3", 1000, "10.200.100.9", 80, ACK).bytes(),
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::ToGateway,
+    });
+    assert_eq!(
+        fx.dp.conntrack_entries(),
+        ct_before,
+        "the kernel's TCP stack owns gateway connections: no conntrack entry"
+    );
+    let s = fx.service("gateway");
+    assert_eq!(
+        (s.packets, s.new_flows, s.drops),
+        (2, 1, 2),
+        "passed packets, SYNs among them, drops"
+    );
+}
+
 #[test]
 fn backend_without_neighbour_is_dropped() {
     let mut fx = Fx::start();
