@@ -6,13 +6,15 @@
 //!                                        1. to l4.prepare (interfaces, settings), then
 //!                                        2. to control.set_config (publishes it)
 //!  sources, health checks --> control --model::Snapshot (watch)--> l4 --> XDP maps
-//!                                                              `--> later: L7 gateway, socket LB
+//!                                                              |--> gateway (own threads)
+//!                                                              `--> later: socket LB
 //!  admin API --StatusSource--> control's view + l4's view
 //! ```
 //!
 //! Each part has one job and its own stop token; none holds another's state. Shutdown
-//! stops them in order: admin (no more requests), control plane (sources and health checks
-//! with it), then the L4 data plane, which is then detached or left pinned.
+//! stops them in order: admin (no more requests), the gateway (drains its requests), control
+//! plane (sources and health checks with it), then the L4 data plane, which is then detached
+//! or left pinned.
 //!
 //! May depend on every module; nothing depends on it but `main`.
 
@@ -34,11 +36,15 @@ use crate::{
     config::{self, Config, ConfigErrors},
     control::{ControlHandle, ControlPlane},
     l4::{L4Dataplane, L4Error, L4Handle, L4Options},
+    proxy::{
+        GatewayError, GatewayPart,
+        listen::{ListenError, Listeners},
+    },
     registry::{
         SourceHandle,
         builtin::{self, Registry, RegistryError},
     },
-    status::StatusSource,
+    status::{GatewayView, StatusSource},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,10 @@ pub enum AgentError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Gateway(#[from] ListenError),
+    #[error(transparent)]
+    GatewayStart(#[from] GatewayError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     /// A part's task ended before it was told to stop (it panicked): the agent exits rather
@@ -112,17 +122,28 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     l4.take_over_links(&config)?;
     let mut generation = first.generation;
 
+    // The L7 gateway: its listening sockets go to the sk_lookup hook, then it runs on its
+    // own threads (proxying is CPU-bound, unlike the rest), fed by the same snapshots.
+    let listeners = Listeners::open().map_err(AgentError::Gateway)?;
+    l4.attach_gateway(&listeners.v4, listeners.v6.as_ref())?;
+    let gateway_stop = CancellationToken::new();
+    let gateway = GatewayPart::start(&config, listeners, snapshots.clone(), gateway_stop.clone())
+        .map_err(AgentError::GatewayStart)?;
+
     let (control_handle, control_requests) = ControlPlane::channel();
     let mut control_task = tokio::spawn(control.run(control_requests, control_stop.clone()));
     let l4_stop = CancellationToken::new();
     let (l4_handle, l4_requests) = L4Dataplane::channel();
     let mut l4_task = tokio::spawn(l4.run(snapshots, l4_requests, l4_stop.clone()));
-    // The L7 gateway composes here: it will subscribe to the same snapshot channel (a
-    // `Subscriber` clone taken before `l4.run`), and run on its own multi-threaded runtime
-    // (its own threads: proxying is CPU-bound, unlike the rest) with its own stop token,
-    // stopped between the admin and the control plane below.
 
-    let status = StatusSource::new(control_handle.clone(), l4_handle.clone());
+    let status = StatusSource::new(
+        control_handle.clone(),
+        l4_handle.clone(),
+        Some(GatewayView {
+            metrics: gateway.metrics.clone(),
+            state: gateway.state.clone(),
+        }),
+    );
     let admin_stop = CancellationToken::new();
     let admin_task = admin::start(
         &config.admin,
@@ -142,6 +163,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     };
     let mut poll = every(1);
+    let mut gateway_check = every(1);
     let mut stats = every(o.stats_interval);
     let mut seen = file_fingerprint(&path);
     let parts = Parts {
@@ -160,6 +182,12 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
             }
             _ = stats.tick(), if o.stats_interval > 0 => {
                 print_stats(&status).await;
+                continue;
+            }
+            _ = gateway_check.tick() => {
+                if gateway.is_finished() {
+                    return Err(failed("gateway", None));
+                }
                 continue;
             }
             _ = term.recv() => break,
@@ -185,6 +213,9 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     if o.stats_interval > 0 {
         print_stats(&status).await;
     }
+    // The gateway drains its requests in flight before the backends' data plane goes.
+    gateway_stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || gateway.join()).await;
     control_stop.cancel();
     let _ = control_task.await;
     l4_stop.cancel();

@@ -182,6 +182,17 @@ impl L4Dataplane {
         Ok(())
     }
 
+    /// Hands the L7 gateway's listening sockets to the sk_lookup hook (attached once to
+    /// this network namespace).
+    pub fn attach_gateway(
+        &mut self,
+        v4: &impl std::os::fd::AsRawFd,
+        v6: Option<&impl std::os::fd::AsRawFd>,
+    ) -> Result<(), L4Error> {
+        self.dp.attach_gateway(v4, v6)?;
+        Ok(())
+    }
+
     /// Only once the maps hold the first generation does our program replace the previous
     /// agent's in the links it left pinned (atomically: forwarding never stops).
     pub fn take_over_links(&mut self, c: &Config) -> Result<(), L4Error> {

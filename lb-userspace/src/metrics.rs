@@ -7,7 +7,8 @@
 //! are encoded through [`KernelCounter`]: TYPE counter, sample named like its family (which
 //! ends in `_total`). The output is served as `text/plain; version=0.0.4`.
 //!
-//! May depend on: `status` only (metrics are a rendering of the status document).
+//! May depend on: `status` (metrics are a rendering of the status document) and the
+//! gateway's metrics (its latency histograms, which the document does not carry).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::status::Status;
+use crate::{proxy::metrics::GatewayMetrics, status::Status};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -77,9 +78,40 @@ fn gauge_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The metrics text for `s`.
-pub fn render(s: &Status) -> String {
+/// The metrics text for `s`, with the gateway's latency histograms when it runs.
+pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
     let mut reg = Registry::default();
+    if let Some(g) = gateway {
+        g.register_histograms(&mut reg);
+    }
+    let gw_requests = counters(
+        &mut reg,
+        "lb_gateway_requests_total",
+        "Gateway responses by route (service/route) and status class",
+    );
+    let gw_auth = counters(
+        &mut reg,
+        "lb_gateway_auth_failures_total",
+        "Gateway requests refused by authentication (401/403), by route",
+    );
+    let gw_limited = counters(
+        &mut reg,
+        "lb_gateway_rate_limited_total",
+        "Gateway requests refused by a rate limit (429), by route",
+    );
+    for r in &s.routes {
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            gw_requests
+                .get_or_create(&vec![
+                    ("route", r.route.clone()),
+                    ("code_class", (*class).to_owned()),
+                ])
+                .set(r.by_class[i]);
+        }
+        let l = vec![("route", r.route.clone())];
+        gw_auth.get_or_create(&l).set(r.auth_failures);
+        gw_limited.get_or_create(&l).set(r.rate_limited);
+    }
     let svc_packets = counters(
         &mut reg,
         "lb_service_packets_total",
@@ -292,12 +324,35 @@ mod tests {
                     packets: 1,
                 },
             ],
+            routes: vec![crate::status::RouteStatus {
+                route: "api/users".into(),
+                requests: 6,
+                by_class: [0, 4, 0, 1, 1],
+                auth_failures: 1,
+                rate_limited: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn gateway_routes_and_histograms() {
+        let g = GatewayMetrics::new();
+        g.observe_request("api/users", 200, std::time::Duration::from_millis(2));
+        let text = render(&sample(), Some(&g));
+        for want in [
+            "lb_gateway_requests_total{route=\"api/users\",code_class=\"2xx\"} 4\n",
+            "lb_gateway_requests_total{route=\"api/users\",code_class=\"5xx\"} 1\n",
+            "lb_gateway_auth_failures_total{route=\"api/users\"} 1\n",
+            "# TYPE lb_gateway_request_duration_seconds histogram\n",
+            "lb_gateway_request_duration_seconds_count{route=\"api/users\"} 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
     }
 
     #[test]
     fn counters_are_named_the_prometheus_text_way() {
-        let text = render(&sample());
+        let text = render(&sample(), None);
         assert!(
             text.contains("# TYPE lb_service_packets_total counter\n"),
             "{text}"

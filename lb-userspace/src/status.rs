@@ -8,8 +8,9 @@
 //! May depend on: `model`, `control`, `l4`, `health` (their views). Used by `metrics`,
 //! `admin` and the composition root (`agent`, `main`).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -17,6 +18,7 @@ use crate::{
     health::TargetHealth,
     l4::{L4Handle, L4View},
     model::BackendKey,
+    proxy::{metrics::GatewayMetrics, metrics::RouteStats, state::GatewayState},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,21 @@ pub struct Status {
     pub sources: Vec<SourceStatus>,
     /// Every data-path verdict reason with its packet count.
     pub reasons: Vec<ReasonCount>,
+    /// The L7 gateway's routes and their counters (`service/route` order).
+    #[serde(default)]
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One gateway route's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    /// `service/route`; `service/` for requests that matched no route of the service.
+    pub route: String,
+    pub requests: u64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub by_class: [u64; 5],
+    pub auth_failures: u64,
+    pub rate_limited: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -97,23 +114,89 @@ pub fn socket_label(addr: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(addr, port).to_string()
 }
 
+/// What status reads of the running gateway: its counters and its current routes.
+#[derive(Clone)]
+pub struct GatewayView {
+    pub metrics: Arc<GatewayMetrics>,
+    pub state: Arc<ArcSwap<GatewayState>>,
+}
+
+impl std::fmt::Debug for GatewayView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayView").finish_non_exhaustive()
+    }
+}
+
+impl GatewayView {
+    /// Every current route (zero counts included), then any other route with counts (one a
+    /// reload removed, or requests that matched none).
+    pub fn routes(&self) -> Vec<RouteStatus> {
+        let mut counts = self.metrics.snapshot();
+        let state = self.state.load();
+        let mut ids: Vec<String> = state
+            .frontends
+            .values()
+            .flat_map(|f| f.routes.routes().iter().map(|r| r.payload().id.to_string()))
+            .collect();
+        ids.sort();
+        let mut out: Vec<RouteStatus> = ids
+            .into_iter()
+            .map(|id| {
+                let c = counts.remove(id.as_str()).unwrap_or_default();
+                route_status(id, &c)
+            })
+            .collect();
+        out.extend(counts.iter().map(|(id, c)| route_status(id.to_string(), c)));
+        out
+    }
+
+    /// The gateway's metric families that the status document does not carry (latency
+    /// histograms), for the metrics endpoint.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+}
+
+fn route_status(route: String, c: &RouteStats) -> RouteStatus {
+    RouteStatus {
+        route,
+        requests: c.requests(),
+        by_class: c.by_class,
+        auth_failures: c.auth_failures,
+        rate_limited: c.rate_limited,
+    }
+}
+
 /// Where the status document comes from: the running parts. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StatusSource {
     control: ControlHandle,
     l4: L4Handle,
+    gateway: Option<GatewayView>,
 }
 
 impl StatusSource {
-    pub fn new(control: ControlHandle, l4: L4Handle) -> Self {
-        Self { control, l4 }
+    pub fn new(control: ControlHandle, l4: L4Handle, gateway: Option<GatewayView>) -> Self {
+        Self {
+            control,
+            l4,
+            gateway,
+        }
     }
 
     /// The document now; `None` if a part stopped.
     pub async fn get(&self) -> Option<Status> {
         let control = self.control.view().await?;
         let l4 = self.l4.view().await?;
-        Some(build(&control, &l4))
+        let mut status = build(&control, &l4);
+        if let Some(g) = &self.gateway {
+            status.routes = g.routes();
+        }
+        Some(status)
+    }
+
+    pub fn gateway(&self) -> Option<&GatewayView> {
+        self.gateway.as_ref()
     }
 }
 
@@ -178,6 +261,36 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
             backends,
         });
     }
+    // Backend sets (no VIP: only gateway routes reach them) are not in the kernel; their
+    // backends and health still are the operator's business.
+    for svc in snapshot.services.iter().filter(|s| s.frontend.is_none()) {
+        let backends = svc
+            .backends
+            .iter()
+            .map(|b| {
+                let h = health.get(&(svc.name.as_str(), b.key));
+                BackendStatus {
+                    address: socket_label(b.key.addr, b.key.port),
+                    weight: b.weight,
+                    effective_weight: b.effective_weight,
+                    origin: b.origin.clone(),
+                    up: b.up,
+                    health_transitions: h.map_or(0, |h| h.transitions),
+                    last_error: h.and_then(|h| h.last_error.clone()),
+                    ..BackendStatus::default()
+                }
+            })
+            .collect();
+        services.push(ServiceStatus {
+            name: svc.name.clone(),
+            address: "-".into(),
+            protocol: svc.protocol.to_string(),
+            health_checked: svc.health_checked,
+            fail_open: svc.fail_open,
+            backends,
+            ..ServiceStatus::default()
+        });
+    }
     let sources = control
         .sources
         .iter()
@@ -201,6 +314,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
         conntrack_entries: l4.conntrack_per_service.values().sum(),
         services,
         sources,
+        routes: Vec::new(),
         reasons: l4
             .reasons
             .iter()
@@ -287,6 +401,30 @@ impl Status {
                     s.errors,
                     s.ignored,
                     s.last_error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        if !self.routes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<32} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "ROUTE", "REQUESTS", "2XX", "4XX", "5XX", "AUTH-401", "LIMITED"
+            );
+            for r in &self.routes {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    if r.route.is_empty() {
+                        "(no route)"
+                    } else {
+                        &r.route
+                    },
+                    r.requests,
+                    r.by_class[1],
+                    r.by_class[3],
+                    r.by_class[4],
+                    r.auth_failures,
+                    r.rate_limited
                 );
             }
         }

@@ -7,6 +7,8 @@
 //! so it does one map lookup and nothing else. Connections the gateway opens to backends are
 //! never looked up here: their replies match established sockets first.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, SVC_FLAG_PASS, ServiceKey};
 
@@ -19,26 +21,31 @@ const SK_PASS: u32 = 1;
 
 #[sk_lookup]
 pub fn sk_lookup_gateway(ctx: SkLookupContext) -> u32 {
+    // Every field is read once, up front, with its own load at a fixed offset: the verifier
+    // refuses a context access through a pointer moved by a branch-dependent offset, which
+    // is what LLVM makes of reads done inside the match arms.
+    let l = ctx.lookup;
     // SAFETY: the context pointer is valid for the program run; fields read by value.
-    let (family, protocol, port) = unsafe {
-        let l = &*ctx.lookup;
-        (l.family, l.protocol, l.local_port)
+    let (family, protocol, port, ip4, ip6) = unsafe {
+        (
+            read_volatile(&raw const (*l).family),
+            read_volatile(&raw const (*l).protocol),
+            read_volatile(&raw const (*l).local_port),
+            read_volatile(&raw const (*l).local_ip4),
+            [
+                read_volatile(&raw const (*l).local_ip6[0]),
+                read_volatile(&raw const (*l).local_ip6[1]),
+                read_volatile(&raw const (*l).local_ip6[2]),
+                read_volatile(&raw const (*l).local_ip6[3]),
+            ],
+        )
     };
     if protocol != u32::from(PROTO_TCP) {
         return SK_PASS;
     }
     let (addr, fam, index) = match family {
-        // SAFETY: as above.
-        AF_INET => (
-            lb_common::Addr::v4(unsafe { (*ctx.lookup).local_ip4 }),
-            FAMILY_V4,
-            0,
-        ),
-        AF_INET6 => (
-            lb_common::Addr::v6(unsafe { (*ctx.lookup).local_ip6 }),
-            FAMILY_V6,
-            1,
-        ),
+        AF_INET => (lb_common::Addr::v4(ip4), FAMILY_V4, 0),
+        AF_INET6 => (lb_common::Addr::v6(ip6), FAMILY_V6, 1),
         _ => return SK_PASS,
     };
     // `local_port` is in host order; the map keys hold it in network order.

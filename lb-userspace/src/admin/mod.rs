@@ -241,7 +241,7 @@ async fn metrics_handler(State(state): State<AdminState>) -> Result<Response, Ap
     let status = ask_status(&state).await?;
     Ok((
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&status),
+        metrics::render(&status, state.status.gateway().map(|g| g.metrics())),
     )
         .into_response())
 }

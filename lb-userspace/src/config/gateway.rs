@@ -150,6 +150,11 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             ok = false;
             PathMatch::Prefix("/".into())
         }
+        (Some(p), None) | (None, Some(p)) if let Err(why) = normal_path(&p.val) => {
+            d.error(&p.span, &t.field("path"), format!("path `{}` {why}", p.val));
+            ok = false;
+            PathMatch::Prefix("/".into())
+        }
         (Some(e), None) => PathMatch::Exact(e.val),
         (None, Some(p)) => PathMatch::Prefix(p.val),
         (None, None) => PathMatch::Prefix("/".into()),
@@ -941,6 +946,24 @@ pub(super) fn check_references(
             }
         }
     }
+}
+
+/// Request paths are normalized before matching (no `.`/`..` segments, no `//`, no
+/// escapes), so a configured path that is not in that form could never match.
+fn normal_path(p: &str) -> Result<(), &'static str> {
+    let body = p.strip_prefix('/').unwrap_or(p);
+    if body.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("holds a `.` or `..` segment: write the path it stands for");
+    }
+    if p.contains("//") {
+        return Err("holds `//`: write it with single slashes");
+    }
+    if p.bytes()
+        .any(|b| b == b'%' || b == b'\\' || b == b'#' || !b.is_ascii_graphic())
+    {
+        return Err("holds `%`, `\\`, `#` or a character that is not visible ASCII");
+    }
+    Ok(())
 }
 
 /// `[A-Za-z0-9_.-]{1,63}`.

@@ -495,7 +495,7 @@ pub struct HttpService {
 }
 
 /// One certificate chain and key, served for `names`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TlsCert {
     /// Exact (`api.example.com`) or wildcard (`*.example.com`) names, lower case; empty: only
     /// the default.

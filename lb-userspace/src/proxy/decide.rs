@@ -77,18 +77,17 @@ impl Decide for Gatekeeper {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let matched = match frontend.routes.find(
-            host(req),
-            &req.method,
-            &path_and_query,
-            &req.headers,
-        ) {
-            Err(_) => {
-                return respond(None, StatusCode::BAD_REQUEST, vec![], "bad request path\n");
-            }
-            Ok(None) => return respond(None, StatusCode::NOT_FOUND, vec![], "no route\n"),
-            Ok(Some(m)) => m,
-        };
+        let matched =
+            match frontend
+                .routes
+                .find(host(req), &req.method, &path_and_query, &req.headers)
+            {
+                Err(_) => {
+                    return respond(None, StatusCode::BAD_REQUEST, vec![], "bad request path\n");
+                }
+                Ok(None) => return respond(None, StatusCode::NOT_FOUND, vec![], "no route\n"),
+                Ok(Some(m)) => m,
+            };
         let policy = matched.route.payload();
         let route = policy.id.clone();
 
@@ -159,7 +158,7 @@ impl Decide for Gatekeeper {
             );
         }
 
-        let r = rand::random::<u64>();
+        let r = fast_random();
         let service = matched.route.pick(r);
         let Some((service, upstream)) = state.upstreams.get_key_value(service) else {
             return respond(
@@ -197,4 +196,21 @@ impl Decide for Gatekeeper {
             response_headers: limit_headers,
         })
     }
+}
+
+/// A random u64 for spreading requests: xorshift64* per thread, seeded once from the OS
+/// (not for secrets; a syscall per request would cost more than the pick).
+fn fast_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
 }

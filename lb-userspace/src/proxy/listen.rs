@@ -26,16 +26,25 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn open() -> Result<Self, ListenError> {
-        let v4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .map_err(|source| ListenError { family: "IPv4", source })?;
+        let v4 =
+            listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).map_err(|source| ListenError {
+                family: "IPv4",
+                source,
+            })?;
         let v6 = match listen(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))) {
             Ok(l) => Some(l),
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
-                || e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+            Err(e)
+                if e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    || e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
             {
                 None
             }
-            Err(source) => return Err(ListenError { family: "IPv6", source }),
+            Err(source) => {
+                return Err(ListenError {
+                    family: "IPv6",
+                    source,
+                });
+            }
         };
         Ok(Self { v4, v6 })
     }

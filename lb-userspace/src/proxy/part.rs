@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use super::{
     access_log::{AccessLog, AccessLogSettings, LogFormat, LogTarget},
+    connect,
     decide::Gatekeeper,
     limit::{LimiterSettings, RateLimiter},
     listen::Listeners,
@@ -62,10 +63,11 @@ impl GatewayPart {
         let metrics = Arc::new(GatewayMetrics::new());
         let state = Arc::new(ArcSwap::from_pointee(GatewayState::empty()));
         let log = access_log_settings(config);
+        let snat = (config.global.snat_port_min, config.global.snat_port_max);
         let (m, s) = (metrics.clone(), state.clone());
         let thread = std::thread::Builder::new()
             .name("lb-gateway".into())
-            .spawn(move || runtime.block_on(run(listeners, snapshots, s, m, log, stop)))
+            .spawn(move || runtime.block_on(run(listeners, snapshots, s, m, log, snat, stop)))
             .map_err(GatewayError::Runtime)?;
         Ok(Self {
             thread,
@@ -109,8 +111,21 @@ async fn run(
     state: Arc<ArcSwap<GatewayState>>,
     metrics: Arc<GatewayMetrics>,
     log: Option<AccessLogSettings>,
+    snat_ports: (u16, u16),
     stop: CancellationToken,
 ) {
+    let local_ports =
+        connect::ephemeral_ports().and_then(|eph| connect::local_ports_outside(eph, snat_ports));
+    match local_ports {
+        Some((lo, hi)) => info!(
+            lo,
+            hi, "gateway connects to backends from ports outside the SNAT range"
+        ),
+        None => warn!(
+            "the SNAT port range covers the whole ephemeral range: gateway connections to \
+             backends may collide with L4 flows; move global.snat_ports"
+        ),
+    }
     let access_log = match log {
         None => AccessLog::disabled(),
         Some(s) => match AccessLog::start(s).await {
@@ -127,7 +142,10 @@ async fn run(
         limiter: limiter.clone(),
         metrics: metrics.clone(),
     });
-    let upstreams = Arc::new(Upstreams::new(&UpstreamSettings::default()));
+    let upstreams = Arc::new(Upstreams::new(&UpstreamSettings {
+        local_ports,
+        ..UpstreamSettings::default()
+    }));
     let observers = Observers {
         metrics: metrics.clone(),
         access_log,

@@ -16,7 +16,7 @@ use std::{
 
 use http::{HeaderName, Method};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use super::{
     auth::{
@@ -32,6 +32,8 @@ use crate::{
 
 /// How often API key files are re-read.
 const API_KEY_POLL: Duration = Duration::from_secs(1);
+/// How often certificate files are re-read.
+const TLS_POLL: Duration = Duration::from_secs(1);
 
 /// What a matched route asks of a request, besides where it goes.
 #[derive(Clone)]
@@ -187,13 +189,16 @@ impl AuthProviders {
         let settings = TlsSettings {
             certs: certs
                 .iter()
-                .map(|c| CertSpec {
+                .enumerate()
+                .map(|(i, c)| CertSpec {
                     names: c.names.clone(),
                     cert_file: c.cert_file.clone(),
                     key_file: c.key_file.clone(),
+                    // The first is the one for clients without (a known) SNI.
+                    default: i == 0,
                 })
                 .collect(),
-            ..TlsSettings::default()
+            reload_interval: TLS_POLL,
         };
         let tls = Tls::load(settings).map_err(|source| StateError::Tls {
             service: service.to_owned(),
@@ -402,9 +407,4 @@ pub fn limit_key(key: LimitKey, peer: IpAddr, identity: Option<&auth::Identity>)
         }
         _ => format!("ip:{peer}"),
     }
-}
-
-#[allow(dead_code)]
-fn log_build_error(e: &StateError) {
-    error!(error = %e, "gateway state not rebuilt; the previous one keeps serving");
 }

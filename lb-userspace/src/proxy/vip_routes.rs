@@ -58,7 +58,9 @@ fn route(op: &str, vip: IpAddr) -> Result<(), VipRouteError> {
     let prefix = if vip.is_ipv4() { "32" } else { "128" };
     let family = if vip.is_ipv4() { "-4" } else { "-6" };
     let dst = format!("{vip}/{prefix}");
-    let args = [family, "route", op, "local", &dst, "dev", "lo", "table", "local"];
+    let args = [
+        family, "route", op, "local", &dst, "dev", "lo", "table", "local",
+    ];
     let joined = args.join(" ");
     let out = Command::new("ip")
         .args(args)

@@ -67,7 +67,10 @@ threads = 4
     assert_eq!(users.frontend, None, "a backend set has no frontend");
     let api = c.services.iter().find(|s| s.name == "api").unwrap();
     assert_eq!(api.mode, Mode::Http);
-    assert_eq!(api.frontend, Some("10.0.0.2:80".parse::<SocketAddr>().unwrap()));
+    assert_eq!(
+        api.frontend,
+        Some("10.0.0.2:80".parse::<SocketAddr>().unwrap())
+    );
     let http = api.http.as_ref().unwrap();
     assert_eq!(http.routes.len(), 2);
     let r = &http.routes[0];
@@ -94,7 +97,10 @@ threads = 4
     assert_eq!(r.auth.as_deref(), Some("idp"));
     let s = &http.routes[1];
     assert_eq!(s.rewrite, Rewrite::ReplacePath("/other".into()));
-    assert_eq!(s.targets.iter().map(|t| t.weight).collect::<Vec<_>>(), [95, 5]);
+    assert_eq!(
+        s.targets.iter().map(|t| t.weight).collect::<Vec<_>>(),
+        [95, 5]
+    );
     assert!(s.http2);
     assert_eq!(c.auth.len(), 2);
     match &c.auth[0].kind {
@@ -165,7 +171,12 @@ fn http_service_with_own_backends() {
 #[test]
 fn routes_need_http_mode() {
     let text = gw("").replace("mode = \"http\"\n", "");
-    one_error(&text, 6, "service[1].route", "routes need `mode = \"http\"`");
+    one_error(
+        &text,
+        6,
+        "service[1].route",
+        "routes need `mode = \"http\"`",
+    );
 }
 
 #[test]
@@ -225,12 +236,7 @@ fn all_zero_weights() {
         "service = \"users\"\n",
         "backends = [{ service = \"users\", weight = 0 }]\n",
     );
-    one_error(
-        &text,
-        13,
-        "service[1].route[0].backends",
-        "weight > 0",
-    );
+    one_error(&text, 13, "service[1].route[0].backends", "weight > 0");
 }
 
 #[test]
@@ -272,7 +278,9 @@ fn bad_rate_limit_key() {
 #[test]
 fn jwt_hmac_is_refused() {
     one_error(
-        &gw("[[auth]]\nname = \"a\"\nkind = \"jwt\"\njwks_file = \"/k\"\nalgorithms = [\"HS256\"]\n"),
+        &gw(
+            "[[auth]]\nname = \"a\"\nkind = \"jwt\"\njwks_file = \"/k\"\nalgorithms = [\"HS256\"]\n",
+        ),
         18,
         "auth[0].algorithms",
         "not allowed",
@@ -292,7 +300,9 @@ fn jwt_needs_keys() {
 #[test]
 fn duplicate_auth_names() {
     one_error(
-        &gw("[[auth]]\nname = \"a\"\nkind = \"api_key\"\nfile = \"/k\"\n[[auth]]\nname = \"a\"\nkind = \"api_key\"\nfile = \"/k\"\n"),
+        &gw(
+            "[[auth]]\nname = \"a\"\nkind = \"api_key\"\nfile = \"/k\"\n[[auth]]\nname = \"a\"\nkind = \"api_key\"\nfile = \"/k\"\n",
+        ),
         19,
         "auth[1].name",
         "duplicate auth name",
@@ -302,7 +312,9 @@ fn duplicate_auth_names() {
 #[test]
 fn missing_certificate_file_names_file_line_and_field() {
     let e = one_error(
-        &gw("[[service.tls]]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n"),
+        &gw(
+            "[[service.tls]]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+        ),
         15,
         "service[1].tls[0].cert_file",
         "cannot read `/nonexistent/c.pem`",
@@ -344,4 +356,20 @@ fn mismatched_key_is_an_error() {
     std::fs::write(&good, a.key_pair.serialize_pem()).unwrap();
     parse(&tls(&cert, &good), "t.toml").unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn paths_must_be_normalized() {
+    for (path, why) in [
+        ("/a/../b", "`..` segment"),
+        ("/a//b", "`//`"),
+        ("/a%2Fb", "holds `%`"),
+    ] {
+        one_error(
+            &gw(&format!("path_prefix = \"{path}\"\n")),
+            14,
+            "service[1].route[0].path",
+            why,
+        );
+    }
 }

@@ -1,0 +1,248 @@
+//! Gateway metrics (Prometheus, `prometheus-client`) and a plain per-route snapshot for
+//! `lb status`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Latency buckets (seconds): 1 ms .. 30 s, roughly x2.5 apart.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Why an upstream exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Could not connect (refused, unreachable).
+    Connect,
+    /// Connect or response timed out.
+    Timeout,
+    /// The connection broke during the exchange.
+    Reset,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// Per-route counters for `lb status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteStats {
+    /// Responses by class: index 0 = 1xx .. 4 = 5xx.
+    pub by_class: [u64; 5],
+    pub auth_failures: u64,
+    pub rate_limited: u64,
+}
+
+impl RouteStats {
+    pub fn requests(&self) -> u64 {
+        self.by_class.iter().sum()
+    }
+}
+
+/// The gateway's metrics; cheap to share (`Arc`), every method takes `&self`.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    requests: Family<Labels, Counter>,
+    duration: Family<Labels, Histogram>,
+    upstream_errors: Family<Labels, Counter>,
+    auth_failures: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    access_log_dropped: Counter,
+    routes: Mutex<BTreeMap<Arc<str>, RouteStats>>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
+            upstream_errors: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            access_log_dropped: Counter::default(),
+            routes: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// Route label for requests that matched none.
+pub const NO_ROUTE: &str = "";
+
+fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register every family under `lb_gateway_*`.
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "lb_gateway_requests",
+            "Gateway responses by route and status class",
+            self.requests.clone(),
+        );
+        reg.register(
+            "lb_gateway_request_duration_seconds",
+            "Gateway request duration (until the response body ended) by route",
+            self.duration.clone(),
+        );
+        reg.register(
+            "lb_gateway_upstream_errors",
+            "Failed upstream exchanges by service and kind (connect, timeout, reset)",
+            self.upstream_errors.clone(),
+        );
+        reg.register(
+            "lb_gateway_auth_failures",
+            "Requests refused by authentication, by route and reason",
+            self.auth_failures.clone(),
+        );
+        reg.register(
+            "lb_gateway_rate_limited",
+            "Requests refused by rate limiting, by route",
+            self.rate_limited.clone(),
+        );
+        reg.register(
+            "lb_gateway_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
+        );
+    }
+
+    /// Only the latency histograms: the agent's metrics endpoint renders the counters from
+    /// its status document and adds these.
+    pub fn register_histograms(&self, reg: &mut Registry) {
+        reg.register(
+            "lb_gateway_request_duration_seconds",
+            "Gateway request duration (until the response body ended) by route",
+            self.duration.clone(),
+        );
+    }
+
+    /// One finished request (called by the pipeline).
+    pub fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
+        let class = code_class(status);
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("code_class", class.to_owned()),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("route", route.to_owned())])
+            .observe(elapsed.as_secs_f64());
+        let idx = usize::from(status.clamp(100, 599) / 100 - 1);
+        self.with_route(route, |s| s.by_class[idx] += 1);
+    }
+
+    pub fn upstream_error(&self, service: &str, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("kind", kind.as_str().to_owned()),
+            ])
+            .inc();
+    }
+
+    /// For the integrator's `Decide`: an authentication failure on `route` for `reason`
+    /// (e.g. "missing", "expired", "bad_signature").
+    pub fn auth_failure(&self, route: &str, reason: &str) {
+        self.auth_failures
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
+        self.with_route(route, |s| s.auth_failures += 1);
+    }
+
+    /// For the integrator's `Decide`: a request refused by the rate limiter on `route`.
+    pub fn rate_limited(&self, route: &str) {
+        self.rate_limited
+            .get_or_create(&vec![("route", route.to_owned())])
+            .inc();
+        self.with_route(route, |s| s.rate_limited += 1);
+    }
+
+    pub(super) fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
+    /// Per-route counters, by route name (`""` = no route matched).
+    pub fn snapshot(&self) -> BTreeMap<Arc<str>, RouteStats> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn with_route(&self, route: &str, f: impl FnOnce(&mut RouteStats)) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        match routes.get_mut(route) {
+            Some(s) => f(s),
+            None => f(routes.entry(Arc::from(route)).or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_and_snapshot() {
+        let m = GatewayMetrics::new();
+        m.observe_request("api", 200, Duration::from_millis(3));
+        m.observe_request("api", 204, Duration::from_millis(3));
+        m.observe_request("api", 503, Duration::from_millis(30));
+        m.auth_failure("api", "expired");
+        m.rate_limited("api");
+        m.upstream_error("users", UpstreamErrorKind::Timeout);
+        let snap = m.snapshot();
+        let api = &snap["api"];
+        assert_eq!(api.by_class, [0, 2, 0, 0, 1]);
+        assert_eq!(api.requests(), 3);
+        assert_eq!((api.auth_failures, api.rate_limited), (1, 1));
+
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for want in [
+            r#"lb_gateway_requests_total{route="api",code_class="2xx"} 2"#,
+            r#"lb_gateway_requests_total{route="api",code_class="5xx"} 1"#,
+            r#"lb_gateway_request_duration_seconds_count{route="api"} 3"#,
+            r#"lb_gateway_upstream_errors_total{service="users",kind="timeout"} 1"#,
+            r#"lb_gateway_auth_failures_total{route="api",reason="expired"} 1"#,
+            r#"lb_gateway_rate_limited_total{route="api"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+    }
+}
