@@ -941,31 +941,32 @@ fn malformed_http_is_refused() {
             format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").into_bytes(),
         ),
     ];
+    // Every case is tried before failing, so one run shows them all.
+    let mut problems = Vec::new();
     for (what, bytes) in &cases {
         let got = lab.raw_http(bytes, Duration::from_secs(3));
         let text = String::from_utf8_lossy(&got);
-        let line = text.lines().next().unwrap_or("");
+        let line = text.lines().next().unwrap_or("").to_owned();
         let code: u16 = line
             .split(' ')
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        assert!(
-            (400..500).contains(&code),
-            "{what}: want a 4xx, got {line:?}\nagent output:\n{}",
-            lab.agent_log()
-        );
+        println!("{what}: {line:?}");
+        if !(400..500).contains(&code) {
+            problems.push(format!("{what}: want a 4xx, got {line:?}"));
+        }
     }
     std::thread::sleep(Duration::from_millis(300));
     for (i, e) in lab.echo.iter().enumerate() {
         let log = e.output();
         for path in ["/cl-te", "/bad-chunk", "/big"] {
-            assert!(
-                !log.lines()
-                    .any(|l| l.starts_with("REQ") && l.ends_with(path)),
-                "{} received {path} in full:\n{log}",
-                ECHO_NAMES[i]
-            );
+            if let Some(l) = log
+                .lines()
+                .find(|l| l.starts_with("REQ") && l.ends_with(path))
+            {
+                problems.push(format!("{} received {path} in full: {l:?}", ECHO_NAMES[i]));
+            }
         }
         let broken = log.lines().filter(|l| l.starts_with("BAD")).count();
         if broken > 0 {
@@ -975,6 +976,12 @@ fn malformed_http_is_refused() {
             );
         }
     }
+    assert!(
+        problems.is_empty(),
+        "malformed requests were not refused:\n{}\nagent output:\n{}",
+        problems.join("\n"),
+        lab.agent_log()
+    );
     // The gateway still serves.
     let r = lab.curl(&[&url("/fine")]);
     expect_status(&lab, "a good request afterwards", &r, 200);

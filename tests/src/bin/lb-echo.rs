@@ -12,14 +12,24 @@
 //! (`BAD METHOD PATH` if the body broke off), so a test can count what reached the backend.
 //! Runs until killed.
 
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::{body::Incoming, service::service_fn};
+use hyper::{
+    body::{Frame, Incoming},
+    service::service_fn,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -113,10 +123,11 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         trailers.insert("grpc-message", HeaderValue::from_static("ok"));
-        let body = Full::new(Bytes::from(json))
-            .with_trailers(async move { Some(Ok(trailers)) })
-            .boxed();
-        let mut resp = Response::new(body);
+        let body = DataThenTrailers {
+            data: Some(Bytes::from(json)),
+            trailers: Some(trailers),
+        };
+        let mut resp = Response::new(body.boxed());
         resp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/grpc"));
         return Ok(resp);
@@ -133,6 +144,35 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
     Ok(resp)
+}
+
+/// A body of one data frame and then trailers. Its size is not announced: with an exact
+/// size (e.g. `Full::with_trailers`) hyper ends the HTTP/2 stream after the data and the
+/// trailers are never sent.
+struct DataThenTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for DataThenTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let frame = match (this.data.take(), this.trailers.take()) {
+            (Some(d), t) => {
+                this.trailers = t;
+                Frame::data(d)
+            }
+            (None, Some(t)) => Frame::trailers(t),
+            (None, None) => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
 }
 
 fn text(status: StatusCode, s: &'static str) -> Response<Body> {
