@@ -954,7 +954,10 @@ fn malformed_http_is_refused() {
             .unwrap_or(0);
         println!("{what}: {line:?}");
         if !(400..500).contains(&code) {
-            problems.push(format!("{what}: want a 4xx, got {line:?}"));
+            let shown: String = text.chars().take(1200).collect();
+            problems.push(format!(
+                "{what}: want a 4xx, got {line:?}; whole answer:\n{shown}"
+            ));
         }
     }
     std::thread::sleep(Duration::from_millis(300));
