@@ -125,7 +125,11 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     // The L7 gateway: its listening sockets go to the sk_lookup hook, then it runs on its
     // own threads (proxying is CPU-bound, unlike the rest), fed by the same snapshots.
     let listeners = Listeners::open().map_err(AgentError::Gateway)?;
-    l4.attach_gateway(&listeners.v4, listeners.v6.as_ref())?;
+    if let Err(e) = l4.attach_gateway(&listeners.v4, listeners.v6.as_ref()) {
+        // Not fatal: the L4 services work without it; `mode = "http"` services then get
+        // their packets to a VIP nobody answers (counted as to_gateway).
+        error!(error = %e, "the gateway's sk_lookup handoff is unavailable; http services will not answer");
+    }
     let gateway_stop = CancellationToken::new();
     let gateway = GatewayPart::start(&config, listeners, snapshots.clone(), gateway_stop.clone())
         .map_err(AgentError::GatewayStart)?;

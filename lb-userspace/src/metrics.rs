@@ -92,8 +92,21 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
     let gw_auth = counters(
         &mut reg,
         "lb_gateway_auth_failures_total",
-        "Gateway requests refused by authentication (401/403), by route",
+        "Gateway requests refused by authentication (401/403), by route and reason",
     );
+    let gw_upstream = counters(
+        &mut reg,
+        "lb_gateway_upstream_errors_total",
+        "Gateway exchanges with a service's backends that failed, by kind (connect, timeout, reset)",
+    );
+    for u in &s.upstream_errors {
+        gw_upstream
+            .get_or_create(&vec![
+                ("service", u.service.clone()),
+                ("kind", u.kind.clone()),
+            ])
+            .set(u.count);
+    }
     let gw_limited = counters(
         &mut reg,
         "lb_gateway_rate_limited_total",
@@ -108,9 +121,17 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
                 ])
                 .set(r.by_class[i]);
         }
-        let l = vec![("route", r.route.clone())];
-        gw_auth.get_or_create(&l).set(r.auth_failures);
-        gw_limited.get_or_create(&l).set(r.rate_limited);
+        for (reason, n) in &r.auth_reasons {
+            gw_auth
+                .get_or_create(&vec![
+                    ("route", r.route.clone()),
+                    ("reason", reason.clone()),
+                ])
+                .set(*n);
+        }
+        gw_limited
+            .get_or_create(&vec![("route", r.route.clone())])
+            .set(r.rate_limited);
     }
     let svc_packets = counters(
         &mut reg,
@@ -329,7 +350,13 @@ mod tests {
                 requests: 6,
                 by_class: [0, 4, 0, 1, 1],
                 auth_failures: 1,
+                auth_reasons: [("expired".to_owned(), 1)].into(),
                 rate_limited: 0,
+            }],
+            upstream_errors: vec![crate::status::UpstreamErrors {
+                service: "users".into(),
+                kind: "connect".into(),
+                count: 2,
             }],
         }
     }
@@ -342,7 +369,8 @@ mod tests {
         for want in [
             "lb_gateway_requests_total{route=\"api/users\",code_class=\"2xx\"} 4\n",
             "lb_gateway_requests_total{route=\"api/users\",code_class=\"5xx\"} 1\n",
-            "lb_gateway_auth_failures_total{route=\"api/users\"} 1\n",
+            "lb_gateway_auth_failures_total{route=\"api/users\",reason=\"expired\"} 1\n",
+            "lb_gateway_upstream_errors_total{service=\"users\",kind=\"connect\"} 2\n",
             "# TYPE lb_gateway_request_duration_seconds histogram\n",
             "lb_gateway_request_duration_seconds_count{route=\"api/users\"} 1\n",
         ] {

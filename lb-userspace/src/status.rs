@@ -39,6 +39,9 @@ pub struct Status {
     /// The L7 gateway's routes and their counters (`service/route` order).
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
+    /// The gateway's failed upstream exchanges.
+    #[serde(default)]
+    pub upstream_errors: Vec<UpstreamErrors>,
 }
 
 /// One gateway route's counters.
@@ -50,7 +53,19 @@ pub struct RouteStatus {
     /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub by_class: [u64; 5],
     pub auth_failures: u64,
+    /// Authentication failures by reason.
+    #[serde(default)]
+    pub auth_reasons: BTreeMap<String, u64>,
     pub rate_limited: u64,
+}
+
+/// Failed exchanges with one upstream service's backends, of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamErrors {
+    pub service: String,
+    /// `connect`, `timeout` or `reset`.
+    pub kind: String,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -163,6 +178,7 @@ fn route_status(route: String, c: &RouteStats) -> RouteStatus {
         requests: c.requests(),
         by_class: c.by_class,
         auth_failures: c.auth_failures,
+        auth_reasons: c.auth_reasons.clone(),
         rate_limited: c.rate_limited,
     }
 }
@@ -191,6 +207,16 @@ impl StatusSource {
         let mut status = build(&control, &l4);
         if let Some(g) = &self.gateway {
             status.routes = g.routes();
+            status.upstream_errors = g
+                .metrics
+                .upstream_errors()
+                .into_iter()
+                .map(|((service, kind), count)| UpstreamErrors {
+                    service,
+                    kind: kind.to_owned(),
+                    count,
+                })
+                .collect();
         }
         Some(status)
     }
@@ -315,6 +341,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
         services,
         sources,
         routes: Vec::new(),
+        upstream_errors: Vec::new(),
         reasons: l4
             .reasons
             .iter()

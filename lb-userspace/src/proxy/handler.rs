@@ -126,7 +126,11 @@ pub(super) async fn handle<D: Decide>(
     };
 
     // 1. Request checks: refuse and close, so nothing after a bad framing is ever read.
-    if let Err((status, why)) = check(&req) {
+    let smuggled = conn.smuggled.is_set().then_some((
+        StatusCode::BAD_REQUEST,
+        "both content-length and transfer-encoding",
+    ));
+    if let Some((status, why)) = smuggled.map_or_else(|| check(&req).err(), Some) {
         tracing::debug!(peer = %conn.peer, "gateway: refused: {why}");
         let mut r = boxed_full(full(status, why));
         if h1 {

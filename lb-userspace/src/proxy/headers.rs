@@ -319,6 +319,7 @@ mod tests {
             tls,
             sni: None::<Arc<str>>,
             alpn_h2: false,
+            smuggled: Default::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! # Use
 //!
-//! ```ignore
+//! ```text
 //! // Once, outside config snapshots, so a reload keeps the counts (buckets are keyed by
 //! // route *name*, stable across reloads):
 //! let limiter = RateLimiter::new(LimiterSettings { max_keys: 100_000, shards: 64 });

@@ -2,8 +2,8 @@
 //! `lb status`.
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -46,6 +46,8 @@ pub struct RouteStats {
     /// Responses by class: index 0 = 1xx .. 4 = 5xx.
     pub by_class: [u64; 5],
     pub auth_failures: u64,
+    /// Authentication failures by reason (`missing`, `expired`, ...).
+    pub auth_reasons: BTreeMap<String, u64>,
     pub rate_limited: u64,
 }
 
@@ -65,6 +67,11 @@ pub struct GatewayMetrics {
     rate_limited: Family<Labels, Counter>,
     access_log_dropped: Counter,
     routes: Mutex<BTreeMap<Arc<str>, RouteStats>>,
+    /// Per route, the metric handles every request updates: looked up under a read lock,
+    /// without building label vectors (the families' own lookups allocate).
+    handles: RwLock<HashMap<Arc<str>, Arc<RouteHandles>>>,
+    /// Failed upstream exchanges by (service, kind), for the status document.
+    upstream: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Default for GatewayMetrics {
@@ -79,8 +86,18 @@ impl Default for GatewayMetrics {
             rate_limited: Family::default(),
             access_log_dropped: Counter::default(),
             routes: Mutex::new(BTreeMap::new()),
+            handles: RwLock::new(HashMap::new()),
+            upstream: Mutex::new(BTreeMap::new()),
         }
     }
+}
+
+/// One route's per-request metrics: clones of the family members (they share the counts).
+#[derive(Debug)]
+struct RouteHandles {
+    /// By status class, 1xx..5xx.
+    requests: [Counter; 5],
+    duration: Histogram,
 }
 
 /// Route label for requests that matched none.
@@ -147,18 +164,41 @@ impl GatewayMetrics {
 
     /// One finished request (called by the pipeline).
     pub fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
-        let class = code_class(status);
-        self.requests
-            .get_or_create(&vec![
+        let h = self.route_handles(route);
+        let idx = usize::from(status.clamp(100, 599) / 100 - 1);
+        h.requests[idx].inc();
+        h.duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn route_handles(&self, route: &str) -> Arc<RouteHandles> {
+        if let Some(h) = self
+            .handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return h.clone();
+        }
+        let label = |class: &str| {
+            vec![
                 ("route", route.to_owned()),
                 ("code_class", class.to_owned()),
-            ])
-            .inc();
-        self.duration
-            .get_or_create(&vec![("route", route.to_owned())])
-            .observe(elapsed.as_secs_f64());
-        let idx = usize::from(status.clamp(100, 599) / 100 - 1);
-        self.with_route(route, |s| s.by_class[idx] += 1);
+            ]
+        };
+        let h = Arc::new(RouteHandles {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.requests.get_or_create(&label(c)).clone()),
+            duration: self
+                .duration
+                .get_or_create(&vec![("route", route.to_owned())])
+                .clone(),
+        });
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(Arc::from(route))
+            .or_insert(h)
+            .clone()
     }
 
     pub fn upstream_error(&self, service: &str, kind: UpstreamErrorKind) {
@@ -168,6 +208,20 @@ impl GatewayMetrics {
                 ("kind", kind.as_str().to_owned()),
             ])
             .inc();
+        *self
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((service.to_owned(), kind.as_str()))
+            .or_default() += 1;
+    }
+
+    /// Failed upstream exchanges by (service, kind).
+    pub fn upstream_errors(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// For the integrator's `Decide`: an authentication failure on `route` for `reason`
@@ -179,7 +233,10 @@ impl GatewayMetrics {
                 ("reason", reason.to_owned()),
             ])
             .inc();
-        self.with_route(route, |s| s.auth_failures += 1);
+        self.with_route(route, |s| {
+            s.auth_failures += 1;
+            *s.auth_reasons.entry(reason.to_owned()).or_default() += 1;
+        });
     }
 
     /// For the integrator's `Decide`: a request refused by the rate limiter on `route`.
@@ -196,10 +253,23 @@ impl GatewayMetrics {
 
     /// Per-route counters, by route name (`""` = no route matched).
     pub fn snapshot(&self) -> BTreeMap<Arc<str>, RouteStats> {
-        self.routes
+        let mut out = self
+            .routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        for (route, h) in self
+            .handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let s = out.entry(route.clone()).or_default();
+            for (i, c) in h.requests.iter().enumerate() {
+                s.by_class[i] = c.get();
+            }
+        }
+        out
     }
 
     fn with_route(&self, route: &str, f: impl FnOnce(&mut RouteStats)) {

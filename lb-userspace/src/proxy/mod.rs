@@ -16,6 +16,7 @@ pub mod auth;
 mod body;
 pub mod connect;
 pub mod decide;
+pub mod framing;
 mod handler;
 pub mod headers;
 pub mod limit;

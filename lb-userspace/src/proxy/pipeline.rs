@@ -18,6 +18,9 @@ pub struct ConnInfo {
     pub sni: Option<Arc<str>>,
     /// ALPN chose `h2` (TLS only).
     pub alpn_h2: bool,
+    /// Raised when the client's bytes held a request with both `Content-Length` and
+    /// `Transfer-Encoding` (see `framing`).
+    pub smuggled: super::framing::SmuggleFlag,
 }
 
 /// Send the request to one backend.

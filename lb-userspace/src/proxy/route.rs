@@ -3,7 +3,7 @@
 //!
 //! # Use
 //!
-//! ```ignore
+//! ```text
 //! let table = RouteTable::build(specs)?;            // Vec<RouteSpec<T>> -> Result<_, RouteError>
 //! match table.find(host, &method, path_and_query, &headers) {
 //!     Err(_) => 400,                                // PathError: bad or ambiguous path

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     access_log::AccessLog,
+    framing::{Guarded, SmuggleFlag},
     handler::{Shared, handle},
     metrics::GatewayMetrics,
     pipeline::{ConnInfo, Decide},
@@ -197,13 +198,16 @@ pub async fn serve<D: Decide>(
                 tls: false,
                 sni: None,
                 alpn_h2: false,
+                smuggled: SmuggleFlag::default(),
             };
+            let flag = info.smuggled.clone();
             match acceptor {
                 None => {
                     let conn = Arc::new(info);
                     let svc = hyper::service::service_fn(move |req| {
                         handle(shared.clone(), conn.clone(), req)
                     });
+                    let stream = Guarded::new(stream, flag);
                     let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     let _ = watcher.watch(c.into_owned()).await;
                 }
@@ -228,6 +232,7 @@ pub async fn serve<D: Decide>(
                     let svc = hyper::service::service_fn(move |req| {
                         handle(shared.clone(), conn.clone(), req)
                     });
+                    let tls_stream = Guarded::new(tls_stream, flag);
                     let c = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
                     let _ = watcher.watch(c.into_owned()).await;
                 }

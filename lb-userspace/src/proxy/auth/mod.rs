@@ -3,7 +3,7 @@
 //!
 //! # Use
 //!
-//! ```ignore
+//! ```text
 //! // At start (inside the tokio runtime), per configured provider:
 //! let stop = CancellationToken::new();              // cancel to stop refresh/reload tasks
 //! let mut s = JwtSettings::new(Keys::Jwks { url, refresh: 300s, min_refetch: 30s });

@@ -104,25 +104,38 @@ async fn oversized_headers() {
     refused(req.as_bytes(), 431).await;
 }
 
+/// hyper would re-frame it as chunked and close after it; a front proxy refuses it (some
+/// backend might frame by the length): `framing` sees both headers in the raw bytes.
 #[tokio::test]
-async fn content_length_and_chunked_is_reframed_and_closed() {
-    let backend = Backend::start().await;
-    let proxy = plain_proxy(&backend, false).await;
+async fn content_length_and_chunked_is_refused() {
     let req = format!(
         "POST /cl-te HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
     );
+    refused(req.as_bytes(), 400).await;
+    let te_first = format!(
+        "POST /cl-te HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n{SMUGGLED}"
+    );
+    refused(te_first.as_bytes(), 400).await;
+}
+
+/// The same after a clean keep-alive request with a body on the same connection.
+#[tokio::test]
+async fn content_length_and_chunked_after_a_clean_request_is_refused() {
+    let backend = Backend::start().await;
+    let proxy = plain_proxy(&backend, false).await;
+    let req = format!(
+        "POST /ok HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello\
+         POST /cl-te HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+    );
     let (text, closed) = raw(proxy.addr, req.as_bytes()).await;
     assert!(closed, "connection must be closed: {text}");
-    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
     let seen = backend.requests();
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(
-        (seen[0].method.as_str(), seen[0].path_query.as_str()),
-        ("POST", "/cl-te")
+    assert!(
+        seen.iter()
+            .all(|s| s.path_query != "/cl-te" && s.path_query != "/smuggled"),
+        "{seen:?}"
     );
-    assert!(seen[0].body.is_empty());
-    assert!(!seen[0].headers.contains_key(header::CONTENT_LENGTH));
-    assert!(seen.iter().all(|s| s.path_query != "/smuggled"));
 }
 
 #[tokio::test]
