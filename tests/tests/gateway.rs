@@ -437,15 +437,6 @@ fn jwt_keys(lab: &GatewayLab) -> JwtKeys {
         "-out",
         &p("rsa.pub.pem"),
     ]);
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &p("ec.pem"),
-    ]);
     // Modulus=HEX; the exponent is openssl's default, 65537.
     let modulus = String::from_utf8(openssl(&[
         "pkey",
@@ -470,23 +461,42 @@ fn jwt_keys(lab: &GatewayLab) -> JwtKeys {
     ]))
     .unwrap();
     let n = unhex(n_hex.trim().trim_start_matches("Modulus="));
-    // A P-256 SubjectPublicKeyInfo ends with the point 04 || x || y.
-    let spki = openssl(&["pkey", "-in", &p("ec.pem"), "-pubout", "-outform", "DER"]);
-    let point = &spki[spki.len() - 65..];
-    assert_eq!(point[0], 4, "uncompressed EC point expected");
-    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let (ec_pem, ec_jwk) = ec_key(lab, "ec1");
     let jwks = serde_json::json!({"keys": [
-        {"kty": "RSA", "kid": "rsa1", "use": "sig", "alg": "RS256", "n": b64(&n), "e": "AQAB"},
-        {"kty": "EC", "kid": "ec1", "use": "sig", "alg": "ES256", "crv": "P-256",
-         "x": b64(&point[1..33]), "y": b64(&point[33..65])},
+        {"kty": "RSA", "kid": "rsa1", "use": "sig", "alg": "RS256",
+         "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"},
+        ec_jwk,
     ]})
     .to_string();
     JwtKeys {
         rsa_pem: std::fs::read(p("rsa.pem")).unwrap(),
         rsa_pub_pem: std::fs::read(p("rsa.pub.pem")).unwrap(),
-        ec_pem: std::fs::read(p("ec.pem")).unwrap(),
+        ec_pem,
         jwks,
     }
+}
+
+/// A new P-256 key (`openssl genpkey`): its PEM (PKCS#8) and its public JWK with `kid`.
+fn ec_key(lab: &GatewayLab, kid: &str) -> (Vec<u8>, serde_json::Value) {
+    let pem = lab.dir.join(&format!("{kid}.pem")).display().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &pem,
+    ]);
+    // A P-256 SubjectPublicKeyInfo ends with the point 04 || x || y.
+    let spki = openssl(&["pkey", "-in", &pem, "-pubout", "-outform", "DER"]);
+    let point = &spki[spki.len() - 65..];
+    assert_eq!(point[0], 4, "uncompressed EC point expected");
+    let jwk = serde_json::json!({
+        "kty": "EC", "kid": kid, "use": "sig", "alg": "ES256", "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    (std::fs::read(&pem).unwrap(), jwk)
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -520,7 +530,8 @@ fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Value
 
 /// RS256 and ES256 tokens checked against a JWKS file and a JWKS URL (a web server in the
 /// LB namespace); expired, wrong issuer / audience, `alg: none`, HS256 keyed with the public
-/// key, garbage and no token get 401; a token without the route's scope gets 403.
+/// key, garbage and no token get 401; a token without the route's scope gets 403; a key
+/// added at the URL is picked up (refetch on an unknown `kid`).
 #[test]
 fn jwt_rs256_es256_from_file_and_url() {
     let mut lab = GatewayLab::new();
@@ -558,7 +569,10 @@ scopes = ["admin"]
 "#
         .into(),
         extra: provider("jwt-file", &format!("jwks_file = \"{jwks_file}\""))
-            + &provider("jwt-url", "jwks_url = \"http://127.0.0.1:8099/jwks.json\""),
+            + &provider(
+                "jwt-url",
+                "jwks_url = \"http://127.0.0.1:8099/jwks.json\"\nmin_refetch_s = 1",
+            ),
         ..GwConfig::default()
     });
 
@@ -669,6 +683,33 @@ scopes = ["admin"]
     );
     let r = lab.curl(&["-H", &bearer(&admin), &url("/admin/x")]);
     expect_echo(&lab, "token with the scope", &r, "b2", "/admin/x");
+
+    // Key rotation at the URL: a token signed by a new key (unknown kid) passes once the
+    // gateway refetches the JWKS (min_refetch_s = 1), within 5 s.
+    let (ec2_pem, ec2_jwk) = ec_key(&lab, "ec2");
+    let mut doc: serde_json::Value = serde_json::from_str(&keys.jwks).unwrap();
+    doc["keys"].as_array_mut().unwrap().push(ec2_jwk);
+    let tmp = jwks_dir.join("jwks.json.tmp");
+    std::fs::write(&tmp, doc.to_string()).unwrap();
+    std::fs::rename(&tmp, jwks_dir.join("jwks.json")).unwrap();
+    let ec2 = EncodingKey::from_ec_pem(&ec2_pem).unwrap();
+    let rotated = sign(Algorithm::ES256, "ec2", &ec2, &good);
+    let start = Instant::now();
+    loop {
+        let r = lab.curl(&["-H", &bearer(&rotated), &url("/ju/rotated")]);
+        if r.status == 200 {
+            expect_echo(&lab, "token of the rotated-in key", &r, "b1", "/ju/rotated");
+            println!("rotated-in key accepted after {:?}", start.elapsed());
+            break;
+        }
+        expect_status(&lab, "token of a key not yet fetched", &r, 401);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a token of the new JWKS key is still refused after 5 s\nagent output:\n{}",
+            lab.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -926,7 +967,8 @@ service = "b1"
 
 /// Requests smuggling-prone or broken at the HTTP/1.1 level get a 4xx and never reach a
 /// backend as a complete request: Content-Length with Transfer-Encoding, a bad chunk size,
-/// a 100 KiB header.
+/// two different Content-Lengths, a Transfer-Encoding whose last coding is not chunked, a
+/// 100 KiB header.
 #[test]
 fn malformed_http_is_refused() {
     let mut lab = GatewayLab::new();
@@ -944,6 +986,15 @@ fn malformed_http_is_refused() {
             "bad chunk size",
             b"POST /bad-chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
                 .to_vec(),
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /two-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"
+                .to_vec(),
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            b"POST /te-gzip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabcd".to_vec(),
         ),
         (
             "oversized header",
@@ -972,7 +1023,7 @@ fn malformed_http_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     for (i, e) in lab.echo.iter().enumerate() {
         let log = e.output();
-        for path in ["/cl-te", "/bad-chunk", "/big"] {
+        for path in ["/cl-te", "/bad-chunk", "/two-cl", "/te-gzip", "/big"] {
             if let Some(l) = log
                 .lines()
                 .find(|l| l.starts_with("REQ") && l.ends_with(path))
