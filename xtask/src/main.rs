@@ -37,9 +37,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup (plus wrk, nginx, HAProxy, Envoy), build, then run the benchmarks
+    /// Setup (plus wrk, nginx, HAProxy, Envoy, openssl), build, then run the benchmarks
     /// (target/release/lb-bench): per-packet cost via BPF_PROG_TEST_RUN, end to end against
-    /// the peers, packet rate, control plane; written to bench/results/
+    /// the peers, the L7 gateway against nginx and Envoy, packet rate, control plane;
+    /// written to bench/results/
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -88,7 +89,8 @@ fn run(cmd: Cmd) -> Result<i32> {
             run_tool("lb-demo", &args)
         }
         Cmd::Bench { args } => {
-            // The peers (nginx, HAProxy, Envoy, netfilter) and wrk; lb-bench finds Envoy in
+            // The peers (nginx, HAProxy, Envoy, netfilter), wrk, and openssl (the gateway
+            // part's JWT signing key); lb-bench finds Envoy in
             // setup::BENCH_VENV itself.
             setup::bench_setup(&root())?;
             run_tool("lb-bench", &args)

@@ -31,9 +31,12 @@ pub const APT_PACKAGES: &[&str] = &[
 ];
 
 /// What only `cargo xtask bench` needs (not installed for `test`): the load generator and the
-/// peers the load balancer is compared with. Envoy comes from PyPI instead (see [`envoy`]).
+/// peers the load balancer is compared with (nginx also as the L7 gateway's peer), and
+/// openssl for the gateway part's RSA signing key. Envoy (the L4 and the L7 peer) comes
+/// from PyPI instead (see [`envoy`]).
 pub const BENCH_APT_PACKAGES: &[&str] = &[
     "wrk",
+    "openssl",
     "nginx",
     "libnginx-mod-stream",
     "haproxy",

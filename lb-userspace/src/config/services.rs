@@ -347,8 +347,7 @@ fn frontend_shape(
         if let Some(b) = raw.backends.first() {
             err(&b.span, &format!("backend[{}]", b.index), "a `mode = \"http\"` service has no backends of its own: its routes name the services that do".into());
         }
-        if raw.maglev_table_size.is_some() {
-            let s = raw.maglev_table_size.as_ref().expect("checked");
+        if let Some(s) = &raw.maglev_table_size {
             err(
                 &s.span,
                 "maglev_table_size",

@@ -158,7 +158,7 @@ impl Decide for Gatekeeper {
             );
         }
 
-        let r = fast_random();
+        let r = super::ids::fast_random();
         let service = matched.route.pick(r);
         let Some((service, upstream)) = state.upstreams.get_key_value(service) else {
             return respond(
@@ -196,21 +196,4 @@ impl Decide for Gatekeeper {
             response_headers: limit_headers,
         })
     }
-}
-
-/// A random u64 for spreading requests: xorshift64* per thread, seeded once from the OS
-/// (not for secrets; a syscall per request would cost more than the pick).
-fn fast_random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(getrandom::u64().unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
 }

@@ -255,20 +255,7 @@ pub fn propagate_trace(headers: &mut HeaderMap, sample_new: bool) -> TraceParent
 }
 
 fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // The OS RNG failing is not something a request can recover from; fall back to a weak
-    // but unique-enough value rather than failing the request.
-    if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(1)
-            .to_le_bytes();
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = t[i % t.len()];
-        }
-    }
-    b
+    super::ids::random_bytes()
 }
 
 fn nonzero_random<const N: usize>() -> [u8; N] {

@@ -103,16 +103,6 @@ struct RouteHandles {
 /// Route label for requests that matched none.
 pub const NO_ROUTE: &str = "";
 
-fn code_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl GatewayMetrics {
     pub fn new() -> Self {
         Self::default()

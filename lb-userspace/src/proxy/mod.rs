@@ -19,6 +19,7 @@ pub mod decide;
 pub mod framing;
 mod handler;
 pub mod headers;
+mod ids;
 pub mod limit;
 pub mod listen;
 pub mod metrics;

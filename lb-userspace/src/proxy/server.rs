@@ -104,6 +104,9 @@ fn builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The TLS acceptor (if any) for a connection to this local address.
+pub type AcceptorFor = dyn Fn(&SocketAddr) -> Option<TlsAcceptor> + Send + Sync;
+
 /// Which connections get TLS. One listening socket serves every gateway VIP:port (the
 /// sk_lookup hook hands them all to it), so the choice is per accepted connection, by the
 /// local address the client asked for.
@@ -114,7 +117,7 @@ pub enum TlsChoice {
     /// These certificates on every connection.
     All(Arc<Tls>),
     /// Whatever the function says for the connection's local address (`None`: plain).
-    ByLocal(Arc<dyn Fn(&SocketAddr) -> Option<TlsAcceptor> + Send + Sync>),
+    ByLocal(Arc<AcceptorFor>),
 }
 
 impl TlsChoice {

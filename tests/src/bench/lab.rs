@@ -158,6 +158,8 @@ http {{
         listen {ip}:{HTTP_PORT} backlog=4096;
         root {r}/www;
         index index.html;
+        # The gateway bench's routed paths (/api/users/42 ...): the same body.
+        location /api/ {{ try_files /index.html =404; }}
     }}
 }}
 ",

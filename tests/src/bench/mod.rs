@@ -10,10 +10,18 @@
 //! - [`pktgen`]: an XDP live-frames UDP generator (`BPF_F_TEST_XDP_LIVE_FRAMES`).
 //! - [`pktrate`]: packets per second forwarded to the backends, this LB vs nftables.
 //! - [`report`]: Markdown, JSON and SVG for the results.
+//! - [`gateway`]: the L7 gateway against nginx and Envoy (routing, JWT, API keys), with
+//!   [`gw_peers`] (the configurations), [`gw_auth`] (key, JWKS, token, API key),
+//!   [`gw_conns`] (checks and idle-connection memory) and [`gw_report`].
 
 pub mod control;
 pub mod cpu;
 pub mod e2e;
+pub mod gateway;
+pub mod gw_auth;
+pub mod gw_conns;
+pub mod gw_peers;
+pub mod gw_report;
 pub mod lab;
 pub mod peers;
 pub mod pktgen;

@@ -39,6 +39,17 @@ pub struct WrkReport {
 /// Runs `wrk --latency` against `url` from `ns`. `close` adds `Connection: close`, so every
 /// request is a new TCP connection.
 pub fn run(ns: &Netns, url: &str, close: bool, load: &Load) -> Result<WrkReport> {
+    run_with_headers(ns, url, close, &[], load)
+}
+
+/// [`run`] with extra request header lines (`Name: value`), e.g. credentials.
+pub fn run_with_headers(
+    ns: &Netns,
+    url: &str,
+    close: bool,
+    headers: &[String],
+    load: &Load,
+) -> Result<WrkReport> {
     let mut cmd = ns.command("wrk");
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
@@ -46,6 +57,9 @@ pub fn run(ns: &Netns, url: &str, close: bool, load: &Load) -> Result<WrkReport>
         .args(["--timeout", "2s", "--latency"]);
     if close {
         cmd.args(["-H", "Connection: close"]);
+    }
+    for h in headers {
+        cmd.arg("-H").arg(h);
     }
     cmd.arg(url);
     let out = run_checked(&mut cmd)?;

@@ -1,6 +1,11 @@
 //! `lb-bench` (run by `cargo xtask bench`): what the load balancer costs and how it compares
 //! with what users would run instead, measured in this run on this machine.
 //!
+//! - L7 gateway (`lb_tests::bench::gateway`): the agent's API gateway (no auth, JWT RS256,
+//!   API key) against nginx `proxy_pass` (no auth, API-key `map`) and Envoy (router,
+//!   `jwt_authn`): prefix routing to the backends, keep-alive and new-connection requests/s,
+//!   latency, CPU per request, memory per idle keep-alive connection; interleaved rounds,
+//!   medians, on the end-to-end lab.
 //! - End to end (`lb_tests::bench::e2e`): HTTP through this LB, iptables and nftables DNAT
 //!   (as kube-proxy writes them), nginx stream, HAProxy and Envoy, and straight to a backend;
 //!   keep-alive and new-connection requests/s, latency, whole-machine CPU per request; runs
@@ -41,6 +46,9 @@ use anyhow::Context;
 use lb_tests::bench::control::{self, ControlResults};
 use lb_tests::bench::cpu::IdleGate;
 use lb_tests::bench::e2e::{self, E2eOptions, E2eResults};
+use lb_tests::bench::gateway::{self, GwOptions, GwResults};
+use lb_tests::bench::gw_peers::{self, GwPeer};
+use lb_tests::bench::gw_report;
 use lb_tests::bench::lab::BenchLab;
 use lb_tests::bench::peers::{self, Peer, Tools};
 use lb_tests::bench::pktrate::{self, RateResults};
@@ -63,7 +71,7 @@ struct Args {
     /// Where to write results.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to leave out: any of e2e, rate, packets, maglev, control (comma-separated).
+    /// Parts to leave out: any of e2e, gateway, rate, packets, maglev, control (comma-separated).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// End-to-end configurations, in run order within a round (comma-separated):
@@ -74,7 +82,19 @@ struct Args {
         default_value = "direct,lb,lb-generic,iptables,nftables,nginx-stream,haproxy,envoy"
     )]
     configs: Vec<String>,
-    /// Interleaved rounds (end to end and packet rate); medians are taken over them.
+    /// Gateway-part configurations, in run order within a round (comma-separated): gateway,
+    /// gateway-jwt, gateway-apikey, nginx, nginx-apikey, envoy, envoy-jwt.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gateway,gateway-jwt,gateway-apikey,nginx,nginx-apikey,envoy,envoy-jwt"
+    )]
+    gateway_configs: Vec<String>,
+    /// Idle keep-alive connections opened per gateway-part configuration to measure memory
+    /// per connection (0: not measured).
+    #[arg(long, default_value_t = 2000)]
+    idle_conns: usize,
+    /// Interleaved rounds (end to end, gateway and packet rate); medians are taken over them.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds per wrk run.
@@ -380,20 +400,39 @@ fn parse_peers(keys: &[String]) -> anyhow::Result<Vec<Peer>> {
         .collect()
 }
 
-/// End to end and packet rate, on one lab (built once, removed on return).
-fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<RateResults>)> {
-    let (want_e2e, want_rate) = (args.runs_part("e2e"), args.runs_part("rate"));
-    if !want_e2e && !want_rate {
-        return Ok((None, None));
+/// What the parts on the bench network produced.
+type NetworkResults = (Option<E2eResults>, Option<GwResults>, Option<RateResults>);
+
+/// End to end, gateway and packet rate, on one lab (built once, removed on return).
+fn network_benches(args: &Args) -> anyhow::Result<NetworkResults> {
+    let (want_e2e, want_gw, want_rate) = (
+        args.runs_part("e2e"),
+        args.runs_part("gateway"),
+        args.runs_part("rate"),
+    );
+    if !want_e2e && !want_gw && !want_rate {
+        return Ok((None, None, None));
     }
     let tools = tools(args)?;
     let peers = parse_peers(&args.configs)?;
+    let gw_peers: Vec<GwPeer> = args
+        .gateway_configs
+        .iter()
+        .map(|k| {
+            GwPeer::from_key(k).with_context(|| format!("unknown gateway configuration {k:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let rate_peers = [Peer::Lb, Peer::LbGeneric, Peer::Nftables];
     let mut needed = if want_e2e { peers.clone() } else { Vec::new() };
     if want_rate {
         needed.extend(rate_peers);
     }
-    peers::check_tools(&needed, &tools)?;
+    if want_e2e || want_rate {
+        peers::check_tools(&needed, &tools)?;
+    }
+    if want_gw {
+        gw_peers::check_tools(&gw_peers, &tools)?;
+    }
     let gate = IdleGate::new(
         args.idle_threshold,
         args.idle_tries,
@@ -422,6 +461,21 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
     } else {
         None
     };
+    let gw = if want_gw {
+        let opts = GwOptions {
+            peers: gw_peers,
+            rounds: args.rounds,
+            load: Load {
+                threads: args.threads,
+                connections: args.connections,
+                duration: Duration::from_secs(args.duration),
+            },
+            idle_conns: args.idle_conns,
+        };
+        Some(gateway::run(&lab, &tools, &opts, &gate)?)
+    } else {
+        None
+    };
     let rate = if want_rate {
         Some(pktrate::run(
             &lab,
@@ -434,7 +488,7 @@ fn network_benches(args: &Args) -> anyhow::Result<(Option<E2eResults>, Option<Ra
     } else {
         None
     };
-    Ok((e2e, rate))
+    Ok((e2e, gw, rate))
 }
 
 /// The control-plane part on its own lab (the real agent, etcd in the LB namespace).
@@ -483,7 +537,7 @@ fn main() -> anyhow::Result<()> {
     unsafe { std::env::set_var("LB_BIN", tools(&args)?.lb) };
     lb_tests::cleanup::install_interrupt_handler();
     let started = Instant::now();
-    let (e2e, rate) = network_benches(&args)?;
+    let (e2e, gw, rate) = network_benches(&args)?;
     let ctl = if args.runs_part("control") {
         Some(control_bench(&args)?)
     } else {
@@ -502,6 +556,9 @@ fn main() -> anyhow::Result<()> {
 
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut targets = e2e.as_ref().map(report::e2e_targets).unwrap_or_default();
+    if let Some(g) = &gw {
+        targets.extend(gw_report::gateway_targets(g));
+    }
     targets.extend(local_targets(&paths, &mg));
 
     let mut md = String::new();
@@ -528,6 +585,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(e) = &e2e {
         let _ = writeln!(md, "{}", report::e2e_markdown(e));
+    }
+    if let Some(g) = &gw {
+        let _ = writeln!(md, "{}", gw_report::gateway_markdown(g));
     }
     if let Some(r) = &rate {
         let _ = writeln!(md, "{}", report::rate_markdown(r, args.flood_duration));
@@ -598,7 +658,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let json = format!(
-        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"programs\":[{}],\"maglev\":[{}],\"e2e\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
+        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"programs\":[{}],\"maglev\":[{}],\"e2e\":{},\"gateway\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
         args.note.as_deref().map_or("null".into(), report::json_str),
         args.runs,
         report::json_num(floor),
@@ -632,6 +692,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(","),
         e2e.as_ref().map_or("null".into(), report::e2e_json),
+        gw.as_ref().map_or("null".into(), gw_report::gateway_json),
         rate.as_ref().map_or("null".into(), report::rate_json),
         ctl.as_ref().map_or("null".into(), report::control_json),
         report::targets_json(&targets)
@@ -644,6 +705,11 @@ fn main() -> anyhow::Result<()> {
             y += p.1;
             panels.push(p);
         }
+    }
+    if let Some(g) = &gw {
+        let p = gw_report::gateway_panel(g, y);
+        y += p.1;
+        panels.push(p);
     }
     if let Some(r) = &rate {
         let p = report::rate_panel(r, y);
