@@ -10,6 +10,7 @@
 //! - [`xdp`]: a minimal `XDP_PASS` program for veth peers.
 //! - [`lab`]: a topology with name servers and the real `lb` agent running on it.
 //! - [`control_lab`]: a lab with the admin API and registry, and timing helpers for changes.
+//! - [`gateway_lab`]: the L7 gateway on the VIP, `lb-echo` HTTP backends, curl from the client.
 //! - [`corpus`]: hostile frames to a VIP, the policy's reference model, checks of forwarded frames.
 //! - [`rawsock`]: `AF_PACKET` sockets to inject and capture frames.
 
@@ -22,6 +23,7 @@ pub mod etcd;
 pub mod fake_consul;
 pub mod fake_k8s;
 pub mod fixture;
+pub mod gateway_lab;
 pub mod lab;
 pub mod netns;
 pub mod ns_server;

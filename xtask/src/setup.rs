@@ -20,6 +20,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "socat",
+    // Gateway tests: curl (with HTTP/2) as the client, openssl for certificates and keys,
+    // python3 for a JWKS web server.
+    "curl",
+    "openssl",
+    "python3",
     "etcd-server",
     "etcd-client",
     "prometheus",
