@@ -314,10 +314,12 @@ auth = "keys"
         Some("admin"),
         "{r:?}"
     );
-    // Not required either way (Kong forwards it by default); worth seeing in the output.
-    if r.echoed_header("x-api-key").is_some() {
-        println!("note: the API key itself is forwarded to the backend");
-    }
+    // The secret itself stops at the gateway (Envoy's jwt_authn `forward: false`).
+    assert_eq!(
+        r.echoed_header("x-api-key"),
+        None,
+        "API key forwarded: {r:?}"
+    );
 }
 
 /// API keys: a valid key passes with its identity, an unknown or missing one gets 401 with
@@ -603,6 +605,11 @@ scopes = ["admin"]
                 r.echoed_header("x-tenant-id").as_deref(),
                 Some("t1"),
                 "{what}: {r:?}"
+            );
+            assert_eq!(
+                r.echoed_header("authorization"),
+                None,
+                "{what}: the token stops at the gateway: {r:?}"
             );
         }
     }

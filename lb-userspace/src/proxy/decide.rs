@@ -103,6 +103,7 @@ impl Decide for Gatekeeper {
                         self.metrics.auth_failure(&route, f.reason);
                         return auth_failed(&route, f);
                     }
+                    req.headers.remove(a.credential_header());
                     id.apply(&mut req.headers);
                     Some(id)
                 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use sha2::{Digest, Sha256};
@@ -102,6 +102,14 @@ impl JwtProvider {
             cache: TokenCache::new(settings.cache_capacity, settings.cache_max_ttl),
             signature_checks: AtomicU64::new(0),
         })
+    }
+
+    /// The header the token is read from (`Authorization` for bearer tokens).
+    pub fn credential_header(&self) -> HeaderName {
+        match &self.source {
+            TokenSource::Bearer => header::AUTHORIZATION,
+            TokenSource::Header(h) => h.clone(),
+        }
     }
 
     /// Reads the token from `headers` and verifies it.

@@ -122,6 +122,16 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
+    /// The request header carrying the credential. The gateway removes it once the request
+    /// is authenticated, so backends never see the secret (Envoy's jwt_authn default,
+    /// `forward: false`; Kong's `hide_credentials`).
+    pub fn credential_header(&self) -> HeaderName {
+        match self {
+            Self::Jwt(p) => p.credential_header(),
+            Self::ApiKey(k) => k.header().clone(),
+        }
+    }
+
     /// The caller's identity from the request `headers`, or why not (401).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthFailure> {
         match self {
