@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeSet,
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
 
@@ -77,7 +77,12 @@ fn rendered_yaml() -> Vec<u8> {
 
 /// YAML documents as JSON values, through PyYAML (no YAML parser in the workspace).
 fn yaml_docs(yaml: &[u8]) -> Vec<Value> {
-    let py = tool("python3", "Debian: python3, python3-yaml");
+    // Debian's python3, where python3-yaml installs PyYAML (not whatever is first on PATH).
+    let py = Path::new("/usr/bin/python3");
+    assert!(
+        py.is_file(),
+        "/usr/bin/python3 is not installed (Debian: python3, python3-yaml); run `cargo xtask setup`"
+    );
     let out = run(
         Command::new(py).args([
             "-c",
