@@ -148,8 +148,8 @@ fn kubernetes_manifests_render_and_pass_strict_validation() {
         Command::new(&validate).args(["-k", "1.30.0", "--strict", "-"]),
         &yaml,
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         text.matches("passed for resource").count(),
         docs.len(),
@@ -189,7 +189,11 @@ fn rbac_only_reads_what_the_sources_need() {
     let role = object(&docs, "ClusterRole", "lb");
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
-        assert_eq!(strings(&rule["verbs"]), set(&["get", "list", "watch"]), "{rule}");
+        assert_eq!(
+            strings(&rule["verbs"]),
+            set(&["get", "list", "watch"]),
+            "{rule}"
+        );
         assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
         for g in strings(&rule["apiGroups"]) {
             for r in strings(&rule["resources"]) {
@@ -229,7 +233,9 @@ fn daemonset_has_the_privileges_mounts_probes_and_handover() {
         pod["tolerations"],
         serde_json::json!([{ "operator": "Exists" }])
     );
-    let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("grace");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace");
     assert!((10..=120).contains(&grace), "grace {grace}");
 
     let volumes = pod["volumes"].as_array().expect("volumes");
@@ -285,7 +291,10 @@ fn daemonset_has_the_privileges_mounts_probes_and_handover() {
     assert!(agent["resources"]["requests"]["cpu"].is_string());
     for probe in ["livenessProbe", "readinessProbe"] {
         let get = &agent[probe]["httpGet"];
-        assert_eq!(get["host"], "127.0.0.1", "{probe}: the admin API is on loopback");
+        assert_eq!(
+            get["host"], "127.0.0.1",
+            "{probe}: the admin API is on loopback"
+        );
         assert_eq!(get["port"], 9180, "{probe}");
         assert_eq!(get["path"], "/v1/status", "{probe}");
     }
@@ -379,9 +388,10 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
         assert!(exported.contains(m), "{m} not found in the agent's source");
     }
 
-    let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(config("grafana/lb-dashboard.json")).unwrap())
-            .expect("dashboard JSON");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(config("grafana/lb-dashboard.json")).unwrap(),
+    )
+    .expect("dashboard JSON");
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() > 20, "dashboard queries: {exprs:?}");
@@ -402,7 +412,10 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
         "lb_gateway_auth_failures_total",
         "lb_gateway_rate_limited_total",
     ] {
-        assert!(dash_metrics.contains(m), "the dashboard has no panel on {m}");
+        assert!(
+            dash_metrics.contains(m),
+            "the dashboard has no panel on {m}"
+        );
     }
 
     let rules = yaml_docs(&std::fs::read(config("prometheus/lb-alerts.yml")).unwrap());
@@ -422,7 +435,10 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
 /// and `_count`.
 fn exported_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for file in ["lb-userspace/src/metrics.rs", "lb-userspace/src/proxy/metrics.rs"] {
+    for file in [
+        "lb-userspace/src/metrics.rs",
+        "lb-userspace/src/proxy/metrics.rs",
+    ] {
         let src = std::fs::read_to_string(root().join(file)).unwrap();
         for literal in src.split('"').skip(1).step_by(2) {
             if literal.starts_with("lb_")

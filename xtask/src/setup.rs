@@ -159,7 +159,10 @@ fn deploy_tools(root: &std::path::Path) -> Result<()> {
         .arg(&venv))?;
     run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE_PYPI]))?;
     if !bin.is_file() {
-        bail!("{KUBERNETES_VALIDATE_PYPI} installed but {} is missing", bin.display());
+        bail!(
+            "{KUBERNETES_VALIDATE_PYPI} installed but {} is missing",
+            bin.display()
+        );
     }
     Ok(())
 }
