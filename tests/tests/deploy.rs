@@ -512,3 +512,118 @@ fn tempdir(what: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The capabilities the DaemonSet grants, as `setpriv` wants them: `+bpf,+net_admin,...`.
+fn daemonset_caps() -> Vec<String> {
+    let docs = rendered();
+    let pod = &object(&docs, "DaemonSet", "lb")["spec"]["template"]["spec"];
+    let agent = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lb")
+        .expect("container lb");
+    strings(&agent["securityContext"]["capabilities"]["add"])
+        .into_iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Runs the agent in a fresh namespace (one veth, a private bpffs) with only `caps` in its
+/// bounding set: starts it with `--keep-dataplane`, asks `lb status`, stops it with SIGTERM,
+/// then starts a second one that must adopt the pins. Returns the script's output.
+fn run_with_caps(caps: &[String]) -> (bool, String) {
+    let ns = lb_tests::Netns::new("caps").expect("namespace");
+    ns.ip([
+        "link", "add", "capa", "type", "veth", "peer", "name", "capb",
+    ])
+    .unwrap();
+    ns.ip(["addr", "add", "10.99.1.1/24", "dev", "capa"])
+        .unwrap();
+    ns.ip(["link", "set", "capa", "up"]).unwrap();
+    ns.ip(["link", "set", "capb", "up"]).unwrap();
+    let dir = tempdir("caps");
+    let cfg = dir.join("lb.toml");
+    std::fs::write(
+        &cfg,
+        "[global]\ninterfaces = [\"capa\"]\nxdp_mode = \"generic\"\npin_path = \"/sys/fs/bpf/lb\"\n\
+         [admin]\nlisten = \"127.0.0.1:9180\"\n[registry]\nstate_file = \"\"\n\
+         [[service]]\nname = \"web\"\nvip = \"10.99.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
+         [[service.backend]]\naddress = \"10.99.1.2\"\nport = 8080\n",
+    )
+    .unwrap();
+    let bounding = format!(
+        "-all{}",
+        caps.iter().map(|c| format!(",+{c}")).collect::<String>()
+    );
+    // Every step bounded in time; the agent's output goes to stdout for the assertions.
+    let script = r#"
+        set -u
+        mount -t bpf bpf /sys/fs/bpf || exit 125
+        start() {
+            setpriv --bounding-set="$BOUNDING" --no-new-privs "$LB" run --config "$CFG" $1 &
+            pid=$!
+            for _ in $(seq 100); do
+                "$LB" status --admin 127.0.0.1:9180 >/dev/null 2>&1 && return 0
+                kill -0 "$pid" 2>/dev/null || { wait "$pid"; echo "AGENT EXITED: $?"; return 1; }
+                sleep 0.1
+            done
+            echo "AGENT NOT UP"; kill -KILL "$pid"; return 1
+        }
+        stop() { kill -TERM "$pid"; timeout 10 tail --pid="$pid" -f /dev/null; wait "$pid"; echo "EXIT $?"; }
+        start --keep-dataplane || exit 1
+        echo STATUS; "$LB" status --admin 127.0.0.1:9180 | head -3
+        stop
+        ls /sys/fs/bpf/lb/links
+        start "" || exit 1
+        stop
+        echo DONE
+    "#;
+    let out = ns
+        .command("timeout")
+        .args(["60", "sh", "-c", script])
+        .env("LB", lb_binary())
+        .env("CFG", &cfg)
+        .env("BOUNDING", &bounding)
+        .output()
+        .expect("run the script");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_daemonsets_capabilities_are_enough_and_each_is_needed() {
+    tool("setpriv", "Debian: util-linux");
+    let caps = daemonset_caps();
+    assert_eq!(caps, ["bpf", "net_admin", "perfmon"]);
+    // The systemd unit grants the same set.
+    let unit = std::fs::read_to_string(config("systemd/lb.service")).unwrap();
+    let unit_caps = caps
+        .iter()
+        .map(|c| format!("CAP_{}", c.to_ascii_uppercase()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(unit.contains(&format!("CapabilityBoundingSet={unit_caps}\n")));
+
+    let (ok, text) = run_with_caps(&caps);
+    assert!(ok && text.contains("DONE"), "with {caps:?}:\n{text}");
+    assert!(text.contains("generation 1"), "lb status answered:\n{text}");
+    // The first agent left its XDP link pinned; the second adopted it.
+    assert!(
+        text.contains("STATUS") && text.lines().any(|l| l == "capa"),
+        "{text}"
+    );
+    assert!(text.contains("adopted the pinned data plane"), "{text}");
+    assert_eq!(text.matches("EXIT 0").count(), 2, "{text}");
+
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let (ok, text) = run_with_caps(&fewer);
+        assert!(
+            !ok && text.contains("AGENT EXITED"),
+            "without {missing} the agent should fail to start:\n{text}"
+        );
+    }
+}
