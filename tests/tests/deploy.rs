@@ -1,0 +1,629 @@
+//! The deployment files under `config/` (issue 15), checked offline: the Kubernetes manifests
+//! render and validate, their ConfigMap is a valid agent config, the DaemonSet has the
+//! privileges and hand-over it needs, the systemd unit verifies, and the dashboard and alert
+//! rules query only metrics the agent exports (and the rules pass their promtool unit tests).
+//!
+//! Tools: kubectl (kustomize), kubernetes-validate (PyPI, in `target/deploy-venv`), python3
+//! with PyYAML (to read the rendered YAML), systemd-analyze and promtool. `cargo xtask setup`
+//! installs them; a missing one fails the test with what to install.
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use lb_tests::lb_binary;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn config(rel: &str) -> PathBuf {
+    root().join("config").join(rel)
+}
+
+/// `name` on PATH, or a panic saying how to get it.
+fn tool(name: &str, how: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not installed ({how}); run `cargo xtask setup`"))
+}
+
+/// Runs `cmd` with `stdin`, panicking with its output if it fails.
+fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `kubectl kustomize config/kubernetes`: the rendered YAML.
+fn rendered_yaml() -> Vec<u8> {
+    let kubectl = tool("kubectl", "Debian: kubernetes-client");
+    run(
+        Command::new(kubectl)
+            .arg("kustomize")
+            .arg(config("kubernetes")),
+        b"",
+    )
+    .stdout
+}
+
+/// YAML documents as JSON values, through PyYAML (no YAML parser in the workspace).
+fn yaml_docs(yaml: &[u8]) -> Vec<Value> {
+    // Debian's python3, where python3-yaml installs PyYAML (not whatever is first on PATH).
+    let py = Path::new("/usr/bin/python3");
+    assert!(
+        py.is_file(),
+        "/usr/bin/python3 is not installed (Debian: python3, python3-yaml); run `cargo xtask setup`"
+    );
+    let out = run(
+        Command::new(py).args([
+            "-c",
+            "import sys, json, yaml\n\
+             json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
+        ]),
+        yaml,
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("PyYAML's JSON")
+}
+
+fn rendered() -> Vec<Value> {
+    yaml_docs(&rendered_yaml())
+}
+
+fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("string").to_owned())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn kubernetes_manifests_render_and_pass_strict_validation() {
+    let yaml = rendered_yaml();
+    let docs = yaml_docs(&yaml);
+    let kinds: BTreeSet<String> = docs
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        set(&[
+            "ClusterRole/\"lb\"",
+            "ClusterRoleBinding/\"lb\"",
+            "ConfigMap/\"lb-config\"",
+            "DaemonSet/\"lb\"",
+            "Namespace/\"lb-system\"",
+            "ServiceAccount/\"lb\"",
+        ])
+    );
+
+    let validate = std::env::var_os("KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/deploy-venv/bin/kubernetes-validate"));
+    assert!(
+        validate.is_file(),
+        "{} missing: `cargo xtask setup` installs kubernetes-validate (PyPI) there, or set KUBERNETES_VALIDATE",
+        validate.display()
+    );
+    let out = run(
+        Command::new(&validate).args(["-k", "1.30.0", "--strict", "-"]),
+        &yaml,
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        text.matches("passed for resource").count(),
+        docs.len(),
+        "every object must pass:\n{text}"
+    );
+}
+
+#[test]
+fn configmap_holds_a_valid_agent_config() {
+    let docs = rendered();
+    let toml = object(&docs, "ConfigMap", "lb-config")["data"]["lb.toml"]
+        .as_str()
+        .expect("ConfigMap lb-config has data lb.toml");
+    let dir = tempdir("configmap");
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = Command::new(lb_binary())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run lb check-config");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "the ConfigMap's lb.toml is refused:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The pins must land on the host's bpffs the DaemonSet mounts, or nothing is handed over.
+    assert!(toml.contains("pin_path = \"/sys/fs/bpf/lb\""), "{toml}");
+    assert!(toml.contains("listen = \"127.0.0.1:9180\""), "{toml}");
+}
+
+#[test]
+fn rbac_only_reads_what_the_sources_need() {
+    let docs = rendered();
+    let role = object(&docs, "ClusterRole", "lb");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        assert_eq!(
+            strings(&rule["verbs"]),
+            set(&["get", "list", "watch"]),
+            "{rule}"
+        );
+        assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
+        for g in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                granted.insert(format!("{g}/{r}"));
+            }
+        }
+    }
+    assert_eq!(
+        granted,
+        set(&[
+            "/pods",
+            "/serviceaccounts",
+            "/services",
+            "discovery.k8s.io/endpointslices"
+        ])
+    );
+    let binding = object(&docs, "ClusterRoleBinding", "lb");
+    assert_eq!(binding["roleRef"]["name"], "lb");
+    assert_eq!(binding["subjects"][0]["name"], "lb");
+    assert_eq!(binding["subjects"][0]["namespace"], "lb-system");
+}
+
+#[test]
+fn daemonset_has_the_privileges_mounts_probes_and_handover() {
+    let docs = rendered();
+    let ds = object(&docs, "DaemonSet", "lb");
+    assert_eq!(ds["metadata"]["namespace"], "lb-system");
+    let spec = &ds["spec"];
+    assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["serviceAccountName"], "lb");
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{ "operator": "Exists" }])
+    );
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace");
+    assert!((10..=120).contains(&grace), "grace {grace}");
+
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let host_path = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))["hostPath"]["path"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(host_path("bpffs").as_deref(), Some("/sys/fs/bpf"));
+    assert_eq!(host_path("cgroup").as_deref(), Some("/sys/fs/cgroup"));
+    let cm = volumes.iter().find(|v| v["name"] == "config").unwrap();
+    assert_eq!(cm["configMap"]["name"], "lb-config");
+
+    let agent = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lb")
+        .expect("container lb");
+    assert_eq!(
+        agent["args"],
+        serde_json::json!(["run", "--config", "/etc/lb/lb.toml", "--keep-dataplane"])
+    );
+    let sc = &agent["securityContext"];
+    assert_ne!(sc["privileged"], true, "the agent runs on capabilities");
+    assert_eq!(strings(&sc["capabilities"]["drop"]), set(&["ALL"]));
+    assert_eq!(
+        strings(&sc["capabilities"]["add"]),
+        set(&["BPF", "NET_ADMIN", "PERFMON"])
+    );
+    let mount = |c: &Value, name: &str| -> Value {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{} does not mount {name}", c["name"]))
+            .clone()
+    };
+    assert_eq!(mount(agent, "bpffs")["mountPath"], "/sys/fs/bpf");
+    assert_eq!(mount(agent, "bpffs")["mountPropagation"], "HostToContainer");
+    assert_eq!(mount(agent, "cgroup")["mountPath"], "/sys/fs/cgroup");
+    assert_eq!(mount(agent, "config")["mountPath"], "/etc/lb");
+    for r in ["requests", "limits"] {
+        assert!(
+            agent["resources"][r]["memory"].is_string(),
+            "resources.{r}.memory"
+        );
+    }
+    assert!(agent["resources"]["requests"]["cpu"].is_string());
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &agent[probe]["httpGet"];
+        assert_eq!(
+            get["host"], "127.0.0.1",
+            "{probe}: the admin API is on loopback"
+        );
+        assert_eq!(get["port"], 9180, "{probe}");
+        assert_eq!(get["path"], "/v1/status", "{probe}");
+    }
+
+    // The one privileged piece: mounts bpffs with Bidirectional propagation (only allowed to
+    // privileged containers) and writes the forwarding sysctls (/proc/sys is read-only
+    // otherwise).
+    let init = pod["initContainers"]
+        .as_array()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "host-setup")
+        .expect("init container host-setup");
+    assert_eq!(init["securityContext"]["privileged"], true);
+    assert_eq!(mount(init, "bpffs")["mountPropagation"], "Bidirectional");
+    let script = init["command"][2].as_str().expect("script");
+    assert!(script.contains("mount -t bpf"), "{script}");
+    assert!(script.contains("/forwarding"), "{script}");
+}
+
+#[test]
+fn systemd_unit_verifies_clean() {
+    let analyze = tool("systemd-analyze", "Debian: systemd");
+    let unit = std::fs::read_to_string(config("systemd/lb.service")).unwrap();
+    for needed in [
+        "ExecStart=/usr/local/bin/lb run --config /etc/lb/lb.toml --keep-dataplane",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+        "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/sys/fs/bpf /proc/sys/net",
+    ] {
+        assert!(unit.contains(needed), "lb.service lacks {needed:?}");
+    }
+    // verify fails when ExecStart's binary does not exist: point it at the built agent.
+    let lb = lb_binary();
+    let dir = tempdir("systemd");
+    let copy = dir.join("lb.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/lb", lb.to_str().expect("utf-8 path")),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .expect("run systemd-analyze");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify ({}):\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn prometheus_rules_check_and_pass_their_unit_tests() {
+    let promtool = tool("promtool", "Debian: prometheus");
+    let dir = config("prometheus");
+    run(
+        Command::new(&promtool)
+            .current_dir(&dir)
+            .args(["check", "rules", "lb-alerts.yml"]),
+        b"",
+    );
+    let out = run(
+        Command::new(&promtool)
+            .current_dir(&dir)
+            .args(["test", "rules", "lb-alerts.test.yml"]),
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
+}
+
+#[test]
+fn dashboard_and_alerts_query_only_exported_metrics() {
+    let exported = exported_metrics();
+    // The extraction itself must find the families it is meant to find.
+    for m in [
+        "lb_service_packets_total",
+        "lb_backend_up",
+        "lb_datapath_packets_total",
+        "lb_conntrack_entries",
+        "lb_gateway_requests_total",
+        "lb_gateway_request_duration_seconds_bucket",
+    ] {
+        assert!(exported.contains(m), "{m} not found in the agent's source");
+    }
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(config("grafana/lb-dashboard.json")).unwrap(),
+    )
+    .expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "dashboard queries: {exprs:?}");
+    let dash_metrics = check_exprs("lb-dashboard.json", &exprs, &exported);
+    // Every area the issue names has a panel.
+    for m in [
+        "lb_service_packets_total",
+        "lb_service_connections_total",
+        "lb_service_drops_total",
+        "lb_backend_up",
+        "lb_backend_weight",
+        "lb_backend_connections_total",
+        "lb_datapath_packets_total",
+        "lb_conntrack_entries",
+        "lb_source_errors_total",
+        "lb_gateway_requests_total",
+        "lb_gateway_request_duration_seconds_bucket",
+        "lb_gateway_auth_failures_total",
+        "lb_gateway_rate_limited_total",
+    ] {
+        assert!(
+            dash_metrics.contains(m),
+            "the dashboard has no panel on {m}"
+        );
+    }
+
+    let rules = yaml_docs(&std::fs::read(config("prometheus/lb-alerts.yml")).unwrap());
+    let mut rule_exprs = Vec::new();
+    for g in rules[0]["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            rule_exprs.push(r["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert_eq!(rule_exprs.len(), 6);
+    check_exprs("lb-alerts.yml", &rule_exprs, &exported);
+}
+
+/// Metric names the agent exports, from the `"lb_..."` string literals its metrics modules
+/// register: each as written, plus `_total` (prometheus-client appends it to counters
+/// registered without it) and, for `_seconds` families (the histograms), `_bucket`, `_sum`
+/// and `_count`.
+fn exported_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for file in [
+        "lb-userspace/src/metrics.rs",
+        "lb-userspace/src/proxy/metrics.rs",
+    ] {
+        let src = std::fs::read_to_string(root().join(file)).unwrap();
+        for literal in src.split('"').skip(1).step_by(2) {
+            if literal.starts_with("lb_")
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                names.insert(literal.to_owned());
+                if !literal.ends_with("_total") {
+                    names.insert(format!("{literal}_total"));
+                }
+                if literal.ends_with("_seconds") {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{literal}{s}"));
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every `expr` (panel targets) and template `query` string in a dashboard.
+fn collect_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The `lb_*` metric names in PromQL `exprs`, asserting each is exported.
+fn check_exprs(file: &str, exprs: &[String], exported: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    for e in exprs {
+        let b = e.as_bytes();
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+        let mut i = 0;
+        while i < b.len() {
+            if e[i..].starts_with("lb_") && (i == 0 || !ident(b[i - 1])) {
+                let end = (i..b.len()).find(|&j| !ident(b[j])).unwrap_or(b.len());
+                let name = &e[i..end];
+                // Inside quotes it is a label value, not a metric.
+                let quoted = e[..i].matches('"').count() % 2 == 1;
+                if !quoted {
+                    assert!(
+                        exported.contains(name),
+                        "{file} queries {name}, which the agent does not export (in {e})"
+                    );
+                    used.insert(name.to_owned());
+                }
+                i = end;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    assert!(!used.is_empty(), "{file}: no lb_ metric found");
+    used
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lb-deploy-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The capabilities the DaemonSet grants, as `setpriv` wants them: `+bpf,+net_admin,...`.
+fn daemonset_caps() -> Vec<String> {
+    let docs = rendered();
+    let pod = &object(&docs, "DaemonSet", "lb")["spec"]["template"]["spec"];
+    let agent = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lb")
+        .expect("container lb");
+    strings(&agent["securityContext"]["capabilities"]["add"])
+        .into_iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Runs the agent in a fresh namespace (one veth, a private bpffs) with only `caps` in its
+/// bounding set: starts it with `--keep-dataplane`, asks `lb status`, stops it with SIGTERM,
+/// then starts a second one that must adopt the pins. Returns the script's output.
+fn run_with_caps(caps: &[String]) -> (bool, String) {
+    let ns = lb_tests::Netns::new("caps").expect("namespace");
+    ns.ip([
+        "link", "add", "capa", "type", "veth", "peer", "name", "capb",
+    ])
+    .unwrap();
+    ns.ip(["addr", "add", "10.99.1.1/24", "dev", "capa"])
+        .unwrap();
+    ns.ip(["link", "set", "capa", "up"]).unwrap();
+    ns.ip(["link", "set", "capb", "up"]).unwrap();
+    let dir = tempdir("caps");
+    let cfg = dir.join("lb.toml");
+    std::fs::write(
+        &cfg,
+        "[global]\ninterfaces = [\"capa\"]\nxdp_mode = \"generic\"\npin_path = \"/sys/fs/bpf/lb\"\n\
+         [admin]\nlisten = \"127.0.0.1:9180\"\n[registry]\nstate_file = \"\"\n\
+         [[service]]\nname = \"web\"\nvip = \"10.99.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
+         [[service.backend]]\naddress = \"10.99.1.2\"\nport = 8080\n",
+    )
+    .unwrap();
+    let bounding = format!(
+        "-all{}",
+        caps.iter().map(|c| format!(",+{c}")).collect::<String>()
+    );
+    // Every step bounded in time; the agent's output goes to stdout for the assertions.
+    let script = r#"
+        set -u
+        mount -t bpf bpf /sys/fs/bpf || exit 125
+        start() {
+            setpriv --bounding-set="$BOUNDING" --no-new-privs "$LB" run --config "$CFG" $1 &
+            pid=$!
+            for _ in $(seq 100); do
+                "$LB" status --admin 127.0.0.1:9180 >/dev/null 2>&1 && return 0
+                kill -0 "$pid" 2>/dev/null || { wait "$pid"; echo "AGENT EXITED: $?"; return 1; }
+                sleep 0.1
+            done
+            echo "AGENT NOT UP"; kill -KILL "$pid"; return 1
+        }
+        stop() { kill -TERM "$pid"; timeout 10 tail --pid="$pid" -f /dev/null; wait "$pid"; echo "EXIT $?"; }
+        start --keep-dataplane || exit 1
+        echo STATUS; "$LB" status --admin 127.0.0.1:9180 | head -3
+        stop
+        ls /sys/fs/bpf/lb/links
+        start "" || exit 1
+        stop
+        echo DONE
+    "#;
+    let out = ns
+        .command("timeout")
+        .args(["60", "sh", "-c", script])
+        .env("LB", lb_binary())
+        .env("CFG", &cfg)
+        .env("BOUNDING", &bounding)
+        .output()
+        .expect("run the script");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_daemonsets_capabilities_are_enough_and_each_is_needed() {
+    tool("setpriv", "Debian: util-linux");
+    let caps = daemonset_caps();
+    assert_eq!(caps, ["bpf", "net_admin", "perfmon"]);
+    // The systemd unit grants the same set.
+    let unit = std::fs::read_to_string(config("systemd/lb.service")).unwrap();
+    let unit_caps = caps
+        .iter()
+        .map(|c| format!("CAP_{}", c.to_ascii_uppercase()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(unit.contains(&format!("CapabilityBoundingSet={unit_caps}\n")));
+
+    let (ok, text) = run_with_caps(&caps);
+    assert!(ok && text.contains("DONE"), "with {caps:?}:\n{text}");
+    assert!(text.contains("generation 1"), "lb status answered:\n{text}");
+    // The first agent left its XDP link pinned; the second adopted it.
+    assert!(
+        text.contains("STATUS") && text.lines().any(|l| l == "capa"),
+        "{text}"
+    );
+    assert!(text.contains("adopted the pinned data plane"), "{text}");
+    assert_eq!(text.matches("EXIT 0").count(), 2, "{text}");
+
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let (ok, text) = run_with_caps(&fewer);
+        assert!(
+            !ok && text.contains("AGENT EXITED"),
+            "without {missing} the agent should fail to start:\n{text}"
+        );
+    }
+}
