@@ -4,7 +4,32 @@ use aya_build::{Package, Toolchain};
 /// The nightly that builds the eBPF crate: its LLVM (22) must match bpf-linker's.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 
+/// The commit the agent is built from (`lb version`), or `unknown` outside a git checkout.
+fn record_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let suffix = if dirty { "-dirty" } else { "" };
+    println!("cargo:rustc-env=LB_COMMIT={commit}{suffix}");
+    // A new commit (or branch switch) changes HEAD or the ref it points to.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={dir}/{r}");
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    record_commit();
     // `AYA_BUILD_SKIP=1` (clippy, quick checks): embed an empty object instead.
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         let out = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;

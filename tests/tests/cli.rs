@@ -76,3 +76,83 @@ weight = 0
         "missing the no-usable-backend error:\n{stdout}"
     );
 }
+
+/// `lb version` names the commit; `lb completions bash` is a completion script.
+#[test]
+fn version_names_the_commit_and_completions_are_scripts() {
+    let out = Command::new(lb()).arg("version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let commit = text
+        .strip_prefix(&format!("lb {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected version line {text:?}"));
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "built from a git checkout, the version names its commit: {text:?}"
+    );
+    for (shell, marker) in [
+        ("bash", "_lb()"),
+        ("zsh", "#compdef lb"),
+        ("fish", "complete -c lb"),
+    ] {
+        let out = Command::new(lb())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(marker),
+            "{shell}: {script}"
+        );
+        assert!(
+            script.contains("check-config"),
+            "{shell} lists the subcommands"
+        );
+    }
+}
+
+/// `--log-format json`: every log line of a running agent is one JSON object.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let ns = lb_tests::Netns::new("cli").expect("namespace");
+    ns.ip(["link", "set", "lo", "up"]).expect("lo up");
+    let cfg = std::env::temp_dir().join(format!("lbt-cli-json-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "[global]\ninterfaces = [\"lo\"]\nxdp_mode = \"generic\"\npin_path = \"\"\n\
+         [registry]\nstate_file = \"\"\n",
+    )
+    .unwrap();
+    let agent = ns
+        .spawn(
+            lb(),
+            [
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        )
+        .expect("start agent");
+    lb_tests::lab::wait_for_log(&agent, "\"running\"");
+    let output = agent.output();
+    drop(agent);
+    let _ = std::fs::remove_file(&cfg);
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}\nall:\n{output}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"message\":\"running\"")),
+        "{output}"
+    );
+}
