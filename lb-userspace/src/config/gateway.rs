@@ -569,26 +569,7 @@ fn check_pair(cert: &Sp<String>, key: &Sp<String>, t: &Table, d: &mut Diag) -> b
         );
         return false;
     }
-    if let Err(e) = webpki_end_entity(&certified.cert[0]) {
-        d.error(
-            &cert.span,
-            &t.field("cert_file"),
-            format!("`{}`: {e}", cert.val),
-        );
-        return false;
-    }
     true
-}
-
-/// The leaf must parse as an X.509 certificate (rustls would refuse it at the handshake).
-fn webpki_end_entity(der: &CertificateDer) -> Result<(), String> {
-    // A DER SEQUENCE at least; rustls parses fully at handshake time, and `keys_match`
-    // already parsed its public key.
-    if der.first() == Some(&0x30) {
-        Ok(())
-    } else {
-        Err("the first certificate is not DER X.509".into())
-    }
 }
 
 /// `[[auth]]` entries.

@@ -15,7 +15,7 @@ use aya::{
 
 use super::{Dataplane, DataplaneError, Result, map_err};
 
-const PROGRAM: &str = "sk_lookup_gateway";
+pub(super) const PROGRAM: &str = "sk_lookup_gateway";
 const SOCKETS: &str = "GATEWAY_SOCKETS";
 
 /// The network namespace the agent runs in (the one its sk_lookup hook serves).

@@ -215,6 +215,20 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
+/// The object's program `name`, as the program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
 impl Dataplane {
     /// Loads the object and verifies both programs. With a pin path, adopts the pinned maps
     /// whose layout is unchanged (replacing the others, with a warning each) and opens the
@@ -244,30 +258,16 @@ impl Dataplane {
             layout::record_and_verify(p, opts.conntrack_entries)?;
         }
         for name in ["xdp_lb", "xdp_pass"] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Program {
-                    name,
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            prog.load()
+            program::<Xdp>(&mut ebpf, name)?
+                .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
-        {
-            let name = "sk_lookup_gateway";
-            let prog: &mut aya::programs::SkLookup = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Program {
-                    name,
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
+        program::<aya::programs::SkLookup>(&mut ebpf, gateway::PROGRAM)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: gateway::PROGRAM,
+                source,
+            })?;
         let services: HashMap<MapData, ServiceKey, ServiceValue> = take(&mut ebpf, "SERVICES")?;
         let records = services
             .iter()

@@ -96,20 +96,18 @@ impl Framing {
                     &data[n..]
                 }
                 State::Head(buf) => {
-                    let Some((line_end, rest)) = take_until(buf, data, b"\r\n\r\n", MAX_HEAD)
-                    else {
+                    let Some(rest) = take_until(buf, data, b"\r\n\r\n", MAX_HEAD) else {
                         if buf.len() >= MAX_HEAD {
                             self.state = State::Off;
                         }
                         return;
                     };
-                    let _ = line_end;
                     let head = std::mem::take(buf);
                     self.state = self.after_head(&head);
                     rest
                 }
                 State::ChunkSize(buf) => {
-                    let Some((_, rest)) = take_until(buf, data, b"\n", MAX_LINE) else {
+                    let Some(rest) = take_until(buf, data, b"\n", MAX_LINE) else {
                         if buf.len() >= MAX_LINE {
                             self.state = State::Off;
                         }
@@ -125,7 +123,7 @@ impl Framing {
                     rest
                 }
                 State::Trailers(buf) => {
-                    let Some((_, rest)) = take_until(buf, data, b"\n", MAX_LINE) else {
+                    let Some(rest) = take_until(buf, data, b"\n", MAX_LINE) else {
                         if buf.len() >= MAX_LINE {
                             self.state = State::Off;
                         }
@@ -187,14 +185,9 @@ impl Framing {
 }
 
 /// Appends `data` to `buf` up to and including the first `delim` (searching across the
-/// boundary); `Some((len, rest))` when found, `None` (everything taken) otherwise. Never lets
-/// `buf` grow past `max`.
-fn take_until<'a>(
-    buf: &mut Vec<u8>,
-    data: &'a [u8],
-    delim: &[u8],
-    max: usize,
-) -> Option<(usize, &'a [u8])> {
+/// boundary); `Some(rest of data)` when found, `None` (everything taken) otherwise. Never
+/// lets `buf` grow past `max`.
+fn take_until<'a>(buf: &mut Vec<u8>, data: &'a [u8], delim: &[u8], max: usize) -> Option<&'a [u8]> {
     let from = buf.len().saturating_sub(delim.len() - 1);
     let room = max.saturating_sub(buf.len());
     let take = data.len().min(room);
@@ -205,7 +198,7 @@ fn take_until<'a>(
         .map(|p| from + p + delim.len())?;
     let used_from_data = at - (buf.len() - take);
     buf.truncate(at);
-    Some((at, &data[used_from_data..]))
+    Some(&data[used_from_data..])
 }
 
 /// The hex size of a chunk-size line (`1a;ext\r\n`).

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::e2e::Mode;
 use super::gateway::GwResults;
 use super::gw_peers::{GwPeer, WORKERS};
-use super::report::{Bar, Target, bar_panel, json_num, json_str, targets_json};
+use super::report::{Bar, Target, bar_panel, json_num, json_str, run_fields, targets_json};
 
 /// The gateway targets: keep-alive req/s of this gateway with JWT against nginx without
 /// auth (>= 1) and against Envoy with `jwt_authn` (>= 3); memory per idle connection of
@@ -149,21 +149,16 @@ pub fn gateway_json(g: &GwResults) -> String {
         .iter()
         .map(|x| {
             format!(
-                "{{\"round\":{},\"config\":{},\"mode\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"socket_errors\":{},\"bad_status\":{},\"cpu_us_per_req\":{},\"busy_share_during\":{},\"busy_share_before\":{},\"idle_before\":{}}}",
-                x.round,
-                json_str(x.peer.key()),
-                json_str(x.mode.key()),
-                x.wrk.requests,
-                json_num(x.wrk.seconds),
-                json_num(x.wrk.rps),
-                json_num(x.wrk.p50_us),
-                json_num(x.wrk.p99_us),
-                x.wrk.socket_errors,
-                x.wrk.bad_status,
-                json_num(x.cpu_us_per_req),
-                json_num(x.busy_share),
-                json_num(x.idle.busy_share),
-                x.idle.idle
+                "{{{}}}",
+                run_fields(
+                    x.round,
+                    x.peer.key(),
+                    x.mode.key(),
+                    &x.wrk,
+                    x.cpu_us_per_req,
+                    x.busy_share,
+                    &x.idle
+                )
             )
         })
         .collect();

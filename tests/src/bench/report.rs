@@ -270,6 +270,35 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
     md
 }
 
+/// The JSON fields (no braces) every measured wrk run has, in the end-to-end and the
+/// gateway parts alike.
+pub fn run_fields(
+    round: usize,
+    config: &str,
+    mode: &str,
+    wrk: &super::wrk::WrkReport,
+    cpu_us_per_req: f64,
+    busy_share: f64,
+    idle: &super::cpu::IdleCheck,
+) -> String {
+    format!(
+        "\"round\":{round},\"config\":{},\"mode\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"socket_errors\":{},\"bad_status\":{},\"cpu_us_per_req\":{},\"busy_share_during\":{},\"busy_share_before\":{},\"idle_before\":{}",
+        json_str(config),
+        json_str(mode),
+        wrk.requests,
+        json_num(wrk.seconds),
+        json_num(wrk.rps),
+        json_num(wrk.p50_us),
+        json_num(wrk.p99_us),
+        wrk.socket_errors,
+        wrk.bad_status,
+        json_num(cpu_us_per_req),
+        json_num(busy_share),
+        json_num(idle.busy_share),
+        idle.idle
+    )
+}
+
 /// The end-to-end results as JSON: every run, and the medians.
 pub fn e2e_json(e2e: &E2eResults) -> String {
     let load = e2e.load.expect("load is set by e2e::run");
@@ -278,21 +307,16 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         .iter()
         .map(|x| {
             format!(
-                "{{\"round\":{},\"config\":{},\"mode\":{},\"requests\":{},\"seconds\":{},\"rps\":{},\"p50_us\":{},\"p99_us\":{},\"socket_errors\":{},\"bad_status\":{},\"cpu_us_per_req\":{},\"busy_share_during\":{},\"busy_share_before\":{},\"idle_before\":{},\"idle_tries\":{},\"syn_retransmits\":{}}}",
-                x.round,
-                json_str(x.peer.key()),
-                json_str(x.mode.key()),
-                x.wrk.requests,
-                json_num(x.wrk.seconds),
-                json_num(x.wrk.rps),
-                json_num(x.wrk.p50_us),
-                json_num(x.wrk.p99_us),
-                x.wrk.socket_errors,
-                x.wrk.bad_status,
-                json_num(x.cpu_us_per_req),
-                json_num(x.busy_share),
-                json_num(x.idle.busy_share),
-                x.idle.idle,
+                "{{{},\"idle_tries\":{},\"syn_retransmits\":{}}}",
+                run_fields(
+                    x.round,
+                    x.peer.key(),
+                    x.mode.key(),
+                    &x.wrk,
+                    x.cpu_us_per_req,
+                    x.busy_share,
+                    &x.idle
+                ),
                 x.idle.tries,
                 x.syn_retrans
             )
