@@ -24,6 +24,7 @@ pub mod maglev;
 pub mod reason;
 pub mod sanity;
 pub mod service_slot;
+pub mod sock_lb;
 pub mod token_bucket;
 pub mod types;
 

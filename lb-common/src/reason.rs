@@ -82,10 +82,13 @@ pub enum Reason {
     /// (the kernel delivers it to the gateway's socket through the VIP's local route and
     /// sk_lookup).
     ToGateway = 31,
+    /// To a `scope = "cluster"` service from the wire: drop (such a service is reachable only
+    /// through the socket LB, from processes on this node).
+    ClusterOnly = 32,
 }
 
 /// Number of reasons (size of `REASONS`).
-pub const REASON_COUNT: u32 = 32;
+pub const REASON_COUNT: u32 = 33;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -121,6 +124,7 @@ impl Reason {
         Reason::BadSrcPort,
         Reason::MartianSource,
         Reason::ToGateway,
+        Reason::ClusterOnly,
     ];
 
     /// Stable snake_case name, used in metrics labels and `lb status`.
@@ -158,6 +162,7 @@ impl Reason {
             Reason::BadSrcPort => "bad_src_port",
             Reason::MartianSource => "martian_source",
             Reason::ToGateway => "to_gateway",
+            Reason::ClusterOnly => "cluster_only",
         }
     }
 }

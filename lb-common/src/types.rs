@@ -22,6 +22,9 @@ pub const SVC_FLAG_NAT: u32 = 1;
 /// The service is the L7 gateway's: after the rate limit and the checks, packets go to the
 /// kernel (`XDP_PASS`), which delivers them to the gateway's socket.
 pub const SVC_FLAG_PASS: u32 = 2;
+/// The service is `scope = "cluster"`: reachable only through the socket LB (a local
+/// process's connect()), never from the wire. XDP drops packets to it (`ClusterOnly`).
+pub const SVC_FLAG_CLUSTER: u32 = 4;
 
 /// An IPv4 or IPv6 address in wire order. IPv4 uses `words[0]`; the other words are zero.
 #[repr(C)]

@@ -3,7 +3,7 @@
 //! from backends take the reverse path back to the client, through the same checks.
 
 use aya_ebpf::bindings::xdp_action;
-use lb_common::{Reason, SVC_FLAG_PASS, ServiceValue, Settings};
+use lb_common::{Reason, SVC_FLAG_CLUSTER, SVC_FLAG_PASS, ServiceValue, Settings};
 
 use crate::{
     clock,
@@ -47,6 +47,12 @@ pub fn process(ctx: &impl PacketCtx) -> u32 {
 fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: &Settings) -> u32 {
     // Rate limit first: a flood from one source is dropped at the cheapest point, and
     // garbage counts against its sender's bucket like anything else it sends.
+    // Cluster-scope services are reachable only through the socket LB: from the wire, the
+    // VIP is not there.
+    if svc.flags & SVC_FLAG_CLUSTER != 0 {
+        service_drop(svc.id, Reason::ClusterOnly);
+        return xdp_action::XDP_DROP;
+    }
     let now = clock::now_ns();
     if !ratelimit::admit(svc, &pkt.key, now) {
         service_drop(svc.id, Reason::RateLimited);

@@ -27,6 +27,7 @@ mod programs;
 mod ratelimit;
 mod service;
 mod snat;
+mod socket_lb;
 mod stats;
 mod validate;
 mod wire;

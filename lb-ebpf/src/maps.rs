@@ -9,7 +9,9 @@ use aya_ebpf::{
 use lb_common::{
     BackendValue, Bucket, CtEntry, FlowKey, IFACE_SLOTS, IfaceSlot, MAX_BACKENDS, MAX_SERVICES,
     NatEntry, RateKey, ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey,
-    reason::REASON_COUNT, service_slot::SERVICE_SLOTS as SERVICE_SLOTS_LEN,
+    reason::REASON_COUNT,
+    service_slot::SERVICE_SLOTS as SERVICE_SLOTS_LEN,
+    sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
 };
 
 use crate::clock::ClockCache;
@@ -97,3 +99,19 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU copy of the coarse clock (see `clock`). Not pinned: a new program fills its own.
 #[map]
 pub static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket LB: (socket, backend) -> the service address the application asked for, so
+/// `getpeername` and a datagram's source read back as the service. LRU: entries of sockets
+/// that never connected (unconnected UDP) age out; `sock_release` removes a connected
+/// socket's own entry at once.
+#[map]
+pub static SOCK_REVERSE: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(65_536, 0);
+
+/// Socket LB settings (one entry; all zero = off).
+#[map]
+pub static SOCK_LB_SETTINGS: Array<SockLbSettings> = Array::with_max_entries(1, 0);
+
+/// Socket LB counters by `SockEvent`.
+#[map]
+pub static SOCK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_EVENT_COUNT, 0);

@@ -19,7 +19,9 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, MapType};
 use lb_common::{
     BackendValue, Bucket, CtEntry, FlowKey, IFACE_SLOTS, IfaceSlot, MAX_BACKENDS, MAX_SERVICES,
     NatEntry, RateKey, ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey,
-    reason::REASON_COUNT, service_slot::SERVICE_SLOTS,
+    reason::REASON_COUNT,
+    service_slot::SERVICE_SLOTS,
+    sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
 };
 use tracing::warn;
 
@@ -202,6 +204,37 @@ pub const PINNED: &[MapSpec] = &[
         flags: 0,
         version: 1,
         on_replace: "per-reason counters restart from zero",
+    },
+    MapSpec {
+        name: "SOCK_REVERSE",
+        map_type: MapType::LruHash,
+        key_size: size::<SockRevKey>(),
+        value_size: size::<SockRevValue>(),
+        entries: Entries::Fixed(65_536),
+        flags: 0,
+        version: 1,
+        on_replace: "sockets connected through the socket LB before the upgrade show their \
+                     backend's address to getpeername()",
+    },
+    MapSpec {
+        name: "SOCK_LB_SETTINGS",
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<SockLbSettings>(),
+        entries: Entries::Fixed(1),
+        flags: 0,
+        version: 1,
+        on_replace: "rewritten from the config when the socket LB attaches",
+    },
+    MapSpec {
+        name: "SOCK_EVENTS",
+        map_type: MapType::PerCpuArray,
+        key_size: 4,
+        value_size: 8,
+        entries: Entries::Fixed(SOCK_EVENT_COUNT),
+        flags: 0,
+        version: 1,
+        on_replace: "socket LB counters restart from zero",
     },
 ];
 

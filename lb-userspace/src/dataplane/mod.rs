@@ -16,6 +16,7 @@ pub mod pin;
 mod raw;
 mod scan;
 mod slots;
+mod socket_lb;
 mod table;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -34,6 +35,7 @@ use tracing::warn;
 pub use counters::Counters;
 pub use layout::MapsFound;
 pub use pin::{PinDir, PinError, mount_bpffs};
+pub use socket_lb::{SocketLbAttach, SocketLbOptions, own_netns_cookie};
 
 use links::Attachment;
 
@@ -97,6 +99,18 @@ pub enum DataplaneError {
     },
     #[error(transparent)]
     Pin(#[from] PinError),
+    #[error("socket LB on cgroup {cgroup}: {source}")]
+    SocketLb {
+        cgroup: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket LB program {name}: {source}")]
+    SockLink {
+        name: &'static str,
+        #[source]
+        source: LinkError,
+    },
     #[error("XDP link on `{iface}`: {source}")]
     Link {
         iface: String,
@@ -203,6 +217,9 @@ pub struct Dataplane {
     counters: Counters,
     /// The gateway's sk_lookup hook is attached (see `gateway`).
     gateway_attached: bool,
+    socket_lb: socket_lb::SocketLbMaps,
+    /// Attached by this agent (see `socket_lb`).
+    socket_lb_links: Option<socket_lb::SocketLbLinks>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -268,6 +285,7 @@ impl Dataplane {
                 name: gateway::PROGRAM,
                 source,
             })?;
+        let socket_lb = socket_lb::load(&mut ebpf)?;
         let services: HashMap<MapData, ServiceKey, ServiceValue> = take(&mut ebpf, "SERVICES")?;
         let records = services
             .iter()
@@ -288,6 +306,8 @@ impl Dataplane {
             conntrack: take(&mut ebpf, "CONNTRACK")?,
             counters: Counters::take(&mut ebpf)?,
             gateway_attached: false,
+            socket_lb,
+            socket_lb_links: None,
             attached: BTreeMap::new(),
             pins,
             adoption: Adoption {
@@ -323,6 +343,7 @@ impl Dataplane {
         for iface in ifaces {
             self.detach(&iface)?;
         }
+        self.detach_socket_lb()?;
         if let Some(p) = self.pins.take() {
             p.remove_all()?;
         }
