@@ -52,7 +52,7 @@ pub struct SockRevValue {
 }
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 
-/// Value of `SOCK_LB_SETTINGS` (one entry), written by the agent.
+/// Value of `SOCKLB_SETTINGS` (one entry), written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLbSettings {

@@ -110,7 +110,7 @@ pub static SOCK_REVERSE: LruHashMap<SockRevKey, SockRevValue> =
 
 /// Socket LB settings (one entry; all zero = off).
 #[map]
-pub static SOCK_LB_SETTINGS: Array<SockLbSettings> = Array::with_max_entries(1, 0);
+pub static SOCKLB_SETTINGS: Array<SockLbSettings> = Array::with_max_entries(1, 0);
 
 /// Socket LB counters by `SockEvent`.
 #[map]

@@ -22,8 +22,8 @@ use lb_common::{
 };
 
 use crate::maps::{
-    BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_STATS, SERVICES, SOCK_EVENTS, SOCK_LB_SETTINGS,
-    SOCK_REVERSE,
+    BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_STATS, SERVICES, SOCK_EVENTS, SOCK_REVERSE,
+    SOCKLB_SETTINGS,
 };
 
 const ALLOW: i32 = 1;
@@ -41,7 +41,7 @@ fn count(event: SockEvent) {
 /// Whether sockets of the caller's network namespace are translated at all.
 #[inline(always)]
 fn in_scope(ctx: &SockAddrContext) -> bool {
-    let Some(s) = SOCK_LB_SETTINGS.get(0) else {
+    let Some(s) = SOCKLB_SETTINGS.get(0) else {
         return false;
     };
     if s.enabled == 0 {
@@ -184,7 +184,7 @@ fn opened(svc: u32, backend: u32) {
 pub fn to_service(ctx: &SockAddrContext, family: u8) -> i32 {
     let sa = ctx.sock_addr;
     let (addr, port, _) = user_addr(sa, family);
-    match SOCK_LB_SETTINGS.get(0) {
+    match SOCKLB_SETTINGS.get(0) {
         Some(s) if s.enabled != 0 => {}
         _ => return ALLOW,
     }

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config},
-    dataplane::{Dataplane, DataplaneError, LoadOptions},
+    dataplane::{Dataplane, DataplaneError, LoadOptions, SocketLbAttach, SocketLbOptions},
     model::{BackendKey, Snapshot, Subscriber},
     neighbour::{Neighbours, RESOLVE_WAIT},
     reconcile::{AppliedService, ApplyReport, DesiredState, ReconcileError, Reconciler},
@@ -52,6 +52,8 @@ pub enum L4Error {
     },
     #[error("the L4 data plane is not running")]
     Stopped,
+    #[error("reading this network namespace's cookie for `[socket_lb] namespaces = \"host\"`: {0}")]
+    NetnsCookie(#[source] std::io::Error),
 }
 
 /// How long a conntrack walk is reused: a full table is a quarter million entries, each a
@@ -77,6 +79,18 @@ pub struct L4View {
     pub conntrack_per_service: BTreeMap<u32, u64>,
     /// Every verdict reason with its packet count, in `Reason::ALL` order.
     pub reasons: Vec<(&'static str, u64)>,
+    /// The socket LB, when attached.
+    pub socket_lb: Option<SocketLbView>,
+}
+
+/// The socket LB as status shows it.
+#[derive(Clone, Debug, Default)]
+pub struct SocketLbView {
+    pub cgroup: String,
+    /// `host` or `all`.
+    pub namespaces: &'static str,
+    /// Every `SockEvent` with its count, in `SockEvent::ALL` order.
+    pub events: Vec<(&'static str, u64)>,
 }
 
 /// Requests to the running part (through an [`L4Handle`]).
@@ -130,6 +144,10 @@ pub struct L4Dataplane {
     syncs: u64,
     /// Last conntrack walk (live entries per service id) and when it was made.
     conntrack_scan: Option<(Instant, BTreeMap<u32, u64>)>,
+    /// The first generation is in the maps: the socket LB may attach (or take over).
+    started: bool,
+    /// `[socket_lb] namespaces` as attached.
+    socket_lb_scope: config::NetnsScope,
 }
 
 impl L4Dataplane {
@@ -151,6 +169,8 @@ impl L4Dataplane {
             generation: 0,
             syncs: 0,
             conntrack_scan: None,
+            started: false,
+            socket_lb_scope: config::NetnsScope::Host,
         };
         // Inherited links count as attached, so `prepare` will not enable forwarding on their
         // interfaces: the data plane needs it (bpf_fib_lookup), whoever turned it off since.
@@ -176,6 +196,9 @@ impl L4Dataplane {
     /// the running generation changed (maps are written only when its snapshot comes).
     pub fn prepare(&mut self, c: &Config) -> Result<(), L4Error> {
         self.attach_interfaces(c)?;
+        if self.started {
+            self.sync_socket_lb(c)?;
+        }
         self.dp.set_settings(&c.global.settings())?;
         // A reload is when routes are looked up again.
         self.neighbours.forget_routes();
@@ -198,6 +221,42 @@ impl L4Dataplane {
     pub fn take_over_links(&mut self, c: &Config) -> Result<(), L4Error> {
         let mode = self.mode(c);
         self.dp.take_over_links(mode)?;
+        self.started = true;
+        self.sync_socket_lb(c)
+    }
+
+    /// Attaches the socket LB where `[socket_lb]` says (taking over a pinned one), or
+    /// detaches it (ours or a previous agent's) when it is off.
+    fn sync_socket_lb(&mut self, c: &Config) -> Result<(), L4Error> {
+        let s = &c.socket_lb;
+        if !s.enabled {
+            if self.dp.socket_lb_cgroup().is_some() || self.dp.socket_lb_pinned() {
+                self.dp.detach_socket_lb()?;
+                info!("socket LB detached");
+            }
+            return Ok(());
+        }
+        let netns_cookie = match s.namespaces {
+            config::NetnsScope::All => None,
+            config::NetnsScope::Host => {
+                Some(crate::dataplane::own_netns_cookie().map_err(L4Error::NetnsCookie)?)
+            }
+        };
+        let outcome = self.dp.attach_socket_lb(&SocketLbOptions {
+            cgroup: s.cgroup.clone(),
+            netns_cookie,
+        })?;
+        self.socket_lb_scope = s.namespaces;
+        match outcome {
+            SocketLbAttach::Unchanged => {}
+            SocketLbAttach::Attached => {
+                info!(cgroup = %s.cgroup.display(), namespaces = ?s.namespaces, "socket LB attached")
+            }
+            SocketLbAttach::TakenOver => info!(
+                cgroup = %s.cgroup.display(),
+                "socket LB links taken over (programs replaced in place)"
+            ),
+        }
         Ok(())
     }
 
@@ -336,6 +395,19 @@ impl L4Dataplane {
                 .iter()
                 .map(|(r, n)| (r.name(), *n))
                 .collect(),
+            socket_lb: self.dp.socket_lb_cgroup().map(|cg| SocketLbView {
+                cgroup: cg.display().to_string(),
+                namespaces: match self.socket_lb_scope {
+                    config::NetnsScope::Host => "host",
+                    config::NetnsScope::All => "all",
+                },
+                events: self
+                    .dp
+                    .socket_lb_events()
+                    .into_iter()
+                    .map(|(e, n)| (e.name(), n))
+                    .collect(),
+            }),
         }
     }
 

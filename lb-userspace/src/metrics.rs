@@ -241,6 +241,19 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
             be_trans.get_or_create(&l).set(b.health_transitions);
         }
     }
+    if let Some(sock) = &s.socket_lb {
+        let events = counters(
+            &mut reg,
+            "lb_socket_lb_events_total",
+            "What the socket LB did: connects and datagrams given a backend, refusals for want of \
+             one, addresses translated back, sockets of other namespaces left alone",
+        );
+        for (event, n) in &sock.events {
+            events
+                .get_or_create(&vec![("event", event.clone())])
+                .set(*n);
+        }
+    }
     for r in &s.reasons {
         verdicts
             .get_or_create(&vec![("reason", r.reason.clone())])
@@ -358,6 +371,11 @@ mod tests {
                 kind: "connect".into(),
                 count: 2,
             }],
+            socket_lb: Some(crate::status::SocketLbStatus {
+                cgroup: "/sys/fs/cgroup".into(),
+                namespaces: "host".into(),
+                events: [("connect".to_owned(), 7)].into(),
+            }),
         }
     }
 
@@ -371,6 +389,7 @@ mod tests {
             "lb_gateway_requests_total{route=\"api/users\",code_class=\"5xx\"} 1\n",
             "lb_gateway_auth_failures_total{route=\"api/users\",reason=\"expired\"} 1\n",
             "lb_gateway_upstream_errors_total{service=\"users\",kind=\"connect\"} 2\n",
+            "lb_socket_lb_events_total{event=\"connect\"} 7\n",
             "# TYPE lb_gateway_request_duration_seconds histogram\n",
             "lb_gateway_request_duration_seconds_count{route=\"api/users\"} 1\n",
         ] {

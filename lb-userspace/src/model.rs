@@ -69,6 +69,8 @@ pub struct Service {
     pub frontend: Option<SocketAddr>,
     pub protocol: Protocol,
     pub mode: Mode,
+    /// External, or reachable only through the socket LB.
+    pub scope: crate::config::Scope,
     /// The service has a health check.
     pub health_checked: bool,
     /// Every backend that would take flows is down, so all of them do (fail open).

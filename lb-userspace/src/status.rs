@@ -42,6 +42,20 @@ pub struct Status {
     /// The gateway's failed upstream exchanges.
     #[serde(default)]
     pub upstream_errors: Vec<UpstreamErrors>,
+    /// The socket LB, when attached.
+    #[serde(default)]
+    pub socket_lb: Option<SocketLbStatus>,
+}
+
+/// The socket LB: where it is attached and what it did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SocketLbStatus {
+    /// The cgroup v2 directory it is attached to.
+    pub cgroup: String,
+    /// `host` (only the agent's network namespace) or `all`.
+    pub namespaces: String,
+    /// Counts by event (`connect`, `sendmsg`, `no_backend`, `reverse`, ...).
+    pub events: BTreeMap<String, u64>,
 }
 
 /// One gateway route's counters.
@@ -342,6 +356,11 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
         sources,
         routes: Vec::new(),
         upstream_errors: Vec::new(),
+        socket_lb: l4.socket_lb.as_ref().map(|s| SocketLbStatus {
+            cgroup: s.cgroup.clone(),
+            namespaces: s.namespaces.to_string(),
+            events: s.events.iter().map(|(e, n)| (e.to_string(), *n)).collect(),
+        }),
         reasons: l4
             .reasons
             .iter()
@@ -462,6 +481,21 @@ impl Status {
             .map(|r| format!("{}={}", r.reason, r.packets))
             .collect();
         let _ = writeln!(out, "\nverdicts: {}", reasons.join(" "));
+        if let Some(s) = &self.socket_lb {
+            let events: Vec<String> = s
+                .events
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(e, n)| format!("{e}={n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "socket LB on {} (namespaces: {}): {}",
+                s.cgroup,
+                s.namespaces,
+                events.join(" ")
+            );
+        }
         out
     }
 }

@@ -25,6 +25,7 @@ mod gateway;
 mod health;
 mod raw;
 mod services;
+mod socket_lb;
 mod sources;
 mod validate;
 
@@ -43,6 +44,7 @@ pub use gateway::{
     DEFAULT_TENANT_CLAIM, JWT_ALGORITHMS,
 };
 pub use health::read_ca_file;
+pub use socket_lb::{DEFAULT_SOCKET_LB_CGROUP, NetnsScope, Scope, SocketLbSettings};
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
 pub const MIN_SNAT_PORT: u16 = 1024;
@@ -114,6 +116,8 @@ pub struct Config {
     pub auth: Vec<AuthProvider>,
     /// `[gateway]`: agent-wide L7 gateway settings.
     pub gateway: GatewaySettings,
+    /// `[socket_lb]`: socket-level load balancing for processes on this node.
+    pub socket_lb: SocketLbSettings,
 }
 
 impl Config {
@@ -376,6 +380,8 @@ pub struct Service {
     /// TCP when there is no frontend.
     pub protocol: Protocol,
     pub mode: Mode,
+    /// `scope`: `external` (default) or `cluster` (socket LB only).
+    pub scope: Scope,
     /// `mode = "http"`: its TLS certificates and routes (`None` otherwise).
     pub http: Option<HttpService>,
     /// A prime in `MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE`; the global one unless overridden.

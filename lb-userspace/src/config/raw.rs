@@ -13,6 +13,8 @@ pub(super) struct RawConfig {
     pub auth: Vec<super::gateway::RawAuth>,
     /// `[gateway]`, read and judged at once.
     pub gateway: super::GatewaySettings,
+    /// `[socket_lb]`, read and judged at once.
+    pub socket_lb: super::SocketLbSettings,
     pub admin: Option<RawAdmin>,
     pub registry: Option<RawRegistry>,
     pub sources: Vec<RawSource>,
@@ -58,6 +60,7 @@ pub(super) struct RawService {
     pub port: Option<Sp<i64>>,
     pub protocol: Option<Sp<String>>,
     pub mode: Option<Sp<String>>,
+    pub scope: Option<Sp<String>>,
     pub maglev_table_size: Option<Sp<i64>>,
     pub rate_limit: Option<RawRateLimit>,
     pub backends: Vec<RawBackend>,
@@ -165,7 +168,14 @@ pub(super) struct RawHealth {
 pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
     root.deny_unknown(
         &[
-            "global", "admin", "registry", "source", "service", "auth", "gateway",
+            "global",
+            "admin",
+            "registry",
+            "source",
+            "service",
+            "auth",
+            "gateway",
+            "socket_lb",
         ],
         d,
     );
@@ -201,6 +211,7 @@ pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
         global,
         auth: super::gateway::auth(root, d),
         gateway: super::gateway::settings(root, d),
+        socket_lb: super::socket_lb::settings(root, d),
         admin,
         registry,
         sources,
@@ -308,6 +319,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             "port",
             "protocol",
             "mode",
+            "scope",
             "maglev_table_size",
             "rate_limit",
             "backend",
@@ -348,6 +360,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         port: int(t, "port", d),
         protocol: string(t, "protocol", d),
         mode: string(t, "mode", d),
+        scope: string(t, "scope", d),
         maglev_table_size: int(t, "maglev_table_size", d),
         rate_limit: rate_limit(t, d),
         backends,

@@ -120,6 +120,10 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
         None => Some(Mode::Nat),
         Some(m) => mode(m, &format!("{p}.mode"), d),
     };
+    let scope = match &raw.scope {
+        None => Some(super::Scope::External),
+        Some(s) => super::socket_lb::scope(s, &format!("{p}.scope"), d),
+    };
     let protocol = match &raw.protocol {
         Some(v) => protocol(v, &format!("{p}.protocol"), d),
         // A backend set without a VIP carries HTTP (gateway routes): TCP goes without saying.
@@ -185,6 +189,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             frontend: frontend?,
             protocol: protocol?,
             mode: mode?,
+            scope: scope?,
             http,
             maglev_table_size: maglev_table_size?,
             rate_limit,

@@ -10,7 +10,7 @@ use super::doc::Sp;
 use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings};
 use super::{
     Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
-    MIN_SNAT_PORT, RateLimit, XdpMode, control, gateway, services, sources,
+    MIN_SNAT_PORT, RateLimit, XdpMode, control, gateway, services, socket_lb, sources,
 };
 use lb_common::maglev::{is_prime, next_prime};
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
@@ -40,6 +40,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         .filter_map(|s| Some((s.name.clone()?, format!("service[{}]", s.index), &s.routes)))
         .collect();
     gateway::check_references(&services, &routes, &raw.auth, d);
+    socket_lb::check_scopes(&raw.services, &services, &raw.socket_lb, d);
     Config {
         global,
         admin: control::admin(raw.admin.as_ref(), d),
@@ -48,6 +49,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         services,
         auth: raw.auth.iter().filter_map(|a| a.provider.clone()).collect(),
         gateway: raw.gateway.clone(),
+        socket_lb: raw.socket_lb.clone(),
     }
 }
 

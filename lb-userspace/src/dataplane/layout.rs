@@ -217,7 +217,7 @@ pub const PINNED: &[MapSpec] = &[
                      backend's address to getpeername()",
     },
     MapSpec {
-        name: "SOCK_LB_SETTINGS",
+        name: "SOCKLB_SETTINGS",
         map_type: MapType::Array,
         key_size: 4,
         value_size: size::<SockLbSettings>(),

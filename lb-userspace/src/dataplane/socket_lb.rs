@@ -35,7 +35,7 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "sock_getpeername6",
 ];
 const RELEASE_PROGRAM: &str = "sock_release";
-const SETTINGS: &str = "SOCK_LB_SETTINGS";
+const SETTINGS: &str = "SOCKLB_SETTINGS";
 const EVENTS: &str = "SOCK_EVENTS";
 
 /// Where and for whom the socket LB translates.

@@ -5,13 +5,13 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_NAT, SVC_FLAG_PASS, ServiceKey, ServiceValue,
+    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_NAT, SVC_FLAG_PASS, ServiceKey, ServiceValue,
     addr::family_of,
     maglev::{MaglevBackend, build_table},
 };
 
 use crate::{
-    config::{Config, MIN_MAGLEV_SIZE, Mode, Service},
+    config::{Config, MIN_MAGLEV_SIZE, Mode, Scope, Service},
     model::{BackendKey, Snapshot},
 };
 
@@ -91,7 +91,11 @@ impl DesiredService {
             ),
             vip,
             port,
-            flags: if pass { SVC_FLAG_PASS } else { SVC_FLAG_NAT },
+            flags: match (pass, s.scope) {
+                (true, _) => SVC_FLAG_PASS,
+                (false, Scope::External) => SVC_FLAG_NAT,
+                (false, Scope::Cluster) => SVC_FLAG_NAT | SVC_FLAG_CLUSTER,
+            },
             table_size: if pass {
                 MIN_MAGLEV_SIZE
             } else {

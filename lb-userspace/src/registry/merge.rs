@@ -111,6 +111,7 @@ pub fn merge(
             frontend: s.frontend,
             protocol: s.protocol,
             mode: s.mode,
+            scope: s.scope,
             health_checked: s.health.is_some(),
             fail_open,
             backends,

@@ -80,12 +80,14 @@ backend = [
         sources: Vec::new(),
         auth: Vec::new(),
         gateway: Default::default(),
+        socket_lb: Default::default(),
         services: vec![
             Service {
                 name: "web".into(),
                 frontend: Some(std::net::SocketAddr::new(ip("10.0.0.1"), 80)),
                 protocol: Protocol::Tcp,
                 mode: Mode::Nat,
+                scope: crate::config::Scope::External,
                 http: None,
                 maglev_table_size: 251,
                 rate_limit: RateLimit {
@@ -111,6 +113,7 @@ backend = [
                 frontend: Some(std::net::SocketAddr::new(ip("2001:db8::53"), 53)),
                 protocol: Protocol::Udp,
                 mode: Mode::Nat,
+                scope: crate::config::Scope::External,
                 http: None,
                 maglev_table_size: 65537,
                 rate_limit: RateLimit {
