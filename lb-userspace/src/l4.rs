@@ -52,6 +52,11 @@ pub enum L4Error {
     },
     #[error("the L4 data plane is not running")]
     Stopped,
+    #[error(
+        "no cgroup v2 hierarchy at {}: set `[socket_lb] cgroup` to a cgroup v2 directory",
+        config::DEFAULT_SOCKET_LB_CGROUPS.join(" or ")
+    )]
+    NoCgroup2,
     #[error("reading this network namespace's cookie for `[socket_lb] namespaces = \"host\"`: {0}")]
     NetnsCookie(#[source] std::io::Error),
 }
@@ -242,18 +247,26 @@ impl L4Dataplane {
                 Some(crate::dataplane::own_netns_cookie().map_err(L4Error::NetnsCookie)?)
             }
         };
+        let cgroup = match &s.cgroup {
+            Some(c) => c.clone(),
+            None => config::DEFAULT_SOCKET_LB_CGROUPS
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| crate::dataplane::is_cgroup2(p))
+                .ok_or(L4Error::NoCgroup2)?,
+        };
         let outcome = self.dp.attach_socket_lb(&SocketLbOptions {
-            cgroup: s.cgroup.clone(),
+            cgroup: cgroup.clone(),
             netns_cookie,
         })?;
         self.socket_lb_scope = s.namespaces;
         match outcome {
             SocketLbAttach::Unchanged => {}
             SocketLbAttach::Attached => {
-                info!(cgroup = %s.cgroup.display(), namespaces = ?s.namespaces, "socket LB attached")
+                info!(cgroup = %cgroup.display(), namespaces = ?s.namespaces, "socket LB attached")
             }
             SocketLbAttach::TakenOver => info!(
-                cgroup = %s.cgroup.display(),
+                cgroup = %cgroup.display(),
                 "socket LB links taken over (programs replaced in place)"
             ),
         }

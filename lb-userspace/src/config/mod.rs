@@ -44,7 +44,7 @@ pub use gateway::{
     DEFAULT_TENANT_CLAIM, JWT_ALGORITHMS,
 };
 pub use health::read_ca_file;
-pub use socket_lb::{DEFAULT_SOCKET_LB_CGROUP, NetnsScope, Scope, SocketLbSettings};
+pub use socket_lb::{DEFAULT_SOCKET_LB_CGROUPS, NetnsScope, Scope, SocketLbSettings};
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
 pub const MIN_SNAT_PORT: u16 = 1024;

@@ -7,17 +7,19 @@ use super::doc::{Sp, Table};
 use super::raw::RawService;
 use super::{Mode, Service};
 
-/// Where the socket LB attaches when `[socket_lb] cgroup` is not set: the cgroup v2 root,
-/// so every process on the node is covered.
-pub const DEFAULT_SOCKET_LB_CGROUP: &str = "/sys/fs/cgroup";
+/// Where the socket LB attaches when `[socket_lb] cgroup` is not set: the cgroup v2 root, so
+/// every process on the node is covered; the first of these that is a cgroup v2 mount (the
+/// second is where hybrid hosts mount it).
+pub const DEFAULT_SOCKET_LB_CGROUPS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 
 /// `[socket_lb]`: socket-level load balancing for processes on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketLbSettings {
     /// `enabled` (default false).
     pub enabled: bool,
-    /// `cgroup`: a cgroup v2 directory; processes in it and below are translated.
-    pub cgroup: PathBuf,
+    /// `cgroup`: a cgroup v2 directory; processes in it and below are translated. `None`:
+    /// the cgroup v2 root (see [`DEFAULT_SOCKET_LB_CGROUPS`]).
+    pub cgroup: Option<PathBuf>,
     /// `namespaces`: whose sockets are translated.
     pub namespaces: NetnsScope,
 }
@@ -26,7 +28,7 @@ impl Default for SocketLbSettings {
     fn default() -> Self {
         Self {
             enabled: false,
-            cgroup: DEFAULT_SOCKET_LB_CGROUP.into(),
+            cgroup: None,
             namespaces: NetnsScope::Host,
         }
     }
@@ -65,7 +67,7 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> SocketLbSettings {
     }
     if let Some(c) = t.get("cgroup").and_then(|n| n.str(d)) {
         if c.val.starts_with('/') {
-            s.cgroup = c.val.into();
+            s.cgroup = Some(c.val.into());
         } else {
             d.error(&c.span, &t.field("cgroup"), "the path must be absolute");
         }

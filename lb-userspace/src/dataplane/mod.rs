@@ -35,7 +35,7 @@ use tracing::warn;
 pub use counters::Counters;
 pub use layout::MapsFound;
 pub use pin::{PinDir, PinError, mount_bpffs};
-pub use socket_lb::{SocketLbAttach, SocketLbOptions, own_netns_cookie};
+pub use socket_lb::{SocketLbAttach, SocketLbOptions, is_cgroup2, own_netns_cookie};
 
 use links::Attachment;
 

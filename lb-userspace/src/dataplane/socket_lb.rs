@@ -20,7 +20,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use lb_common::sock_lb::{SockEvent, SockLbSettings};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{Dataplane, DataplaneError, Result, map_err, program, raw};
 
@@ -114,6 +114,22 @@ pub fn own_netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// `statfs` magic of a cgroup v2 mount.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Whether `path` is a directory of a cgroup v2 hierarchy (the socket LB's hooks attach only
+/// there).
+pub fn is_cgroup2(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+}
+
 fn sock_err(cgroup: &Path) -> impl Fn(std::io::Error) -> DataplaneError + '_ {
     move |source| DataplaneError::SocketLb {
         cgroup: cgroup.to_path_buf(),
@@ -126,6 +142,12 @@ impl Dataplane {
     /// there, detaching any it pinned on another cgroup) and writes its settings.
     pub fn attach_socket_lb(&mut self, opts: &SocketLbOptions) -> Result<SocketLbAttach> {
         let cg = opts.cgroup.as_path();
+        if !is_cgroup2(cg) {
+            return Err(DataplaneError::SocketLb {
+                cgroup: cg.to_path_buf(),
+                source: std::io::Error::other("not a cgroup v2 directory"),
+            });
+        }
         let ino = std::fs::metadata(cg).map_err(sock_err(cg))?.ino();
         let outcome = match &self.socket_lb_links {
             Some(l) if l.cgroup == opts.cgroup => SocketLbAttach::Unchanged,
@@ -186,7 +208,6 @@ impl Dataplane {
             cgroup: cg.to_path_buf(),
             owned,
         });
-        info!(cgroup = %cg.display(), taken_over, "socket LB attached");
         Ok(if taken_over {
             SocketLbAttach::TakenOver
         } else {

@@ -1,7 +1,7 @@
 //! `[socket_lb]` and each service's `scope`: a valid config, and one test per mistake.
 
 use super::{WEB, one_error};
-use crate::config::{DEFAULT_SOCKET_LB_CGROUP, NetnsScope, Scope, parse};
+use crate::config::{NetnsScope, Scope, parse};
 
 /// `WEB` with `scope = "cluster"` on its service (line 8) and the socket LB on (lines 11-13).
 fn cluster(socket_lb: &str) -> String {
@@ -22,7 +22,10 @@ fn socket_lb_and_cluster_scope_parse() {
     )
     .unwrap();
     assert!(c.socket_lb.enabled);
-    assert_eq!(c.socket_lb.cgroup.to_str(), Some("/sys/fs/cgroup/pods"));
+    assert_eq!(
+        c.socket_lb.cgroup.as_deref(),
+        Some(std::path::Path::new("/sys/fs/cgroup/pods"))
+    );
     assert_eq!(c.socket_lb.namespaces, NetnsScope::All);
     assert_eq!(c.services[0].scope, Scope::Cluster);
 }
@@ -31,7 +34,7 @@ fn socket_lb_and_cluster_scope_parse() {
 fn defaults_are_off_root_cgroup_host_namespace_external_scope() {
     let c = parse(WEB, "t.toml").unwrap();
     assert!(!c.socket_lb.enabled);
-    assert_eq!(c.socket_lb.cgroup.to_str(), Some(DEFAULT_SOCKET_LB_CGROUP));
+    assert_eq!(c.socket_lb.cgroup, None);
     assert_eq!(c.socket_lb.namespaces, NetnsScope::Host);
     assert_eq!(c.services[0].scope, Scope::External);
     let on = parse(&format!("{WEB}[socket_lb]\nenabled = true\n"), "t.toml").unwrap();
