@@ -12,13 +12,10 @@
 
 use std::{
     collections::BTreeSet,
-    ffi::CString,
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    os::unix::ffi::OsStrExt as _,
-    path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -31,49 +28,8 @@ use lb_common::{CtEntry, FlowKey};
 use lb_tests::{
     NsChild, Topology, VIP4,
     lab::{Lab, UDP_PORT, assert_balanced, config_text_with, echo, wait_for_log},
+    mounts::Bpffs,
 };
-
-/// A bpf filesystem mounted on a fresh temp directory, unmounted and removed on drop.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn mount() -> Bpffs {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lbt-bpffs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create bpffs mount point");
-        if let Err(e) = lb_userspace::dataplane::mount_bpffs(&dir) {
-            let _ = std::fs::remove_dir(&dir);
-            panic!("mount bpffs on {}: {e}", dir.display());
-        }
-        Bpffs(dir)
-    }
-
-    /// The agent's `pin_path` (created by the agent).
-    fn pin_path(&self) -> PathBuf {
-        self.0.join("lb")
-    }
-
-    fn map(&self, name: &str) -> PathBuf {
-        self.pin_path().join("maps").join(name)
-    }
-
-    fn link(&self, iface: &str) -> PathBuf {
-        self.pin_path().join("links").join(iface)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated path. Lazy: whatever still holds it lets go later.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// Topology, servers and an agent (`lb run ... agent_args`) pinning on `fs`; returns once
 /// the VIP answers.

@@ -1,7 +1,7 @@
 //! The socket LB's hooks (`lb-ebpf/src/socket_lb.rs`): eight cgroup sock_addr programs
 //! (connect, sendmsg, recvmsg, getpeername; IPv4 and IPv6) and a sock_release program,
-//! attached to one cgroup v2 directory as bpf_links (`BPF_F_ALLOW_MULTI`: other programs on
-//! the same cgroup keep running).
+//! attached to one cgroup v2 directory as bpf_links (which run alongside the cgroup's other
+//! programs).
 //!
 //! With a pin path, each link is pinned at `<pin_path>/cgroup/<cgroup inode>/<program>`: a
 //! killed agent leaves the socket LB translating, and the next one replaces the programs
@@ -151,10 +151,14 @@ impl Dataplane {
         let ino = std::fs::metadata(cg).map_err(sock_err(cg))?.ino();
         let outcome = match &self.socket_lb_links {
             Some(l) if l.cgroup == opts.cgroup => SocketLbAttach::Unchanged,
-            _ => {
+            Some(_) => {
+                // Moved to another cgroup: off the old one first.
                 self.detach_socket_lb()?;
                 self.attach_socket_lb_links(cg, ino)?
             }
+            // First attach of this agent: pins a previous agent left on this cgroup are taken
+            // over, those on another one removed.
+            None => self.attach_socket_lb_links(cg, ino)?,
         };
         let settings = SockLbSettings {
             netns_cookie: opts.netns_cookie.unwrap_or(0),
@@ -184,11 +188,11 @@ impl Dataplane {
         let names = SOCK_ADDR_PROGRAMS.iter().chain([&RELEASE_PROGRAM]);
         for &name in names {
             let pin = pin_dir.as_ref().map(|d| d.join(name));
-            if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
-                if self.take_over_sock_link(name, pin)? {
-                    taken_over = true;
-                    continue;
-                }
+            if let Some(pin) = pin.as_ref().filter(|p| p.exists())
+                && self.take_over_sock_link(name, pin)?
+            {
+                taken_over = true;
+                continue;
             }
             let link = self.attach_sock_program(name, &cgroup)?;
             match &pin {
@@ -253,7 +257,9 @@ impl Dataplane {
 
     fn attach_sock_program(&mut self, name: &'static str, cgroup: &File) -> Result<FdLink> {
         let err = |source| DataplaneError::Program { name, source };
-        let mode = CgroupAttachMode::AllowMultiple;
+        // A bpf_link takes no attach flags (the kernel refuses any): links on a cgroup
+        // always run alongside the cgroup's other programs, as `BPF_F_ALLOW_MULTI` would.
+        let mode = CgroupAttachMode::Single;
         if name == RELEASE_PROGRAM {
             let p = program::<CgroupSock>(&mut self.ebpf, name)?;
             let id = p.attach(cgroup, mode).map_err(err)?;
