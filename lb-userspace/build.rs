@@ -19,12 +19,25 @@ fn record_commit() {
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let suffix = if dirty { "-dirty" } else { "" };
     println!("cargo:rustc-env=LB_COMMIT={commit}{suffix}");
-    // A new commit (or branch switch) changes HEAD or the ref it points to.
-    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{r}");
+    // A new commit (or branch switch) changes HEAD or the ref it points to. `--git-path`
+    // finds them in a worktree too (its refs live in the common dir), and a path that does
+    // not exist is never named: cargo would rebuild on every build.
+    let mut watch = |name: &str| {
+        let Some(p) = git(&["rev-parse", "--git-path", name]) else {
+            return false;
+        };
+        let found = std::path::Path::new(&p).exists();
+        if found {
+            println!("cargo:rerun-if-changed={p}");
         }
+        found
+    };
+    watch("HEAD");
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"])
+        && !watch(&r)
+    {
+        // A packed ref.
+        watch("packed-refs");
     }
 }
 
