@@ -22,6 +22,10 @@ pub const SVC_FLAG_NAT: u32 = 1;
 /// The service is the L7 gateway's: after the rate limit and the checks, packets go to the
 /// kernel (`XDP_PASS`), which delivers them to the gateway's socket.
 pub const SVC_FLAG_PASS: u32 = 2;
+/// A new flow's backend is picked by hashing the source address alone (not the 5-tuple), so
+/// every flow of one client goes to the same backend while the table holds (client-IP
+/// session affinity, as Kubernetes' `sessionAffinity: ClientIP`).
+pub const SVC_FLAG_SRC_HASH: u32 = 4;
 
 /// An IPv4 or IPv6 address in wire order. IPv4 uses `words[0]`; the other words are zero.
 #[repr(C)]

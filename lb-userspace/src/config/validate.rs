@@ -40,11 +40,14 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         .filter_map(|s| Some((s.name.clone()?, format!("service[{}]", s.index), &s.routes)))
         .collect();
     gateway::check_references(&services, &routes, &raw.auth, d);
+    let admin = control::admin(raw.admin.as_ref(), d);
+    let registry = control::registry(raw.registry.as_ref(), d);
+    let sources = sources::sources(&raw.sources, &service_names, &global.interfaces, d);
     Config {
         global,
-        admin: control::admin(raw.admin.as_ref(), d),
-        registry: control::registry(raw.registry.as_ref(), d),
-        sources: sources::sources(&raw.sources, &service_names, d),
+        admin,
+        registry,
+        sources,
         services,
         auth: raw.auth.iter().filter_map(|a| a.provider.clone()).collect(),
         gateway: raw.gateway.clone(),

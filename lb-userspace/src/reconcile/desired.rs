@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_NAT, SVC_FLAG_PASS, ServiceKey, ServiceValue,
+    Addr, BackendValue, SVC_FLAG_NAT, SVC_FLAG_PASS, SVC_FLAG_SRC_HASH, ServiceKey, ServiceValue,
     addr::family_of,
     maglev::{MaglevBackend, build_table},
 };
@@ -91,7 +91,13 @@ impl DesiredService {
             ),
             vip,
             port,
-            flags: if pass { SVC_FLAG_PASS } else { SVC_FLAG_NAT },
+            flags: if pass {
+                SVC_FLAG_PASS
+            } else if s.client_affinity {
+                SVC_FLAG_NAT | SVC_FLAG_SRC_HASH
+            } else {
+                SVC_FLAG_NAT
+            },
             table_size: if pass {
                 MIN_MAGLEV_SIZE
             } else {
