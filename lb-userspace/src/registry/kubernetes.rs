@@ -72,12 +72,12 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
 
 use super::{Backoff, Endpoint, Source, SourceHandle, per_service::publish_union};
+use crate::config::{KubernetesSource, NodeAddresses};
 use follow::follow;
 
 mod discover;
 mod follow;
 pub mod translate;
-use crate::config::{KubernetesSource, NodeAddresses};
 
 /// The service-account token the kubelet mounts into every pod.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
