@@ -43,6 +43,18 @@ pub fn flow_hash(k: &FlowKey, seed: u32) -> u32 {
     finish(h ^ 40)
 }
 
+/// Seeded hash of a flow's source address only (all its ports and destinations hash alike):
+/// the Maglev slot of services with `SVC_FLAG_SRC_HASH`.
+#[inline(always)]
+pub fn source_hash(k: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, k.src.words[0]);
+    h = mix(h, k.src.words[1]);
+    h = mix(h, k.src.words[2]);
+    h = mix(h, k.src.words[3]);
+    finish(h ^ 16)
+}
+
 /// Seed for [`flow_hash`] when picking a Maglev slot.
 pub const MAGLEV_SEED: u32 = 0x6c62_5f31;
 /// Seed for [`flow_hash`] when choosing the first SNAT port to try.
@@ -66,6 +78,36 @@ mod tests {
                 FAMILY_V4,
             );
             buckets[(flow_hash(&k, MAGLEV_SEED) % 16) as usize] += 1;
+        }
+        let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
+        assert!(*max as f64 / *min as f64 <= 1.15, "{buckets:?}");
+    }
+
+    #[test]
+    fn source_hash_ignores_everything_but_the_source_address() {
+        let key = |src: u32, sport: u16, dst: u32| {
+            FlowKey::new(
+                Addr::v4(src),
+                Addr::v4(dst),
+                sport.to_be(),
+                80u16.to_be(),
+                PROTO_TCP,
+                FAMILY_V4,
+            )
+        };
+        let a = source_hash(&key(0x0201_000a, 1000, 0x0164_000a), MAGLEV_SEED);
+        assert_eq!(
+            a,
+            source_hash(&key(0x0201_000a, 2000, 0x0264_000a), MAGLEV_SEED)
+        );
+        assert_ne!(
+            a,
+            source_hash(&key(0x0301_000a, 1000, 0x0164_000a), MAGLEV_SEED)
+        );
+        // Sources still spread over the slots.
+        let mut buckets = [0u32; 16];
+        for i in 0..16000u32 {
+            buckets[(source_hash(&key(0x0a00_0000 + i, 1, 1), MAGLEV_SEED) % 16) as usize] += 1;
         }
         let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
         assert!(*max as f64 / *min as f64 <= 1.15, "{buckets:?}");

@@ -25,6 +25,10 @@ pub const SVC_FLAG_PASS: u32 = 2;
 /// The service is `scope = "cluster"`: reachable only through the socket LB (a local
 /// process's connect()), never from the wire. XDP drops packets to it (`ClusterOnly`).
 pub const SVC_FLAG_CLUSTER: u32 = 4;
+/// A new flow's backend is picked by hashing the source address alone (not the 5-tuple), so
+/// every flow of one client goes to the same backend while the table holds (client-IP
+/// session affinity, as Kubernetes' `sessionAffinity: ClientIP`).
+pub const SVC_FLAG_SRC_HASH: u32 = 8;
 
 /// An IPv4 or IPv6 address in wire order. IPv4 uses `words[0]`; the other words are zero.
 #[repr(C)]

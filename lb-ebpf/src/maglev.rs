@@ -2,8 +2,8 @@
 //! whole), indexed by the flow hash.
 
 use lb_common::{
-    BackendValue, FlowKey, Reason, ServiceValue,
-    hash::{MAGLEV_SEED, flow_hash},
+    BackendValue, FlowKey, Reason, SVC_FLAG_SRC_HASH, ServiceValue,
+    hash::{MAGLEV_SEED, flow_hash, source_hash},
 };
 
 use crate::maps::{BACKENDS, MAGLEV};
@@ -14,7 +14,13 @@ pub fn pick(svc: &ServiceValue, key: &FlowKey) -> Result<(u32, &'static BackendV
     if svc.maglev_size == 0 {
         return Err(Reason::NoBackend);
     }
-    let slot = flow_hash(key, MAGLEV_SEED) % svc.maglev_size;
+    // Client-IP affinity: every flow of a source lands on one slot.
+    let hash = if svc.flags & SVC_FLAG_SRC_HASH != 0 {
+        source_hash(key, MAGLEV_SEED)
+    } else {
+        flow_hash(key, MAGLEV_SEED)
+    };
+    let slot = hash % svc.maglev_size;
     let backend_id = *MAGLEV.get_value(svc.id, &slot).ok_or(Reason::NoBackend)?;
     if backend_id == 0 {
         return Err(Reason::NoBackend);

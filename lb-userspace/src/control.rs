@@ -28,7 +28,9 @@ use crate::{
     health::{HealthEvent, HealthManager, Target, TargetHealth},
     model::{self, Publisher, Snapshot, Subscriber},
     registry::{
-        Endpoint, SourceMessage, SourceUpdate, builtin, merge::merge, supervisor::SourceSet,
+        Endpoint, Service, SourceMessage, SourceUpdate, builtin,
+        merge::{IgnoredService, merge, with_source_services},
+        supervisor::SourceSet,
     },
 };
 
@@ -42,6 +44,8 @@ pub const FIRST_REPORT_WAIT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, Default)]
 struct SourceState {
     endpoints: Vec<Endpoint>,
+    /// Services it supplies (only sources that publish a catalog do).
+    services: Vec<Service>,
     updates: u64,
     errors: u64,
     last_error: Option<String>,
@@ -110,6 +114,8 @@ pub struct ControlPlane {
     publisher: Publisher,
     source_rx: UnboundedReceiver<SourceMessage>,
     health_rx: UnboundedReceiver<HealthEvent>,
+    /// Source services left out of the last snapshot (each logged once).
+    ignored_services: Vec<IgnoredService>,
 }
 
 impl ControlPlane {
@@ -137,6 +143,7 @@ impl ControlPlane {
             publisher,
             source_rx,
             health_rx,
+            ignored_services: Vec::new(),
         };
         (control, subscriber)
     }
@@ -186,8 +193,21 @@ impl ControlPlane {
             .iter()
             .map(|(name, s)| (name.clone(), s.endpoints.clone()))
             .collect();
+        let services: BTreeMap<String, Vec<Service>> = self
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), s.services.clone()))
+            .collect();
+        let (config, ignored) = with_source_services(&self.config, &services);
+        for i in ignored
+            .iter()
+            .filter(|i| !self.ignored_services.contains(i))
+        {
+            warn!(source = %i.source, service = %i.service, "service not added: {}", i.why);
+        }
+        self.ignored_services = ignored;
         let health = &self.health;
-        let next = merge(&self.config, self.generation, &endpoints, |s, b| {
+        let next = merge(&config, self.generation, &endpoints, |s, b| {
             health.is_up(s, b)
         });
         self.set_health_targets(&next);
@@ -249,8 +269,19 @@ impl ControlPlane {
         match msg.update {
             SourceUpdate::Endpoints(endpoints) => {
                 state.updates += 1;
-                let changed = state.endpoints != endpoints;
+                let changed = state.endpoints != endpoints || !state.services.is_empty();
                 state.endpoints = endpoints;
+                state.services.clear();
+                changed
+            }
+            SourceUpdate::Catalog {
+                services,
+                endpoints,
+            } => {
+                state.updates += 1;
+                let changed = state.endpoints != endpoints || state.services != services;
+                state.endpoints = endpoints;
+                state.services = services;
                 changed
             }
             SourceUpdate::Error(e) => {
@@ -409,5 +440,49 @@ backend = [{ address = "10.0.0.1", port = 80 }]
             .expect("the control plane stops on its token")
             .unwrap();
         assert!(handle.view().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_source_adds_services_and_removing_them_removes_them() {
+        let config = Arc::new(config::parse(CONFIG, "test.toml").unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let k8s = SourceHandle::new("k8s", tx.clone());
+        let stop = CancellationToken::new();
+        let (mut control, mut sub) = ControlPlane::start(config.clone(), tx, rx, &stop);
+        control.set_config(config.clone());
+        next(&mut sub).await.unwrap();
+        let (_handle, requests) = ControlPlane::channel();
+        let task = tokio::spawn(control.run(requests, stop.clone()));
+
+        let mut api = config.services[0].clone();
+        api.name = "default/api:80@10.96.0.7".into();
+        api.frontend = Some("10.96.0.7:80".parse().unwrap());
+        api.backends.clear();
+        k8s.publish_catalog(
+            vec![api.clone()],
+            vec![ep("default/api:80@10.96.0.7", "10.1.0.1", 8080, 1)],
+        );
+        let added = next(&mut sub)
+            .await
+            .expect("a snapshot with the new service");
+        let names: Vec<&str> = added.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "default/api:80@10.96.0.7"]);
+        assert_eq!(added.service(&api.name).unwrap().backends.len(), 1);
+        // Consumers find its settings in the snapshot's config, by name.
+        assert!(added.config.services.iter().any(|s| s.name == api.name));
+
+        // The same catalog again: nothing new. Without the service: it is gone.
+        k8s.publish_catalog(
+            vec![api.clone()],
+            vec![ep("default/api:80@10.96.0.7", "10.1.0.1", 8080, 1)],
+        );
+        assert!(next(&mut sub).await.is_none());
+        k8s.publish_catalog(Vec::new(), Vec::new());
+        let gone = next(&mut sub).await.expect("a snapshot without it");
+        assert!(gone.service(&api.name).is_none());
+        assert_eq!(gone.config.services.len(), 1);
+
+        stop.cancel();
+        task.await.unwrap();
     }
 }

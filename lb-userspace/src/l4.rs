@@ -82,6 +82,8 @@ pub struct L4View {
     pub backend_stats: BTreeMap<BackendKey, Stats>,
     /// Live conntrack entries per service id (up to [`CONNTRACK_SCAN_TTL`] old).
     pub conntrack_per_service: BTreeMap<u32, u64>,
+    /// The conntrack table's size (max entries).
+    pub conntrack_capacity: u64,
     /// Every verdict reason with its packet count, in `Reason::ALL` order.
     pub reasons: Vec<(&'static str, u64)>,
     /// The socket LB, when attached.
@@ -403,6 +405,7 @@ impl L4Dataplane {
             service_stats,
             backend_stats,
             conntrack_per_service,
+            conntrack_capacity: self.dp.conntrack_capacity().into(),
             reasons: counters
                 .reasons()
                 .iter()

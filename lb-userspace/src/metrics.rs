@@ -298,6 +298,12 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
         "Live conntrack entries, all services",
         s.conntrack_entries,
     );
+    gauge(
+        &mut reg,
+        "lb_conntrack_capacity",
+        "Size of the conntrack table (max entries) as the data plane has it",
+        s.conntrack_capacity,
+    );
 
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -316,6 +322,7 @@ mod tests {
             table_checksum: "00ff".into(),
             syncs: 7,
             conntrack_entries: 2,
+            conntrack_capacity: 262_144,
             services: vec![ServiceStatus {
                 name: "web".into(),
                 address: "10.0.0.1:80".into(),
@@ -423,5 +430,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("lb_config_generation 3\n"), "{text}");
+        assert!(text.contains("lb_conntrack_capacity 262144\n"), "{text}");
     }
 }

@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::config::{Config, Mode, Protocol};
+use crate::config::{Config, Mode, Protocol, Scope};
 
 /// A backend's identity: its address and port. Equal identities are one backend, whichever
 /// services and origins list it.
@@ -61,7 +61,8 @@ pub struct Backend {
     pub up: bool,
 }
 
-/// A service (from the config) with its merged backends.
+/// A service (from the config, or from a source that supplies services) with its merged
+/// backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
@@ -69,8 +70,9 @@ pub struct Service {
     pub frontend: Option<SocketAddr>,
     pub protocol: Protocol,
     pub mode: Mode,
-    /// External, or reachable only through the socket LB.
-    pub scope: crate::config::Scope,
+    /// External, or reachable only through the socket LB (`scope = "cluster"`, a
+    /// Kubernetes ClusterIP).
+    pub scope: Scope,
     /// The service has a health check.
     pub health_checked: bool,
     /// Every backend that would take flows is down, so all of them do (fail open).
@@ -94,7 +96,9 @@ pub struct Snapshot {
     /// before the first generation, never published to consumers).
     pub generation: u64,
     /// That generation's config: consumers read their own settings from it (the XDP data
-    /// plane its interfaces, Maglev table sizes and rate limits).
+    /// plane its interfaces, Maglev table sizes and rate limits). Its `services` also hold
+    /// the services sources supplied (see `registry::merge::with_source_services`), so every
+    /// consumer finds each snapshot service's settings there by name.
     pub config: Arc<Config>,
     /// In config order.
     pub services: Vec<Service>,
@@ -126,8 +130,13 @@ impl Snapshot {
     }
 
     /// Equal services and ignored endpoints: consumers would do nothing with the other.
+    /// The config's services are compared too: sources that supply services change them
+    /// within a generation.
     pub fn same_content(&self, other: &Snapshot) -> bool {
-        self.services == other.services && self.ignored == other.ignored
+        self.services == other.services
+            && self.ignored == other.ignored
+            && (Arc::ptr_eq(&self.config, &other.config)
+                || self.config.services == other.config.services)
     }
 }
 

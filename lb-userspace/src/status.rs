@@ -32,6 +32,9 @@ pub struct Status {
     pub syncs: u64,
     /// Live conntrack entries, all services.
     pub conntrack_entries: u64,
+    /// Size of the conntrack table (max entries): what `conntrack_entries` can reach.
+    #[serde(default)]
+    pub conntrack_capacity: u64,
     pub services: Vec<ServiceStatus>,
     pub sources: Vec<SourceStatus>,
     /// Every data-path verdict reason with its packet count.
@@ -352,6 +355,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
         table_checksum: format!("{:016x}", l4.checksum),
         syncs: l4.syncs,
         conntrack_entries: l4.conntrack_per_service.values().sum(),
+        conntrack_capacity: l4.conntrack_capacity,
         services,
         sources,
         routes: Vec::new(),

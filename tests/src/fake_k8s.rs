@@ -4,7 +4,9 @@
 //! `?watch=true` a chunked stream of `{"type": "MODIFIED", "object": EndpointSlice}` lines,
 //! ended after a couple of seconds like a watch timeout.
 //!
-//! One slice for one service; it runs inside a test namespace; threads, stopped on drop.
+//! One slice for one service, and (for `discover_services`) at most one Service object at
+//! `/api/v1/namespaces/default/services`; it runs inside a test namespace; threads, stopped
+//! on drop.
 
 use std::{
     io::{BufReader, Write},
@@ -31,6 +33,9 @@ struct State {
     /// (address, ready, serving, terminating).
     endpoints: Vec<(String, bool, bool, bool)>,
     port: u16,
+    /// The Service object served, if any, and the last one removed (for its DELETED event).
+    k8s_service: Option<Value>,
+    deleted: Option<Value>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -50,6 +55,8 @@ impl FakeKubernetes {
                 service: service.into(),
                 endpoints: Vec::new(),
                 port,
+                k8s_service: None,
+                deleted: None,
             }),
             Condvar::new(),
         ));
@@ -76,6 +83,30 @@ impl FakeKubernetes {
         s.resource_version += 1;
         cv.notify_all();
     }
+}
+
+impl FakeKubernetes {
+    /// Serves `service` (a Service object's JSON) from now on; `None` deletes it.
+    pub fn set_service(&self, service: Option<Value>) {
+        let (m, cv) = &*self.shared;
+        let mut s = m.lock().unwrap();
+        if let Some(old) = s.k8s_service.take() {
+            s.deleted = Some(old);
+        }
+        s.k8s_service = service;
+        s.resource_version += 1;
+        cv.notify_all();
+    }
+}
+
+/// The served Service (or the deleted one) stamped with the current version.
+fn service_object(s: &State, object: &Value) -> Value {
+    let mut o = object.clone();
+    o["apiVersion"] = json!("v1");
+    o["kind"] = json!("Service");
+    o["metadata"]["namespace"] = json!("default");
+    o["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+    o
 }
 
 impl Drop for FakeKubernetes {
@@ -118,7 +149,10 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
             return;
         };
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        if !path.ends_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices") {
+        let services = path.ends_with("/api/v1/namespaces/default/services");
+        if !services
+            && !path.ends_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices")
+        {
             let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
             let _ = write!(
                 out,
@@ -131,12 +165,21 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
         let (m, cv) = &**shared;
         if !watch {
             let s = m.lock().unwrap();
-            let body = json!({
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSliceList",
-                "metadata": {"resourceVersion": s.resource_version.to_string()},
-                "items": [slice(&s)],
-            })
+            let body = if services {
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "ServiceList",
+                    "metadata": {"resourceVersion": s.resource_version.to_string()},
+                    "items": s.k8s_service.iter().map(|o| service_object(&s, o)).collect::<Vec<_>>(),
+                })
+            } else {
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSliceList",
+                    "metadata": {"resourceVersion": s.resource_version.to_string()},
+                    "items": [slice(&s)],
+                })
+            }
             .to_string();
             let _ = write!(
                 out,
@@ -156,7 +199,20 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             if s.resource_version > seen {
                 seen = s.resource_version;
-                let event = format!("{}\n", json!({"type": "MODIFIED", "object": slice(&s)}));
+                let event = match (services, &s.k8s_service, &s.deleted) {
+                    (false, _, _) => json!({"type": "MODIFIED", "object": slice(&s)}),
+                    (true, Some(o), _) => {
+                        json!({"type": "MODIFIED", "object": service_object(&s, o)})
+                    }
+                    (true, None, Some(o)) => {
+                        json!({"type": "DELETED", "object": service_object(&s, o)})
+                    }
+                    // Nothing ever served: no event.
+                    (true, None, None) => {
+                        json!({"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": s.resource_version.to_string()}}})
+                    }
+                };
+                let event = format!("{event}\n");
                 if write!(out, "{:x}\r\n{event}\r\n", event.len())
                     .and_then(|()| out.flush())
                     .is_err()

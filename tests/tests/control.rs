@@ -612,3 +612,83 @@ fn kubernetes_changes_reach_the_data_plane() {
     assert_eq!(lab.tcp_spread(30).count(&names[2]), 0);
     drop(lab);
 }
+
+/// Kubernetes Services as services (`discover_services = true`, against the stand-in): a
+/// Service with the lab's VIP as an external IP on another port is served, with client-IP
+/// affinity, by its EndpointSlice's endpoints on the slice's (resolved target) port; deleting
+/// the Service in the API takes it out of the data plane. The config's own `web` stays.
+#[test]
+fn kubernetes_services_come_and_go_with_the_api() {
+    let topo = Topology::two_arm(3).unwrap();
+    let vip = lb_tests::VIP4;
+    let k8s = lb_tests::fake_k8s::FakeKubernetes::start_in(&topo.lb.path(), "shop", 8080).unwrap();
+    let url = k8s.url();
+    let (lab, admin, _dir) = start_on(topo, "k8s-svc", &[0], None, |dir| {
+        let token = dir.join("sa-token");
+        std::fs::write(&token, "test-token").unwrap();
+        format!(
+            "\n[[source]]\nkind = \"kubernetes\"\nname = \"k8s-services\"\napi_server = \"{url}\"\n\
+             discover_services = true\nnode_name = \"node-1\"\nnode_addresses = [\"192.0.2.250\"]\n\
+             token_file = \"{}\"\n",
+            token.display()
+        )
+    });
+    let names = lab.names();
+    let (b1, b2) = (ip(&lab, 1), ip(&lab, 2));
+    let name = format!("default/shop:http@{vip}:81");
+    k8s.set(&[(&b1, true, true, false), (&b2, true, true, false)]);
+    k8s.set_service(Some(serde_json::json!({
+        "metadata": {"name": "shop", "uid": "uid-shop"},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "10.96.0.42",
+            "clusterIPs": ["10.96.0.42"],
+            "externalIPs": [vip.to_string()],
+            "sessionAffinity": "ClientIP",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 81, "targetPort": "web"}]
+        }
+    })));
+    wait_until("the Service is served", Duration::from_secs(10), || {
+        admin.backend(&name, &format!("{b2}:8080")).is_ok()
+    });
+    assert_eq!(
+        admin.backend(&name, &format!("{b1}:8080")).unwrap()["origin"],
+        "k8s-services"
+    );
+    // Client-IP affinity: the client's new flows all reach one backend of the two.
+    let reached: std::collections::BTreeSet<String> = (0..12)
+        .map(|_| {
+            lb_tests::tcp_connect_name(
+                &lab.topo.client.ns,
+                IpAddr::V4(vip),
+                81,
+                lb_tests::DEFAULT_TIMEOUT,
+            )
+            .expect("a flow to the Service")
+        })
+        .collect();
+    assert_eq!(reached.len(), 1, "one backend for one client: {reached:?}");
+    assert!(
+        [&names[1], &names[2]].contains(&reached.first().unwrap()),
+        "{reached:?}"
+    );
+    // The config's own service is untouched.
+    time_until_reached(&lab, &names[0]);
+
+    // Deleted in the API: gone from the data plane; port 81 is no service any more.
+    k8s.set_service(None);
+    wait_until("the Service leaves", Duration::from_secs(10), || {
+        admin.status().is_ok_and(|s| !s.to_string().contains(&name))
+    });
+    assert!(
+        lb_tests::tcp_connect_name(
+            &lab.topo.client.ns,
+            IpAddr::V4(vip),
+            81,
+            Duration::from_millis(500)
+        )
+        .is_err()
+    );
+    time_until_reached(&lab, &names[0]);
+    drop(lab);
+}

@@ -627,3 +627,238 @@ fn the_daemonsets_capabilities_are_enough_and_each_is_needed() {
         );
     }
 }
+
+/// podman as the image tests run it: with runc (crun refuses this VM's hybrid cgroup
+/// layout) and resource limits below the host's (the runtime may not raise them).
+fn podman() -> Command {
+    let mut c = Command::new(tool("podman", "Debian: podman"));
+    c.args(["--runtime", "runc"]);
+    c
+}
+
+const LIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=16384:16384",
+    "--ulimit",
+    "nproc=8192:8192",
+];
+
+/// `podman run` with the agent container's privileges in the DaemonSet: every capability
+/// dropped but the ones it adds, seccomp unconfined, read-only root file system.
+fn podman_run_as_daemonset(caps: &[String]) -> Command {
+    let mut c = podman();
+    c.arg("run").args(LIMITS).args(["--cap-drop", "ALL"]);
+    for cap in caps {
+        c.args(["--cap-add", cap]);
+    }
+    c.args(["--security-opt", "seccomp=unconfined", "--read-only"]);
+    c
+}
+
+/// Removes what the image test made, even when it fails: the container, the image, the
+/// private bpffs and the build context.
+struct ImageGuard {
+    tag: String,
+    container: String,
+    bpffs: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let quiet = |c: &mut Command| {
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        quiet(podman().args(["rm", "-f", "-t", "0", &self.container]));
+        quiet(podman().args(["rmi", "-f", &self.tag]));
+        quiet(Command::new("umount").arg(&self.bpffs));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The image `cargo xtask image` builds (config/container/build-image.sh), from the agent
+/// binary under test: it holds that agent; the DaemonSet's init container script runs in
+/// it; with the agent container's privileges it checks the shipped ConfigMap; and it runs
+/// the agent in a test namespace (`--network ns:`, host-mounted bpffs) exactly as the
+/// DaemonSet starts it, which loads, attaches, answers `lb status` and leaves its pins on
+/// SIGTERM.
+#[test]
+fn container_image_runs_the_agent_with_the_daemonsets_privileges() {
+    tool("runc", "Debian: runc");
+    let dir = tempdir("image");
+    let guard = ImageGuard {
+        tag: format!("localhost/lb-test:{}", std::process::id()),
+        container: format!("lb-test-{}", std::process::id()),
+        bpffs: dir.join("bpffs"),
+        dir: dir.clone(),
+    };
+    let tag = guard.tag.as_str();
+    let out = run(
+        Command::new(config("container/build-image.sh"))
+            .arg(lb_binary())
+            .arg(tag)
+            .arg(dir.join("context")),
+        b"",
+    );
+    let engine = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(engine, "podman", "the engine that runs here");
+
+    // The agent in the image is the binary under test.
+    let inside = run(
+        podman()
+            .arg("run")
+            .arg("--rm")
+            .args(LIMITS)
+            .arg(tag)
+            .arg("version"),
+        b"",
+    );
+    let outside = run(Command::new(lb_binary()).arg("version"), b"");
+    assert_eq!(inside.stdout, outside.stdout);
+
+    // The shipped ConfigMap's config passes check-config inside, with the DaemonSet's
+    // privileges and its read-only config mount.
+    let caps = daemonset_caps();
+    let mount = format!("{}:/etc/lb:ro", config("kubernetes").display());
+    let out = run(
+        podman_run_as_daemonset(&caps)
+            .args(["--rm", "--network", "none", "-v", &mount, tag])
+            .args(["check-config", "/etc/lb/lb.toml"]),
+        b"",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/etc/lb/lb.toml: ok"),
+        "{out:?}"
+    );
+
+    // A node: a namespace whose uplink is eth0 (the shipped config's interface name).
+    let ns = lb_tests::Netns::new("image").expect("namespace");
+    ns.ip([
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    ns.ip(["addr", "add", "10.98.1.1/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(["link", "set", "peer0", "up"]).unwrap();
+    let network = format!("ns:{}", ns.path().display());
+
+    // The init container's script, from the DaemonSet, privileged as it is there: it turns
+    // forwarding on for eth0 (busybox's sh, grep, sed and tr do the work).
+    let docs = rendered();
+    let pod = &object(&docs, "DaemonSet", "lb")["spec"]["template"]["spec"];
+    let init = &pod["initContainers"][0];
+    let command: Vec<String> = init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(command[..2], ["/bin/sh", "-ec"]);
+    let forwarding = || {
+        String::from_utf8_lossy(
+            &ns.run("cat", ["/proc/sys/net/ipv4/conf/eth0/forwarding"])
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_owned()
+    };
+    // (A new namespace copies the host's setting: start from off.)
+    ns.sysctl("net.ipv4.conf.eth0.forwarding", "0").unwrap();
+    assert_eq!(forwarding(), "0");
+    run(
+        podman()
+            .args(["run", "--rm", "--privileged"])
+            .args(LIMITS)
+            .args(["--network", &network, "-v", &mount])
+            .args(["--entrypoint", "/bin/sh", tag, "-ec", &command[2]]),
+        b"",
+    );
+    assert_eq!(forwarding(), "1", "the init container turned forwarding on");
+
+    // The agent container, as the DaemonSet runs it (its args, privileges, a bpffs from the
+    // host), with a config for this namespace.
+    std::fs::create_dir_all(&guard.bpffs).unwrap();
+    run(
+        Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&guard.bpffs),
+        b"",
+    );
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("lb.toml"),
+        "[global]\ninterfaces = [\"eth0\"]\nxdp_mode = \"generic\"\npin_path = \"/sys/fs/bpf/lb\"\n\
+         [admin]\nlisten = \"127.0.0.1:9180\"\n[registry]\nstate_file = \"\"\n\
+         [[service]]\nname = \"web\"\nvip = \"10.98.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
+         [[service.backend]]\naddress = \"10.98.1.2\"\nport = 8080\n",
+    )
+    .unwrap();
+    let args: Vec<String> = pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        args,
+        ["run", "--config", "/etc/lb/lb.toml", "--keep-dataplane"]
+    );
+    run(
+        podman_run_as_daemonset(&caps)
+            .args(["-d", "--name", &guard.container, "--network", &network])
+            .arg("-v")
+            .arg(format!("{}:/etc/lb:ro", etc.display()))
+            .arg("-v")
+            .arg(format!("{}:/sys/fs/bpf", guard.bpffs.display()))
+            .arg(tag)
+            .args(&args),
+        b"",
+    );
+    let mut status = String::new();
+    for _ in 0..100 {
+        let out = ns
+            .command(lb_binary())
+            .args(["status", "--admin", "127.0.0.1:9180"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            status = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let logs = || {
+        let out = podman().args(["logs", &guard.container]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    assert!(
+        status.contains("generation 1") && status.contains("10.98.0.10:80"),
+        "lb status from the namespace: {status:?}\nagent log:\n{}",
+        logs()
+    );
+    // SIGTERM, as the kubelet sends it: a clean exit, the data plane left pinned.
+    run(podman().args(["stop", "-t", "10", &guard.container]), b"");
+    let code = run(
+        podman().args([
+            "inspect",
+            "--format",
+            "{{.State.ExitCode}}",
+            &guard.container,
+        ]),
+        b"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&code.stdout).trim(),
+        "0",
+        "{}",
+        logs()
+    );
+    assert!(
+        guard.bpffs.join("lb/links").read_dir().unwrap().count() > 0,
+        "no pinned link left for the next pod:\n{}",
+        logs()
+    );
+}

@@ -80,6 +80,7 @@ impl Running {
         loop {
             match self.next().await {
                 SourceUpdate::Endpoints(set) => return (set, errors),
+                SourceUpdate::Catalog { .. } => panic!("the etcd source supplies no services"),
                 SourceUpdate::Error(e) => {
                     eprintln!("source error: {e}");
                     errors += 1;
@@ -100,6 +101,7 @@ impl Running {
         match self.next().await {
             SourceUpdate::Error(e) => e,
             SourceUpdate::Endpoints(set) => panic!("expected an error, got the set {set:?}"),
+            SourceUpdate::Catalog { .. } => panic!("the etcd source supplies no services"),
         }
     }
 

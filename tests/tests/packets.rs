@@ -856,3 +856,72 @@ impl Check for Fx {
         out
     }
 }
+
+/// `session_affinity = "client_ip"` (`SVC_FLAG_SRC_HASH`): every new flow of one client
+/// address picks the same backend, whatever its ports; different clients still spread.
+/// The same backends without affinity spread one client's flows (so the check can fail).
+#[test]
+fn client_ip_affinity_hashes_the_source_only() {
+    let mut fx = Fx::start();
+    let backends: String = (8081..=8084)
+        .map(|p| format!("[[service.backend]]\naddress = \"10.200.11.2\"\nport = {p}\n"))
+        .collect();
+    let toml = format!(
+        "{CONFIG}\n[[service]]\nname = \"sticky\"\nvip = \"10.200.100.5\"\nport = 80\n\
+         protocol = \"tcp\"\nsession_affinity = \"client_ip\"\n{backends}\
+         [[service]]\nname = \"spread\"\nvip = \"10.200.100.5\"\nport = 81\n\
+         protocol = \"tcp\"\n{backends}"
+    );
+    let cfg = config::parse(&toml, "fixtures.toml").expect("valid config");
+    fx.rec
+        .apply(&mut fx.dp, &DesiredState::from_config(&cfg))
+        .expect("apply");
+    let flags = |name: &str| {
+        fx.rec
+            .applied()
+            .find(|s| s.desired.name == name)
+            .unwrap()
+            .desired
+            .flags
+    };
+    assert_eq!(
+        flags("sticky"),
+        lb_common::SVC_FLAG_NAT | lb_common::SVC_FLAG_SRC_HASH
+    );
+    assert_eq!(flags("spread"), lb_common::SVC_FLAG_NAT);
+
+    // The backend port a new flow went to.
+    let backend = |fx: &mut Fx, src: &str, sport: u16, dport: u16| {
+        let out = forwarded_bytes(
+            fx,
+            &Pkt::from_client(src, sport, "10.200.100.5", dport, SYN),
+            "new flow",
+        );
+        u16::from_be_bytes([out[36], out[37]])
+    };
+    let mut per_client = std::collections::BTreeSet::new();
+    for host in 2..18 {
+        let src = format!("10.200.1.{host}");
+        let picks: std::collections::BTreeSet<u16> = (0..8)
+            .map(|i| backend(&mut fx, &src, 20000 + i * 7, 80))
+            .collect();
+        assert_eq!(
+            picks.len(),
+            1,
+            "{src}: one backend for all its flows, got {picks:?}"
+        );
+        per_client.extend(picks);
+    }
+    assert!(
+        per_client.len() >= 3,
+        "16 clients over 4 backends: {per_client:?}"
+    );
+
+    let spread: std::collections::BTreeSet<u16> = (0..16)
+        .map(|i| backend(&mut fx, "10.200.1.2", 30000 + i * 7, 81))
+        .collect();
+    assert!(
+        spread.len() >= 2,
+        "without affinity one client's flows spread: {spread:?}"
+    );
+}

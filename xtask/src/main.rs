@@ -45,6 +45,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then build the agent's container image (config/container) with the
+    /// first engine that runs here (podman here; buildah or docker elsewhere)
+    Image {
+        /// Name and tag of the image
+        #[arg(long, default_value = "localhost/lb:latest")]
+        tag: String,
+    },
     /// Clippy over the workspace with warnings as errors (AYA_BUILD_SKIP=1: no eBPF build)
     Clippy,
     /// cargo fmt over the workspace
@@ -94,6 +101,11 @@ fn run(cmd: Cmd) -> Result<i32> {
             // setup::BENCH_VENV itself.
             setup::bench_setup(&root())?;
             run_tool("lb-bench", &args)
+        }
+        Cmd::Image { tag } => {
+            setup::setup()?;
+            build()?;
+            image(&tag)
         }
         Cmd::Clippy => {
             let st = cargo_cmd()
@@ -167,6 +179,36 @@ fn run_tool(bin: &'static str, args: &[String]) -> Result<i32> {
 /// Release build of the agent; its build.rs builds and embeds the eBPF object.
 fn build() -> Result<()> {
     cargo(["build", "--release", "-p", "lb-userspace"])
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds the image `tag` from the release agent with config/container/build-image.sh
+/// (which stages the root file system in `<target>/image` and picks the engine).
+fn image(tag: &str) -> Result<i32> {
+    let lb = target_dir().join("release/lb");
+    let context = target_dir().join("image");
+    std::fs::create_dir_all(&context)?;
+    let script = root().join("config/container/build-image.sh");
+    println!("xtask: {} {} {tag}", script.display(), lb.display());
+    let out = Command::new(&script)
+        .arg(&lb)
+        .arg(tag)
+        .arg(&context)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("building the image failed ({})", out.status);
+    }
+    let engine = String::from_utf8_lossy(&out.stdout);
+    println!("xtask: image {tag} built with {}", engine.trim());
+    Ok(0)
 }
 
 /// Exit code of a child, 128+signal if it was killed (as shells report it).

@@ -33,6 +33,13 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-yaml",
     "python3-venv",
     "systemd",
+    // The container image (`cargo xtask image`, tests/tests/deploy.rs): podman builds it (no
+    // daemon needed) and runs it with runc (crun refuses cgroups in hybrid mode here), with
+    // a static busybox as the image's shell for the init container.
+    "podman",
+    "runc",
+    "busybox-static",
+    "file",
 ];
 
 /// Debian's kubectl (with `kubectl kustomize`), installed only when no `kubectl` is on PATH:

@@ -261,12 +261,31 @@ pub struct KubernetesSource {
     /// A DNS label; default [`DEFAULT_K8S_NAMESPACE`].
     pub namespace: String,
     /// Kubernetes service names to watch; each feeds the config service of the same name.
-    /// Non-empty, unique, DNS-1035 labels, each the name of a `[[service]]` of the file.
+    /// Unique, DNS-1035 labels, each the name of a `[[service]]` of the file; non-empty
+    /// without `discover_services`, empty with it.
     pub services: Vec<String>,
     /// Bearer token file; default the in-cluster service account token. Absolute.
     pub token_file: Option<PathBuf>,
     /// CA bundle for the API server; default the in-cluster one. Absolute.
     pub ca_file: Option<PathBuf>,
+    /// `discover_services = true`: the namespace's Services (ClusterIP, NodePort,
+    /// LoadBalancer) become services of their own, with their EndpointSlices as backends
+    /// (see the registry's kubernetes module).
+    pub discover_services: bool,
+    /// This node's name, for `externalTrafficPolicy: Local`; `None`: the `NODE_NAME`
+    /// environment variable (the DaemonSet sets it from `spec.nodeName`).
+    pub node_name: Option<String>,
+    /// Where NodePorts are served.
+    pub node_addresses: NodeAddresses,
+}
+
+/// The node addresses a NodePort is served on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAddresses {
+    /// `node_addresses = [...]`: these (non-empty, unique).
+    List(Vec<IpAddr>),
+    /// Not set: the addresses the `[global] interfaces` hold when the source starts.
+    Interfaces(Vec<String>),
 }
 
 /// Agent-wide settings (`[global]`).
@@ -380,8 +399,13 @@ pub struct Service {
     /// TCP when there is no frontend.
     pub protocol: Protocol,
     pub mode: Mode,
-    /// `scope`: `external` (default) or `cluster` (socket LB only).
+    /// Who reaches the frontend; `External` (default) or `Cluster` (socket LB only: `scope = "cluster"`,
+    /// and Kubernetes ClusterIPs from a source).
     pub scope: Scope,
+    /// `session_affinity = "client_ip"`: a new flow's backend is chosen by the client's
+    /// address alone, so one client's flows share a backend while the backends stay the
+    /// same (the data plane's `SVC_FLAG_SRC_HASH`).
+    pub client_affinity: bool,
     /// `mode = "http"`: its TLS certificates and routes (`None` otherwise).
     pub http: Option<HttpService>,
     /// A prime in `MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE`; the global one unless overridden.

@@ -61,6 +61,7 @@ pub(super) struct RawService {
     pub protocol: Option<Sp<String>>,
     pub mode: Option<Sp<String>>,
     pub scope: Option<Sp<String>>,
+    pub session_affinity: Option<Sp<String>>,
     pub maglev_table_size: Option<Sp<i64>>,
     pub rate_limit: Option<RawRateLimit>,
     pub backends: Vec<RawBackend>,
@@ -124,6 +125,9 @@ pub(super) struct RawSource {
     pub api_server: Option<Sp<String>>,
     pub namespace: Option<Sp<String>>,
     pub ca_file: Option<Sp<String>>,
+    pub discover_services: Option<Sp<bool>>,
+    pub node_name: Option<Sp<String>>,
+    pub node_addresses: Option<RawStrings>,
 }
 
 /// The fields each source kind has besides `kind` and `name`.
@@ -141,6 +145,9 @@ pub(super) const SOURCE_KINDS: [(&str, &[&str]); 3] = [
             "services",
             "token_file",
             "ca_file",
+            "discover_services",
+            "node_name",
+            "node_addresses",
         ],
     ),
 ];
@@ -320,6 +327,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             "protocol",
             "mode",
             "scope",
+            "session_affinity",
             "maglev_table_size",
             "rate_limit",
             "backend",
@@ -361,6 +369,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         protocol: string(t, "protocol", d),
         mode: string(t, "mode", d),
         scope: string(t, "scope", d),
+        session_affinity: string(t, "session_affinity", d),
         maglev_table_size: int(t, "maglev_table_size", d),
         rate_limit: rate_limit(t, d),
         backends,
@@ -449,7 +458,13 @@ fn source(index: usize, t: &Table, d: &mut Diag) -> RawSource {
             .then(|| strings(t, "endpoints", d))
             .flatten()
     };
-    let services = if kind_is("consul") || kind_is("kubernetes") {
+    let discover_services = has("discover_services")
+        .then(|| t.get("discover_services").and_then(|n| n.bool(d)))
+        .flatten();
+    // With `discover_services = true` the Kubernetes Services themselves are the services:
+    // `services` (EndpointSlices for the file's own services) is optional.
+    let discovers = discover_services.as_ref().is_some_and(|b| b.val);
+    let services = if kind_is("consul") || (kind_is("kubernetes") && !discovers) {
         t.required("services", "the names of the services to watch", d)
             .and_then(|n| array(n, d, |e, d| e.str(d)))
     } else {
@@ -468,6 +483,11 @@ fn source(index: usize, t: &Table, d: &mut Diag) -> RawSource {
         api_server: opt_string("api_server", d),
         namespace: opt_string("namespace", d),
         ca_file: opt_string("ca_file", d),
+        discover_services,
+        node_name: opt_string("node_name", d),
+        node_addresses: has("node_addresses")
+            .then(|| strings(t, "node_addresses", d))
+            .flatten(),
         kind,
     }
 }

@@ -12,7 +12,7 @@ use super::health::health;
 use super::raw::{RawBackend, RawService};
 use super::validate::{port, rate_limit, table_size};
 use super::{
-    Backend, Global, HttpService, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Service,
+    Backend, Global, HttpService, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Scope, Service,
 };
 
 /// What the cross-service checks need from one service, whatever else was wrong with it.
@@ -137,6 +137,21 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             None
         }
     };
+    let client_affinity = match &raw.session_affinity {
+        None => Some(false),
+        Some(a) => match a.val.as_str() {
+            "none" => Some(false),
+            "client_ip" => Some(true),
+            other => {
+                d.error(
+                    &a.span,
+                    &format!("{p}.session_affinity"),
+                    format!("unknown session_affinity `{other}`; expected `none` or `client_ip`"),
+                );
+                None
+            }
+        },
+    };
     let frontend_ok = frontend_shape(raw, &p, mode, protocol, d);
     let maglev_table_size = match &raw.maglev_table_size {
         None => Some(global.maglev_table_size),
@@ -190,6 +205,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             protocol: protocol?,
             mode: mode?,
             scope: scope?,
+            client_affinity: client_affinity?,
             http,
             maglev_table_size: maglev_table_size?,
             rate_limit,

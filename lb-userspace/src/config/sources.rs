@@ -5,6 +5,7 @@
 //! watch must be one the file defines: otherwise its instances would have nowhere to go.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use super::control::{HttpUrl, absolute_path, parse_http_url};
 use super::diag::Diag;
@@ -12,7 +13,7 @@ use super::doc::Sp;
 use super::raw::{RawSource, RawStrings, SOURCE_KINDS};
 use super::{
     ConsulSource, DEFAULT_CONSUL_ADDRESS, DEFAULT_ETCD_PREFIX, DEFAULT_K8S_NAMESPACE, EtcdSource,
-    KubernetesSource, SourceConfig,
+    KubernetesSource, NodeAddresses, SourceConfig,
 };
 
 /// Source names the agent uses for its own backend sets (merge and status name them).
@@ -22,10 +23,12 @@ const RESERVED_NAMES: [(&str, &str); 2] = [
 ];
 
 /// `service_names`: the names of the file's `[[service]]` entries, valid or not (so a bad
-/// service is not reported again through the sources that name it).
+/// service is not reported again through the sources that name it). `interfaces`: the
+/// global ones (a kubernetes source serves NodePorts on their addresses by default).
 pub(super) fn sources(
     raw: &[RawSource],
     service_names: &[&str],
+    interfaces: &[String],
     d: &mut Diag,
 ) -> Vec<SourceConfig> {
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -57,7 +60,9 @@ pub(super) fn sources(
         let source = match kind.map(|k| k.val.as_str()) {
             Some("etcd") => etcd(s, &p, d).map(SourceConfig::Etcd),
             Some("consul") => consul(s, service_names, &p, d).map(SourceConfig::Consul),
-            Some("kubernetes") => kubernetes(s, service_names, &p, d).map(SourceConfig::Kubernetes),
+            Some("kubernetes") => {
+                kubernetes(s, service_names, interfaces, &p, d).map(SourceConfig::Kubernetes)
+            }
             _ => None,
         };
         if let (Some(mut source), Some(name)) = (source, name) {
@@ -248,6 +253,7 @@ fn consul(s: &RawSource, service_names: &[&str], p: &str, d: &mut Diag) -> Optio
 fn kubernetes(
     s: &RawSource,
     service_names: &[&str],
+    interfaces: &[String],
     p: &str,
     d: &mut Diag,
 ) -> Option<KubernetesSource> {
@@ -271,12 +277,49 @@ fn kubernetes(
             None
         }
     };
-    let services = s.services.as_ref().map(|l| {
-        let field = format!("{p}.services");
-        watched_services(l, &field, service_names, Some(k8s_service_name), d)
-    });
+    let discover_services = s.discover_services.as_ref().is_some_and(|b| b.val);
+    let services = match &s.services {
+        // One source publishes one complete set: the file's services' EndpointSlices and
+        // discovered Services would replace each other's.
+        Some(l) if discover_services => {
+            d.error(
+                &l.span,
+                &format!("{p}.services"),
+                "`services` and `discover_services = true` cannot be combined: use a second \
+                 kubernetes source (with its own `name`) for the file's services",
+            );
+            None
+        }
+        Some(l) => {
+            let field = format!("{p}.services");
+            watched_services(l, &field, service_names, Some(k8s_service_name), d).map(Some)
+        }
+        // Only allowed (by `raw`) with discover_services.
+        None if discover_services => Some(Some(Vec::new())),
+        None => Some(None),
+    };
     let token_file = optional_path(&s.token_file, &format!("{p}.token_file"), d);
     let ca_file = optional_path(&s.ca_file, &format!("{p}.ca_file"), d);
+    let node_name = match &s.node_name {
+        None => Some(None),
+        Some(n) if is_dns_subdomain(&n.val) => Some(Some(n.val.clone())),
+        Some(n) => {
+            d.error(
+                &n.span,
+                &format!("{p}.node_name"),
+                format!(
+                    "invalid node name `{}`: a Kubernetes node name is 1 to 253 of a-z 0-9 - ., \
+                     in dot-separated labels",
+                    n.val
+                ),
+            );
+            None
+        }
+    };
+    let node_addresses = match &s.node_addresses {
+        None => Some(NodeAddresses::Interfaces(interfaces.to_vec())),
+        Some(l) => node_addresses(l, &format!("{p}.node_addresses"), d).map(NodeAddresses::List),
+    };
     Some(KubernetesSource {
         name: String::new(),
         api_server: api_server?,
@@ -284,7 +327,55 @@ fn kubernetes(
         services: services??,
         token_file: token_file?,
         ca_file: ca_file?,
+        discover_services,
+        node_name: node_name?,
+        node_addresses: node_addresses?,
     })
+}
+
+/// Non-empty, unique IP addresses; `None` if any is invalid.
+fn node_addresses(raw: &RawStrings, field: &str, d: &mut Diag) -> Option<Vec<IpAddr>> {
+    if raw.val.is_empty() {
+        d.error(
+            &raw.span,
+            field,
+            "no address listed: leave node_addresses out to use the interfaces' addresses",
+        );
+        return None;
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut all_valid = true;
+    for (i, a) in raw.val.iter().enumerate() {
+        let Some(a) = a else {
+            all_valid = false;
+            continue;
+        };
+        match a.val.parse::<IpAddr>() {
+            Ok(ip) if out.contains(&ip) => {
+                d.error(
+                    &a.span,
+                    &format!("{field}[{i}]"),
+                    format!("address `{ip}` is listed twice"),
+                );
+                all_valid = false;
+            }
+            Ok(ip) => out.push(ip),
+            Err(_) => {
+                d.error(
+                    &a.span,
+                    &format!("{field}[{i}]"),
+                    format!("`{}` is not an IP address", a.val),
+                );
+                all_valid = false;
+            }
+        }
+    }
+    all_valid.then_some(out)
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes node names are.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|l| is_dns_label(l, false))
 }
 
 /// An http or https URL, normalized (see [`HttpUrl::normalized`]).

@@ -41,11 +41,14 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         .collect();
     gateway::check_references(&services, &routes, &raw.auth, d);
     socket_lb::check_scopes(&raw.services, &services, &raw.socket_lb, d);
+    let admin = control::admin(raw.admin.as_ref(), d);
+    let registry = control::registry(raw.registry.as_ref(), d);
+    let sources = sources::sources(&raw.sources, &service_names, &global.interfaces, d);
     Config {
         global,
-        admin: control::admin(raw.admin.as_ref(), d),
-        registry: control::registry(raw.registry.as_ref(), d),
-        sources: sources::sources(&raw.sources, &service_names, d),
+        admin,
+        registry,
+        sources,
         services,
         auth: raw.auth.iter().filter_map(|a| a.provider.clone()).collect(),
         gateway: raw.gateway.clone(),

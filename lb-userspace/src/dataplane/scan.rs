@@ -10,6 +10,16 @@ impl Dataplane {
     /// Live conntrack entries per service id. Idle entries past their timeout (which the
     /// LRU map keeps until it needs the room) are not counted. Walks the whole map: for
     /// scrapes and status, never for hot paths.
+    /// Entries the conntrack map holds at most, as the kernel reports it (an adopted pinned
+    /// map keeps the size it was created with); 0 if the kernel does not answer.
+    pub fn conntrack_capacity(&self) -> u32 {
+        use aya::maps::IterableMap as _;
+        self.conntrack
+            .map()
+            .info()
+            .map_or(0, |info| info.max_entries())
+    }
+
     pub fn conntrack_per_service(&self) -> BTreeMap<u32, u64> {
         let settings: Settings = self.settings.get(&0, 0).unwrap_or_default();
         let now = coarse_monotonic_ns();

@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_NAT, SVC_FLAG_PASS, ServiceKey, ServiceValue,
+    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_NAT, SVC_FLAG_PASS, SVC_FLAG_SRC_HASH,
+    ServiceKey, ServiceValue,
     addr::family_of,
     maglev::{MaglevBackend, build_table},
 };
@@ -91,10 +92,20 @@ impl DesiredService {
             ),
             vip,
             port,
-            flags: match (pass, s.scope) {
-                (true, _) => SVC_FLAG_PASS,
-                (false, Scope::External) => SVC_FLAG_NAT,
-                (false, Scope::Cluster) => SVC_FLAG_NAT | SVC_FLAG_CLUSTER,
+            flags: if pass {
+                SVC_FLAG_PASS
+            } else {
+                let affinity = if s.client_affinity {
+                    SVC_FLAG_SRC_HASH
+                } else {
+                    0
+                };
+                let cluster = if s.scope == Scope::Cluster {
+                    SVC_FLAG_CLUSTER
+                } else {
+                    0
+                };
+                SVC_FLAG_NAT | affinity | cluster
             },
             table_size: if pass {
                 MIN_MAGLEV_SIZE

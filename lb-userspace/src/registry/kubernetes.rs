@@ -1,4 +1,7 @@
-//! Kubernetes source: backends from the EndpointSlices of Kubernetes services.
+//! Kubernetes source: backends from the EndpointSlices of Kubernetes services, or with
+//! `discover_services = true` the Services themselves (ClusterIP, NodePort, LoadBalancer)
+//! with their EndpointSlices: see [`translate`] for how they map onto the agent's services
+//! and `discover` for how they are followed. The rest of this page is about the first mode.
 //!
 //! # What it reads
 //!
@@ -43,7 +46,8 @@
 //! config and its default does not exist, it is not used (e.g. `api_server =
 //! "http://127.0.0.1:8001"` through `kubectl proxy` needs neither); a named file must exist.
 //! The service account needs `list` and `watch` on `endpointslices` in the `discovery.k8s.io`
-//! API group, in the namespace (a Role and RoleBinding suffice).
+//! API group, in the namespace (a Role and RoleBinding suffice), and with `discover_services`
+//! on `services` in the core group too.
 //!
 //! # Client
 //!
@@ -61,18 +65,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use futures_util::StreamExt as _;
 use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
-use kube::{
-    Api, Client,
-    runtime::watcher::{self, Event},
-};
+use kube::{Api, Client, runtime::watcher};
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use tokio::{sync::mpsc, task::JoinSet};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Backoff, Endpoint, Source, SourceHandle, per_service::publish_union};
-use crate::config::KubernetesSource;
+use crate::config::{KubernetesSource, NodeAddresses};
+use follow::follow;
+
+mod discover;
+mod follow;
+pub mod translate;
 
 /// The service-account token the kubelet mounts into every pod.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -113,6 +118,9 @@ pub struct KubernetesWatcher {
     services: Vec<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    discover_services: bool,
+    node_name: Option<String>,
+    node_addresses: NodeAddresses,
     backoff: Backoff,
 }
 
@@ -126,7 +134,7 @@ impl KubernetesWatcher {
                 return Err(KubernetesError::BadApiServer(url.clone()));
             }
         }
-        if config.services.is_empty() {
+        if config.services.is_empty() && !config.discover_services {
             return Err(KubernetesError::NoServices);
         }
         let mut services = config.services.clone();
@@ -138,6 +146,9 @@ impl KubernetesWatcher {
             services,
             token_file: config.token_file.clone(),
             ca_file: config.ca_file.clone(),
+            discover_services: config.discover_services,
+            node_name: config.node_name.clone(),
+            node_addresses: config.node_addresses.clone(),
             backoff: Backoff::default(),
         })
     }
@@ -146,6 +157,19 @@ impl KubernetesWatcher {
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
+    }
+
+    /// This node: its name from the config or `NODE_NAME`, its NodePort addresses.
+    fn node(&self) -> translate::Node {
+        let name = self
+            .node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()));
+        let addresses = match &self.node_addresses {
+            NodeAddresses::List(list) => list.clone(),
+            NodeAddresses::Interfaces(names) => discover::interface_addresses(names),
+        };
+        translate::Node { name, addresses }
     }
 
     /// kube's client configuration: URL, bearer token file and CA bundle.
@@ -205,6 +229,12 @@ impl KubernetesWatcher {
             }
         };
         self.backoff.reset();
+        if self.discover_services {
+            let node = self.node();
+            info!(source = out.name(), node = ?node.name, addresses = ?node.addresses, "kubernetes: discovering Services");
+            discover::run(client, self.namespace, node, self.backoff, out).await;
+            return;
+        }
         let api: Api<EndpointSlice> = Api::namespaced(client, &self.namespace);
         let (tx, rx) = mpsc::unbounded_channel();
         // Dropping the set (when this future returns or is aborted) stops every watch.
@@ -236,98 +266,24 @@ struct ServiceWatch {
 }
 
 impl ServiceWatch {
-    async fn run(
-        mut self,
-        sets: mpsc::UnboundedSender<(String, Vec<Endpoint>)>,
-        out: SourceHandle,
-    ) {
+    async fn run(self, sets: mpsc::UnboundedSender<(String, Vec<Endpoint>)>, out: SourceHandle) {
         let selector = format!("{SERVICE_NAME_LABEL}={}", self.service);
         // Bookmarks are on by default: the resume point moves even when nothing changes.
         let config = watcher::Config::default().labels(&selector);
-        // Slice name -> its endpoints; `listing` collects a (re-)list until it is complete.
-        let mut slices: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-        let mut listing: Option<BTreeMap<String, Vec<Endpoint>>> = None;
+        let service = self.service;
         let mut sent: Option<Vec<Endpoint>> = None;
-        loop {
-            let mut events = watcher::watcher(self.api.clone(), config.clone()).boxed();
-            while let Some(event) = events.next().await {
-                let changed = match event {
-                    Ok(Event::Init) => {
-                        listing = Some(BTreeMap::new());
-                        false
-                    }
-                    Ok(Event::InitApply(slice)) => {
-                        if let Some(listing) = &mut listing {
-                            listing
-                                .insert(slice_name(&slice), slice_endpoints(&self.service, &slice));
-                        }
-                        false
-                    }
-                    Ok(Event::InitDone) => {
-                        slices = listing.take().unwrap_or_default();
-                        true
-                    }
-                    Ok(Event::Apply(slice)) => {
-                        slices.insert(slice_name(&slice), slice_endpoints(&self.service, &slice));
-                        true
-                    }
-                    Ok(Event::Delete(slice)) => {
-                        slices.remove(&slice_name(&slice));
-                        true
-                    }
-                    Err(e) if is_gone(&e) => {
-                        // Routine: the resume point was compacted away. kube lists again
-                        // after an ERROR event; after a 410 status it would not, so we do.
-                        debug!(service = %self.service, "kubernetes: {e}; listing again");
-                        if matches!(e, watcher::Error::WatchStartFailed(_)) {
-                            // Paced, in case a server keeps refusing fresh versions too.
-                            if !out.sleep_unless_closed(self.backoff.next_delay()).await {
-                                return;
-                            }
-                            break;
-                        }
-                        false
-                    }
-                    Err(e) => {
-                        warn!(source = out.name(), service = %self.service, "kubernetes: {e}");
-                        out.error(format!("kubernetes service `{}`: {e}", self.service));
-                        if !out.sleep_unless_closed(self.backoff.next_delay()).await {
-                            return;
-                        }
-                        false
-                    }
-                };
-                if !changed {
-                    continue;
-                }
-                self.backoff.reset();
-                let set = service_set(&slices);
-                if sent.as_ref() != Some(&set) {
-                    sent = Some(set.clone());
-                    if sets.send((self.service.clone(), set)).is_err() {
-                        return;
-                    }
-                }
+        let what = format!("service `{service}`");
+        let map = |slice: &EndpointSlice| slice_endpoints(&service, slice);
+        let publish = |slices: &BTreeMap<String, Vec<Endpoint>>| {
+            let set = service_set(slices);
+            if sent.as_ref() == Some(&set) {
+                return true;
             }
-            // The watcher stream does not end by itself; a break means "list again".
-            listing = None;
-        }
+            sent = Some(set.clone());
+            sets.send((service.clone(), set)).is_ok()
+        };
+        follow(self.api, config, &what, self.backoff, &out, map, publish).await;
     }
-}
-
-/// A `410 Gone`, as an ERROR event or as the status of the watch or list request.
-fn is_gone(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::WatchError(status) => status.code == 410,
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
-        _ => false,
-    }
-}
-
-fn slice_name(slice: &EndpointSlice) -> String {
-    slice.metadata.name.clone().unwrap_or_default()
 }
 
 /// A service's set from its slices: one entry per address and port, the higher weight
@@ -357,31 +313,39 @@ pub fn slice_endpoints(service: &str, slice: &EndpointSlice) -> Vec<Endpoint> {
     slice
         .endpoints
         .iter()
-        .filter_map(|e| {
-            let weight = endpoint_weight(e.conditions.as_ref())?;
-            let addr: IpAddr = e.addresses.first()?.parse().ok()?;
-            let mut metadata = BTreeMap::new();
-            if let Some(node) = &e.node_name {
-                metadata.insert("k8s.node".to_owned(), node.clone());
-            }
-            if let Some(zone) = &e.zone {
-                metadata.insert("k8s.zone".to_owned(), zone.clone());
-            }
-            if let Some(target) = &e.target_ref
-                && target.kind.as_deref() == Some("Pod")
-                && let Some(pod) = &target.name
-            {
-                metadata.insert("k8s.pod".to_owned(), pod.clone());
-            }
-            Some(Endpoint {
-                service: service.to_owned(),
-                addr,
-                port,
-                weight,
-                metadata,
-            })
-        })
+        .filter_map(|e| endpoint(service, e, port))
         .collect()
+}
+
+/// Endpoint `e` of a slice as a backend of `service` on `port`, if its conditions let it
+/// take (or drain) traffic.
+fn endpoint(
+    service: &str,
+    e: &k8s_openapi::api::discovery::v1::Endpoint,
+    port: u16,
+) -> Option<Endpoint> {
+    let weight = endpoint_weight(e.conditions.as_ref())?;
+    let addr: IpAddr = e.addresses.first()?.parse().ok()?;
+    let mut metadata = BTreeMap::new();
+    if let Some(node) = &e.node_name {
+        metadata.insert("k8s.node".to_owned(), node.clone());
+    }
+    if let Some(zone) = &e.zone {
+        metadata.insert("k8s.zone".to_owned(), zone.clone());
+    }
+    if let Some(target) = &e.target_ref
+        && target.kind.as_deref() == Some("Pod")
+        && let Some(pod) = &target.name
+    {
+        metadata.insert("k8s.pod".to_owned(), pod.clone());
+    }
+    Some(Endpoint {
+        service: service.to_owned(),
+        addr,
+        port,
+        weight,
+        metadata,
+    })
 }
 
 /// Weight 1 when ready, 0 when terminating but still serving (drain), `None` to leave out.

@@ -5,6 +5,11 @@
 //! Deterministic: the result depends only on the inputs, not on the order sources published
 //! in. When two origins list the same address and port for a service, the first in this
 //! order wins (its weight is used): the config file, then sources by name.
+//!
+//! Services that sources supply ([`with_source_services`]) join the config's before the
+//! merge, by the same order: a name or frontend the config (or a source earlier by name)
+//! already has is not added, and is reported. A service a source stops listing is gone
+//! from the next snapshot, so from every data plane.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -12,6 +17,82 @@ use crate::{
     config::{Config, Service},
     model::{Backend, BackendKey, Ignored, Snapshot},
 };
+
+/// A service a source supplied that was not added, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredService {
+    pub source: String,
+    pub service: String,
+    pub why: String,
+}
+
+/// `config` with the services each source supplied (`services`: by source name) added after
+/// its own. An added service takes the config's global Maglev table size and rate limit, no
+/// health check (the source's readiness says which backends serve) and no static backends
+/// (its backends are the source's endpoints). Not added: a name or a frontend (VIP, port,
+/// protocol) already taken, or one past the data plane's service capacity. Returns `config`
+/// itself when no source supplies a service.
+pub fn with_source_services(
+    config: &Arc<Config>,
+    services: &BTreeMap<String, Vec<Service>>,
+) -> (Arc<Config>, Vec<IgnoredService>) {
+    if services.values().all(Vec::is_empty) {
+        return (config.clone(), Vec::new());
+    }
+    let mut out = Config::clone(config);
+    let mut ignored = Vec::new();
+    let mut names: BTreeMap<String, String> = config
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), format!("the config's `{}`", s.name)))
+        .collect();
+    let key = |s: &Service| s.frontend.map(|f| (f, s.protocol.number()));
+    let mut frontends: BTreeMap<_, String> = config
+        .services
+        .iter()
+        .filter_map(|s| Some((key(s)?, format!("the config's `{}`", s.name))))
+        .collect();
+    // Service id 0 means "none": at most MAX_SERVICES - 1 services reach the kernel.
+    let capacity = lb_common::MAX_SERVICES as usize - 1;
+    for (source, list) in services {
+        for s in list {
+            let taken = names
+                .get(&s.name)
+                .map(|by| format!("name taken by {by}"))
+                .or_else(|| {
+                    let f = key(s)?;
+                    frontends
+                        .get(&f)
+                        .map(|by| format!("frontend {} taken by {by}", f.0))
+                })
+                .or_else(|| {
+                    (s.frontend.is_some() && frontends.len() >= capacity)
+                        .then(|| format!("more than {capacity} services"))
+                });
+            if let Some(why) = taken {
+                ignored.push(IgnoredService {
+                    source: source.clone(),
+                    service: s.name.clone(),
+                    why,
+                });
+                continue;
+            }
+            let by = format!("source {source}'s `{}`", s.name);
+            names.insert(s.name.clone(), by.clone());
+            if let Some(f) = key(s) {
+                frontends.insert(f, by);
+            }
+            out.services.push(Service {
+                maglev_table_size: config.global.maglev_table_size,
+                rate_limit: config.global.rate_limit,
+                health: None,
+                backends: Vec::new(),
+                ..s.clone()
+            });
+        }
+    }
+    (Arc::new(out), ignored)
+}
 
 use super::Endpoint;
 
@@ -225,6 +306,74 @@ protocol = "tcp"
             merge(&c, 1, &one, |_, _| true),
             merge(&c, 1, &two, |_, _| true)
         );
+    }
+
+    /// A service as a source supplies it.
+    fn supplied(name: &str, vip: &str, port: u16) -> Service {
+        let mut s = config(false).services[0].clone();
+        s.name = name.into();
+        s.frontend = Some(std::net::SocketAddr::new(vip.parse().unwrap(), port));
+        s.maglev_table_size = 7;
+        s.backends.clear();
+        s.client_affinity = true;
+        s.scope = crate::config::Scope::Cluster;
+        s
+    }
+
+    #[test]
+    fn source_services_join_the_config_unless_their_name_or_frontend_is_taken() {
+        let c = config(false);
+        let (same, none) = with_source_services(&c, &BTreeMap::from([("k".into(), vec![])]));
+        assert!(Arc::ptr_eq(&same, &c) && none.is_empty());
+
+        let services = BTreeMap::from([
+            (
+                "a".to_string(),
+                vec![
+                    supplied("ns/api:80@10.96.0.1", "10.96.0.1", 80),
+                    // The config's name, the config's frontend.
+                    supplied("web", "10.96.0.2", 80),
+                    supplied("ns/x:80@192.0.2.1", "192.0.2.1", 80),
+                ],
+            ),
+            // A name source `a` took first.
+            (
+                "b".to_string(),
+                vec![supplied("ns/api:80@10.96.0.1", "10.96.0.9", 80)],
+            ),
+        ]);
+        let (merged, ignored) = with_source_services(&c, &services);
+        let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "empty", "ns/api:80@10.96.0.1"]);
+        let added = &merged.services[2];
+        assert_eq!(added.maglev_table_size, 251, "the global table size");
+        assert!(added.client_affinity && added.health.is_none());
+        let why: Vec<(&str, &str)> = ignored
+            .iter()
+            .map(|i| (i.source.as_str(), i.why.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                ("a", "name taken by the config's `web`"),
+                ("a", "frontend 192.0.2.1:80 taken by the config's `web`"),
+                ("b", "name taken by source a's `ns/api:80@10.96.0.1`"),
+            ]
+        );
+
+        // Its endpoints merge like any other, and its scope reaches the model.
+        let endpoints = BTreeMap::from([(
+            "a".to_string(),
+            vec![ep("ns/api:80@10.96.0.1", "10.1.0.5", 8080, 1)],
+        )]);
+        let m = merge(&merged, 1, &endpoints, |_, _| true);
+        let api = m.service("ns/api:80@10.96.0.1").unwrap();
+        assert_eq!(api.scope, crate::config::Scope::Cluster);
+        assert_eq!(
+            weights(&m, "ns/api:80@10.96.0.1"),
+            [(key("10.1.0.5", 8080), 1)]
+        );
+        assert!(m.ignored.is_empty());
     }
 
     #[test]

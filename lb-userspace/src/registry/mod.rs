@@ -6,9 +6,11 @@
 //! source that loses its server publishes nothing and reports errors, so its backends stay)
 //! and merges all of them with the config's static backends (see [`merge`]).
 //!
-//! Services themselves (VIP, port, protocol) come from the config only: a source supplies
-//! backends for services by name, and endpoints naming an unknown service are ignored
-//! (and counted).
+//! Services themselves (VIP, port, protocol) come from the config, and a source may supply
+//! more of them ([`SourceUpdate::Catalog`]: the Kubernetes source with `discover_services`);
+//! a source supplies backends for services by name, and endpoints naming an unknown service
+//! are ignored (and counted). [`merge::with_source_services`] says how the two kinds of
+//! services meet.
 //!
 //! May depend on: `lb_common`, `config`, `model` (an [`Endpoint`] is a model type). Used by
 //! the control plane (which merges) and by `admin` (the built-in registry's API).
@@ -27,6 +29,7 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::Service;
 pub use crate::model::Endpoint;
 pub use backoff::Backoff;
 
@@ -47,6 +50,12 @@ pub(crate) fn ep(service: &str, addr: &str, port: u16, weight: u32) -> Endpoint 
 pub enum SourceUpdate {
     /// The source's complete set of endpoints now (replaces the previous one).
     Endpoints(Vec<Endpoint>),
+    /// The source's complete set of services and endpoints now (replaces both): services it
+    /// defines itself, next to the config's (sorted by name, unique names).
+    Catalog {
+        services: Vec<Service>,
+        endpoints: Vec<Endpoint>,
+    },
     /// Talking to the source's server failed; its last endpoints stay in use.
     Error(String),
 }
@@ -98,6 +107,18 @@ impl SourceHandle {
         endpoints.sort();
         endpoints.dedup();
         self.send(SourceUpdate::Endpoints(endpoints));
+    }
+
+    /// Publishes the complete sets of services and endpoints (both sorted here).
+    pub fn publish_catalog(&self, mut services: Vec<Service>, mut endpoints: Vec<Endpoint>) {
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        services.dedup_by(|a, b| a.name == b.name);
+        endpoints.sort();
+        endpoints.dedup();
+        self.send(SourceUpdate::Catalog {
+            services,
+            endpoints,
+        });
     }
 
     /// Reports a failure to reach or read the source; the agent counts it and keeps the

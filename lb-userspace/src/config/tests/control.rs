@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::super::control::{HttpUrl, parse_http_url};
 use super::super::{
     Admin, AdminListen, BuiltinRegistry, ConsulSource, DEFAULT_PIN_PATH, EtcdSource,
-    KubernetesSource, SourceConfig, parse,
+    KubernetesSource, NodeAddresses, SourceConfig, parse,
 };
 use super::{GLOBAL, WEB, errors, one_error};
 
@@ -109,6 +109,9 @@ ca_file = "/etc/lb/k8s-ca.crt"
                 services: vec!["api".into()],
                 token_file: Some("/etc/lb/k8s.token".into()),
                 ca_file: Some("/etc/lb/k8s-ca.crt".into()),
+                discover_services: false,
+                node_name: None,
+                node_addresses: NodeAddresses::Interfaces(vec!["eth0".into()]),
             }),
         ]
     );
@@ -174,6 +177,9 @@ fn source_defaults_name_is_the_kind() {
                 services: vec!["web".into()],
                 token_file: None,
                 ca_file: None,
+                discover_services: false,
+                node_name: None,
+                node_addresses: NodeAddresses::Interfaces(vec!["eth0".into()]),
             }),
         ]
     );
@@ -867,4 +873,82 @@ fn kubernetes_files_must_be_absolute() {
             (15, "source[0].ca_file".to_owned())
         ]
     );
+}
+
+#[test]
+fn kubernetes_discovery_needs_no_services_and_takes_node_settings() {
+    let text = format!(
+        "{WEB}[[source]]\nkind = \"kubernetes\"\ndiscover_services = true\n\
+         node_name = \"node-1.example\"\nnode_addresses = [\"192.0.2.7\", \"2001:db8::7\"]\n"
+    );
+    let [SourceConfig::Kubernetes(k)] = &sources(&text)[..] else {
+        panic!("one kubernetes source");
+    };
+    assert!(k.discover_services && k.services.is_empty());
+    assert_eq!(k.node_name.as_deref(), Some("node-1.example"));
+    assert_eq!(
+        k.node_addresses,
+        NodeAddresses::List(vec![
+            "192.0.2.7".parse().unwrap(),
+            "2001:db8::7".parse().unwrap()
+        ])
+    );
+    let both = format!(
+        "{WEB}[[source]]\nkind = \"kubernetes\"\ndiscover_services = true\nservices = [\"web\"]\n"
+    );
+    one_error(&both, 14, "source[0].services", "cannot be combined");
+    // Without discovery, `services` is still required.
+    let without = format!("{WEB}[[source]]\nkind = \"kubernetes\"\ndiscover_services = false\n");
+    one_error(
+        &without,
+        11,
+        "source[0].services",
+        "missing required field `services`",
+    );
+}
+
+#[test]
+fn kubernetes_bad_node_settings() {
+    let text = kubernetes(
+        "[\"web\"]",
+        "node_name = \"Node_1\"\nnode_addresses = [\"192.0.2.7\", \"nope\", \"192.0.2.7\"]\n",
+    );
+    let got: Vec<(usize, String)> = errors(&text)
+        .into_iter()
+        .map(|e| (e.line, e.field))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (14, "source[0].node_name".to_owned()),
+            (15, "source[0].node_addresses[1]".to_owned()),
+            (15, "source[0].node_addresses[2]".to_owned()),
+        ]
+    );
+    one_error(
+        &kubernetes("[\"web\"]", "node_addresses = []\n"),
+        14,
+        "source[0].node_addresses",
+        "no address listed",
+    );
+}
+
+#[test]
+fn session_affinity_is_none_or_client_ip() {
+    let c = parse(
+        &WEB.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nsession_affinity = \"client_ip\"",
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.services[0].client_affinity);
+    let bad = WEB.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\nsession_affinity = \"cookie\"",
+    );
+    let errs = errors(&bad);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "service[0].session_affinity");
 }

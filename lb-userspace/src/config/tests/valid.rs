@@ -87,7 +87,8 @@ backend = [
                 frontend: Some(std::net::SocketAddr::new(ip("10.0.0.1"), 80)),
                 protocol: Protocol::Tcp,
                 mode: Mode::Nat,
-                scope: crate::config::Scope::External,
+                scope: Default::default(),
+                client_affinity: false,
                 http: None,
                 maglev_table_size: 251,
                 rate_limit: RateLimit {
@@ -113,7 +114,8 @@ backend = [
                 frontend: Some(std::net::SocketAddr::new(ip("2001:db8::53"), 53)),
                 protocol: Protocol::Udp,
                 mode: Mode::Nat,
-                scope: crate::config::Scope::External,
+                scope: Default::default(),
+                client_affinity: false,
                 http: None,
                 maglev_table_size: 65537,
                 rate_limit: RateLimit {

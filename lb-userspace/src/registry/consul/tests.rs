@@ -270,6 +270,7 @@ impl Running {
         match self.next().await {
             SourceUpdate::Endpoints(set) => set,
             SourceUpdate::Error(e) => panic!("expected a set, got error {e}"),
+            SourceUpdate::Catalog { .. } => panic!("expected a set, got a catalog"),
         }
     }
 

@@ -303,6 +303,7 @@ mod compacted_watch {
             match msg.update {
                 crate::registry::SourceUpdate::Endpoints(set) => sets.push(set),
                 crate::registry::SourceUpdate::Error(e) => panic!("unexpected error: {e}"),
+                crate::registry::SourceUpdate::Catalog { .. } => panic!("unexpected catalog"),
             }
         }
         assert_eq!(

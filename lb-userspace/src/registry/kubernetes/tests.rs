@@ -39,6 +39,8 @@ const NS: &str = "shop";
 /// One request the fake API server received.
 #[derive(Clone, Debug)]
 struct Seen {
+    /// `Service` or `EndpointSlice`.
+    kind: &'static str,
     query: HashMap<String, String>,
     authorization: Option<String>,
 }
@@ -157,6 +159,7 @@ impl FakeApiServer {
                 "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
                 get(endpoint_slices),
             )
+            .route("/api/v1/namespaces/{namespace}/services", get(services))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -229,6 +232,27 @@ fn line(value: &Value) -> String {
 }
 
 async fn endpoint_slices(
+    state: State<Arc<Fake>>,
+    namespace: UrlPath<String>,
+    query: UrlQuery<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    objects("EndpointSlice", state, namespace, query, headers)
+}
+
+async fn services(
+    state: State<Arc<Fake>>,
+    namespace: UrlPath<String>,
+    query: UrlQuery<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    objects("Service", state, namespace, query, headers)
+}
+
+/// List or watch the stored objects of `kind` in the namespace (an `ADDED` etc. event per
+/// line), selected by the equality label selector if the request has one.
+fn objects(
+    kind: &'static str,
     State(fake): State<Arc<Fake>>,
     UrlPath(namespace): UrlPath<String>,
     UrlQuery(query): UrlQuery<HashMap<String, String>>,
@@ -238,19 +262,22 @@ async fn endpoint_slices(
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap().to_owned());
     let seen = Seen {
+        kind,
         query: query.clone(),
         authorization,
     };
     let is_watch = seen.is_watch();
     // Equality selectors only, as the source sends: `key=value`.
-    let (label, value) = query
-        .get("labelSelector")
-        .and_then(|s| s.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .expect("the source always selects by service name");
+    let label = query.get("labelSelector").map(|s| {
+        let (k, v) = s.split_once('=').expect("an equality selector");
+        (k.to_owned(), v.to_owned())
+    });
     let selected = move |o: &Value| {
-        o["metadata"]["namespace"] == json!(namespace)
-            && o["metadata"]["labels"][&label] == json!(value)
+        o["kind"] == json!(kind)
+            && o["metadata"]["namespace"] == json!(namespace)
+            && label
+                .as_ref()
+                .is_none_or(|(label, value)| o["metadata"]["labels"][label] == json!(value))
     };
 
     let mut store = fake.store.lock().unwrap();
@@ -274,8 +301,8 @@ async fn endpoint_slices(
             })
             .collect();
         return axum::Json(json!({
-            "kind": "EndpointSliceList",
-            "apiVersion": "discovery.k8s.io/v1",
+            "kind": format!("{kind}List"),
+            "apiVersion": if kind == "Service" { "v1" } else { "discovery.k8s.io/v1" },
             "metadata": {"resourceVersion": store.rv.to_string()},
             "items": items
         }))
@@ -319,8 +346,8 @@ async fn endpoint_slices(
             Live::Bookmark(rv) if bookmarks => Some(Some(line(&json!({
                 "type": "BOOKMARK",
                 "object": {
-                    "kind": "EndpointSlice",
-                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": kind,
+                    "apiVersion": if kind == "Service" { "v1" } else { "discovery.k8s.io/v1" },
                     "metadata": {"resourceVersion": rv.to_string()}
                 }
             })))),
@@ -446,6 +473,9 @@ fn config(url: &str, services: &[&str], token: Option<&TempFile>) -> KubernetesS
         services: services.iter().map(|s| s.to_string()).collect(),
         token_file: token.map(|t| t.0.clone()),
         ca_file: None,
+        discover_services: false,
+        node_name: None,
+        node_addresses: crate::config::NodeAddresses::List(Vec::new()),
     }
 }
 
@@ -767,6 +797,7 @@ async fn server_errors_are_reported_and_the_last_set_stays() {
                 assert_eq!(bare(&set), vec![ep("web", "10.0.0.7", 80, 1)]);
                 break;
             }
+            SourceUpdate::Catalog { .. } => panic!("a catalog without discover_services"),
         }
     }
 }
@@ -903,4 +934,221 @@ fn ca_bundle_must_hold_a_certificate() {
         read_ca(Path::new("/nonexistent/ca.crt")),
         Err(KubernetesError::File { .. })
     ));
+}
+
+// ---- discover_services = true ----
+
+/// A Service as the API server stores it.
+fn k8s_service(name: &str, spec: Value) -> Value {
+    json!({
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
+        "spec": spec
+    })
+}
+
+fn cluster_ip(ip: &str, target: Value) -> Value {
+    json!({
+        "type": "ClusterIP",
+        "clusterIP": ip,
+        "clusterIPs": [ip],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": target}]
+    })
+}
+
+fn discovering(url: &str) -> KubernetesSource {
+    KubernetesSource {
+        services: Vec::new(),
+        discover_services: true,
+        node_name: Some("node-1".into()),
+        node_addresses: crate::config::NodeAddresses::List(vec!["192.0.2.7".parse().unwrap()]),
+        ..config(url, &[], None)
+    }
+}
+
+/// The next update, which must be a catalog: its services and bare endpoints.
+async fn next_catalog(source: &mut Running) -> (Vec<crate::config::Service>, Vec<Endpoint>) {
+    match source.next().await {
+        SourceUpdate::Catalog {
+            services,
+            endpoints,
+        } => (services, bare(&endpoints)),
+        other => panic!("expected a catalog, got {other:?}"),
+    }
+}
+
+fn names(services: &[crate::config::Service]) -> Vec<&str> {
+    services.iter().map(|s| s.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn discovered_services_follow_adds_changes_and_deletes() {
+    let mut bad = k8s_service("bad", cluster_ip("10.96.0.99", json!(80)));
+    bad["metadata"]["annotations"] = json!({translate::GATEWAY_ANNOTATION: "grpc"});
+    let api = FakeApiServer::start(vec![
+        k8s_service("web", cluster_ip("10.96.0.10", json!("web"))),
+        k8s_service(
+            "api",
+            json!({
+                "type": "NodePort",
+                "clusterIP": "10.96.0.11",
+                "ports": [{"name": "grpc", "protocol": "TCP", "port": 9090, "targetPort": 9090, "nodePort": 30090}],
+                "externalTrafficPolicy": "Local",
+                "sessionAffinity": "ClientIP"
+            }),
+        ),
+        bad.clone(),
+        // The named targetPort `web` resolved by the EndpointSlice controller.
+        slice("web-1", "web", http_port(8080), json!([ready("10.0.0.1")])),
+        slice(
+            "api-1",
+            "api",
+            json!([{"name": "grpc", "protocol": "TCP", "port": 9090}]),
+            json!([ready("10.0.1.1"), {
+                "addresses": ["10.0.1.2"], "conditions": {"ready": true}, "nodeName": "node-2"
+            }]),
+        ),
+    ])
+    .await;
+    let watcher = KubernetesWatcher::new(&discovering(&api.url))
+        .unwrap()
+        .with_backoff(fast());
+    let mut source = Running::start(watcher);
+
+    let (services, endpoints) = next_catalog(&mut source).await;
+    assert_eq!(
+        names(&services),
+        [
+            "shop/api:grpc@10.96.0.11:9090",
+            "shop/api:grpc@192.0.2.7:30090",
+            "shop/web:http@10.96.0.10:80",
+        ]
+    );
+    assert!(services[0].client_affinity);
+    assert_eq!(services[1].scope, crate::config::Scope::External);
+    assert_eq!(services[0].scope, crate::config::Scope::Cluster);
+    assert_eq!(
+        endpoints,
+        [
+            // The ClusterIP: both pods; the NodePort (Local): only this node's.
+            ep("shop/api:grpc@10.96.0.11:9090", "10.0.1.1", 9090, 1),
+            ep("shop/api:grpc@10.96.0.11:9090", "10.0.1.2", 9090, 1),
+            ep("shop/api:grpc@192.0.2.7:30090", "10.0.1.1", 9090, 1),
+            ep("shop/web:http@10.96.0.10:80", "10.0.0.1", 8080, 1),
+        ]
+    );
+    // Every Service and every slice of the namespace, no selector.
+    eventually("both watches", || {
+        let seen = api.seen();
+        ["Service", "EndpointSlice"]
+            .iter()
+            .all(|k| seen.iter().any(|s| s.kind == *k && s.is_watch()))
+    })
+    .await;
+    assert!(api.seen().iter().all(|s| s.get("labelSelector").is_none()));
+
+    // A slice added to web.
+    api.apply(slice(
+        "web-2",
+        "web",
+        http_port(8080),
+        json!([ready("10.0.0.2")]),
+    ));
+    let (_, endpoints) = next_catalog(&mut source).await;
+    let web: Vec<_> = endpoints
+        .iter()
+        .filter(|e| e.service.starts_with("shop/web"))
+        .collect();
+    assert_eq!(web.len(), 2);
+
+    // web becomes a LoadBalancer with an address.
+    let mut lb = k8s_service(
+        "web",
+        json!({
+            "type": "LoadBalancer",
+            "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10"],
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "web", "nodePort": 30080}]
+        }),
+    );
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+    api.apply(lb);
+    let (services, _) = next_catalog(&mut source).await;
+    assert_eq!(
+        names(&services),
+        [
+            "shop/api:grpc@10.96.0.11:9090",
+            "shop/api:grpc@192.0.2.7:30090",
+            "shop/web:http@10.96.0.10:80",
+            "shop/web:http@192.0.2.7:30080",
+            "shop/web:http@203.0.113.10:80",
+        ]
+    );
+
+    // api deleted: its services and endpoints go.
+    api.delete("api");
+    let (services, endpoints) = next_catalog(&mut source).await;
+    assert!(names(&services).iter().all(|n| n.starts_with("shop/web")));
+    assert!(endpoints.iter().all(|e| e.service.starts_with("shop/web")));
+
+    // The bad Service fixed: it comes in, as a gateway service.
+    bad["metadata"]["annotations"] = json!({translate::GATEWAY_ANNOTATION: "http"});
+    api.apply(bad);
+    let (services, _) = next_catalog(&mut source).await;
+    let gateway = services
+        .iter()
+        .find(|s| s.name == "shop/bad:http@10.96.0.99:80")
+        .unwrap();
+    assert_eq!(gateway.mode, crate::config::Mode::Http);
+
+    // A slice deleted: its endpoints go, the services stay.
+    api.delete("web-1");
+    let (services, endpoints) = next_catalog(&mut source).await;
+    assert_eq!(services.len(), 4);
+    assert!(!endpoints.iter().any(|e| e.addr.to_string() == "10.0.0.1"));
+    // A change to nothing the catalog uses publishes nothing.
+    api.bookmark();
+    source.quiet_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn discovery_errors_are_reported_and_recovered_from() {
+    let api = FakeApiServer::start(vec![k8s_service(
+        "web",
+        cluster_ip("10.96.0.10", json!(8080)),
+    )])
+    .await;
+    api.set_failing(Some(403));
+    let watcher = KubernetesWatcher::new(&discovering(&api.url))
+        .unwrap()
+        .with_backoff(fast());
+    let mut source = Running::start(watcher);
+    match source.next().await {
+        SourceUpdate::Error(e) => assert!(e.contains("403"), "{e}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    api.set_failing(None);
+    loop {
+        match source.next().await {
+            SourceUpdate::Error(_) => continue,
+            SourceUpdate::Catalog {
+                services,
+                endpoints,
+            } => {
+                assert_eq!(names(&services), ["shop/web:http@10.96.0.10:80"]);
+                // No slices yet: a service without backends.
+                assert!(endpoints.is_empty());
+                break;
+            }
+            other => panic!("expected a catalog, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn node_addresses_from_interfaces() {
+    let lo = discover::interface_addresses(&["lo".to_owned()]);
+    assert!(lo.contains(&"127.0.0.1".parse().unwrap()), "{lo:?}");
+    assert!(discover::interface_addresses(&["no-such-if0".to_owned()]).is_empty());
 }
