@@ -529,8 +529,16 @@ impl Status {
                 r.url,
                 if r.up { "up" } else { "DOWN" },
                 r.calls.values().sum::<u64>(),
-                if errors.is_empty() { "-".into() } else { errors.join(" ") },
-                if fallbacks.is_empty() { "-".into() } else { fallbacks.join(" ") },
+                if errors.is_empty() {
+                    "-".into()
+                } else {
+                    errors.join(" ")
+                },
+                if fallbacks.is_empty() {
+                    "-".into()
+                } else {
+                    fallbacks.join(" ")
+                },
                 r.last_error.as_deref().unwrap_or("-")
             );
         }

@@ -176,7 +176,9 @@ fn shared_limit_across_two_gateways_and_fail_modes() {
     let runs: Vec<(Vec<u16>, Duration)> = std::thread::scope(|s| {
         let hs: Vec<_> = labs
             .iter()
-            .map(|lab| s.spawn(|| statuses(lab, "/tenant", 150, &["-H", &header, "--rate", "100/s"])))
+            .map(|lab| {
+                s.spawn(|| statuses(lab, "/tenant", 150, &["-H", &header, "--rate", "100/s"]))
+            })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -199,7 +201,10 @@ fn shared_limit_across_two_gateways_and_fail_modes() {
         admitted >= least,
         "the fleet admitted only {admitted} < {least:.1} in {took:.2}s: {runs:?}"
     );
-    assert!(ok.iter().all(|n| *n > 0), "each gateway got a share: {ok:?}");
+    assert!(
+        ok.iter().all(|n| *n > 0),
+        "each gateway got a share: {ok:?}"
+    );
     assert_eq!(
         ok.iter().sum::<usize>() + limited,
         300,
@@ -215,7 +220,11 @@ fn shared_limit_across_two_gateways_and_fail_modes() {
         assert_eq!(count(&open, 200), n, "fail open lets all through: {open:?}");
         assert!(took < Duration::from_secs(3), "open run took {took:?}");
         let (closed, took) = statuses(lab, "/closed", n, &[]);
-        assert_eq!(count(&closed, 503), n, "fail closed refuses all: {closed:?}");
+        assert_eq!(
+            count(&closed, 503),
+            n,
+            "fail closed refuses all: {closed:?}"
+        );
         assert!(took < Duration::from_secs(3), "closed run took {took:?}");
         let (local, took) = statuses(lab, "/local", n, &[]);
         let passed = count(&local, 200);
@@ -299,7 +308,9 @@ auth = "fleet"
     }
     let rkey = format!("lb:apikey:{}", key_hash(KEY));
     redis
-        .cli(&["HSET", &rkey, "name", "ci", "tenant", "acme", "scopes", "read"])
+        .cli(&[
+            "HSET", &rkey, "name", "ci", "tenant", "acme", "scopes", "read",
+        ])
         .unwrap();
     let added = Instant::now();
     // Wait for each until it is accepted: within TTL (plus the time a request takes).
@@ -310,7 +321,11 @@ auth = "fleet"
             if r.status == 200 {
                 assert_eq!(r.echoed_header("x-user-id").as_deref(), Some("ci"), "{r:?}");
                 assert_eq!(r.echoed_header("x-tenant-id").as_deref(), Some("acme"));
-                assert_eq!(r.echoed_header("x-api-key"), None, "the key is not forwarded");
+                assert_eq!(
+                    r.echoed_header("x-api-key"),
+                    None,
+                    "the key is not forwarded"
+                );
                 break;
             }
             expect_status(lab, "key not yet seen", &r, 401);

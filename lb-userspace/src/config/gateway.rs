@@ -15,8 +15,8 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::diag::Diag;
-use super::doc::{Node, Sp, Table};
 use super::diag::Span;
+use super::doc::{Node, Sp, Table};
 use super::{AccessLog, ApiKeyAuth, AuthKind, AuthProvider, GatewaySettings, HeaderMatch};
 use super::{ApiKeyStore, OnRedisError, RedisSettings, SharedLimit};
 use super::{JwtAuth, JwtKeys, LimitKey, PathMatch, Rewrite, Route, RouteLimit, RouteTarget};
@@ -487,19 +487,21 @@ fn route_limit(t: &Table, d: &mut Diag) -> Option<RouteLimit> {
     };
     let on_error = match t.get("on_redis_error").and_then(|n| n.str(d)) {
         None => OnRedisError::default(),
-        Some(v) => match v.val.as_str() {
-            "local" => OnRedisError::Local,
-            "open" => OnRedisError::Open,
-            "closed" => OnRedisError::Closed,
-            other => {
-                d.error(
+        Some(v) => {
+            match v.val.as_str() {
+                "local" => OnRedisError::Local,
+                "open" => OnRedisError::Open,
+                "closed" => OnRedisError::Closed,
+                other => {
+                    d.error(
                     &v.span,
                     &t.field("on_redis_error"),
                     format!("unknown `on_redis_error` `{other}`; expected `local`, `open` or `closed`"),
                 );
-                return None;
+                    return None;
+                }
             }
-        },
+        }
     };
     let lease = match t.get("lease").and_then(|n| n.int(d)) {
         None => super::default_lease(burst),

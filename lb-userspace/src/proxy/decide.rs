@@ -13,8 +13,8 @@ use super::{
     auth::{AuthFailure, Identity, strip_identity_headers},
     limit::{BucketKey, LimitSpec, RateLimiter},
     metrics::GatewayMetrics,
-    shared_limit::{SharedLimiter, Spec},
     pipeline::{ConnInfo, Decide, Decision, Forward},
+    shared_limit::{SharedLimiter, Spec},
     state::{GatewayState, limit_key},
 };
 use crate::config::OnRedisError;

@@ -183,7 +183,8 @@ async fn connect_loop(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
             .set_response_timeout(Some(i.settings.timeout));
         let attempt = tokio::time::timeout(
             i.settings.connect_timeout * 2,
-            i.client.get_multiplexed_async_connection_with_config(&config),
+            i.client
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await;
         match attempt {

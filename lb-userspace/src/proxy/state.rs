@@ -20,8 +20,8 @@ use tracing::info;
 
 use super::{
     auth::{
-        self, ApiKeySettings, ApiKeys, Authenticator, JwtProvider, JwtSettings, Keys,
-        RedisApiKeys, TokenSource,
+        self, ApiKeySettings, ApiKeys, Authenticator, JwtProvider, JwtSettings, Keys, RedisApiKeys,
+        TokenSource,
     },
     redis_conn::RedisClient,
     route::{self, HeaderValueMatch, RouteError, RouteSpec, RouteTable},

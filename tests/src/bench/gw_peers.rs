@@ -230,11 +230,7 @@ pub fn start(peer: GwPeer, lab: &BenchLab, tools: &Tools, m: &AuthMaterial) -> R
         }
         _ => unreachable!("every configuration is ours, nginx or envoy"),
     };
-    let mut active = GwActive {
-        peer,
-        child,
-        redis,
-    };
+    let mut active = GwActive { peer, child, redis };
     let ns = &lab.topo.client.ns;
     let target = peer.target(lab);
     let ready = wait_status(

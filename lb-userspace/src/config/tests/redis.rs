@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use super::{GLOBAL, one_error};
-use crate::config::{
-    ApiKeyStore, AuthKind, OnRedisError, SharedLimit, default_lease, parse,
-};
+use crate::config::{ApiKeyStore, AuthKind, OnRedisError, SharedLimit, default_lease, parse};
 
 /// Lines 3-13 (as in `gateway.rs`): a backend set and a gateway with one route; the test
 /// appends to the route (from line 14).
@@ -31,7 +29,8 @@ fn gw(extra: &str) -> String {
 
 #[test]
 fn redis_settings_shared_limits_and_keys_parse() {
-    let text = gw(r#"rate_limit = { rate = 100, burst = 200, key = "tenant", shared = "redis", on_redis_error = "closed", lease = 7 }
+    let text = gw(
+        r#"rate_limit = { rate = 100, burst = 200, key = "tenant", shared = "redis", on_redis_error = "closed", lease = 7 }
 [[service.route]]
 name = "b"
 path_prefix = "/b"
@@ -48,7 +47,8 @@ url = "unix:///run/redis/redis.sock"
 timeout_ms = 40
 connect_timeout_ms = 300
 prefix = "fleet1:"
-"#);
+"#,
+    );
     let c = parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
     let routes = &c.services[1].http.as_ref().unwrap().routes;
     assert_eq!(

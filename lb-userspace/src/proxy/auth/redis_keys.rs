@@ -114,7 +114,9 @@ impl RedisApiKeys {
         Ok(id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Option<Arc<Identity>>, Instant)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Option<Arc<Identity>>, Instant)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -151,7 +153,9 @@ mod tests {
     use super::identity;
 
     fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

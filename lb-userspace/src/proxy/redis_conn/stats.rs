@@ -153,7 +153,10 @@ mod tests {
             super::redact("redis://u:pw@10.0.0.1:6379/0"),
             "redis://u:***@10.0.0.1:6379/0"
         );
-        assert_eq!(super::redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(
+            super::redact("redis://10.0.0.1:6379"),
+            "redis://10.0.0.1:6379"
+        );
         assert_eq!(super::redact("unix:///run/r.sock"), "unix:///run/r.sock");
     }
 }

@@ -25,7 +25,11 @@ async fn calls_time_out_fail_fast_when_down_and_reconnect() {
         let t = Instant::now();
         let e = ping(&c).await.unwrap_err();
         assert!(matches!(e, RedisError::Timeout(_)), "{e}");
-        assert!(t.elapsed() < timeout + Duration::from_millis(40), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < timeout + Duration::from_millis(40),
+            "{:?}",
+            t.elapsed()
+        );
     }
     // ...and after DROP_AFTER in a row the connection is dropped: no more waiting.
     assert!(!c.is_connected());
@@ -57,5 +61,8 @@ async fn calls_time_out_fail_fast_when_down_and_reconnect() {
     };
     assert!(errors("timeout") >= u64::from(DROP_AFTER), "{v:?}");
     assert!(errors("down") >= 1, "{v:?}");
-    assert!(v.calls["test"] > errors("timeout") + errors("down"), "{v:?}");
+    assert!(
+        v.calls["test"] > errors("timeout") + errors("down"),
+        "{v:?}"
+    );
 }

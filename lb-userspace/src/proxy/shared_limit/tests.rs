@@ -153,7 +153,11 @@ async fn two_nodes_share_one_limit_within_the_bound() {
                 let (mut ok, mut calls) = (0u64, 0u64);
                 while start.elapsed() < run {
                     calls += 1;
-                    if n.check("svc/r", "tenant:a", spec, lease).await.unwrap().allowed {
+                    if n.check("svc/r", "tenant:a", spec, lease)
+                        .await
+                        .unwrap()
+                        .allowed
+                    {
                         ok += 1;
                     }
                     tokio::time::sleep(Duration::from_micros(500)).await;
