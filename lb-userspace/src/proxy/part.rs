@@ -111,6 +111,8 @@ fn access_log_settings(c: &Config) -> Option<AccessLogSettings> {
     })
 }
 
+// One parameter per thing the agent hands over; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     listeners: Listeners,
     mut snapshots: Subscriber,

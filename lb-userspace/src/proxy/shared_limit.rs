@@ -52,11 +52,14 @@ struct Slot {
     fetch: tokio::sync::Mutex<()>,
 }
 
+/// Slots by `route \0 key`.
+type Shard = Mutex<HashMap<String, Arc<Slot>>>;
+
 /// The fleet-wide limiter; share one per gateway.
 pub struct SharedLimiter {
     redis: RedisClient,
     script: redis::Script,
-    shards: Box<[Mutex<HashMap<String, Arc<Slot>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 

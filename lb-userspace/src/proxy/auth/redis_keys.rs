@@ -36,12 +36,15 @@ use super::identity::{AuthMethod, Identity, KeyLimits};
 /// Cached answers at most; when full, expired ones go, then all.
 const MAX_CACHED: usize = 100_000;
 
+/// Answers by key digest: the identity (`None`: no such key) and until when it holds.
+type Cache = HashMap<[u8; 32], (Option<Arc<Identity>>, Instant)>;
+
 /// Redis-stored API keys with a local cache; share one per provider.
 pub struct RedisApiKeys {
     redis: RedisClient,
     header: HeaderName,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Option<Arc<Identity>>, Instant)>>,
+    cache: Mutex<Cache>,
 }
 
 impl RedisApiKeys {
@@ -114,9 +117,7 @@ impl RedisApiKeys {
         Ok(id)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Option<Arc<Identity>>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
