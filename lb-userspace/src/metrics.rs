@@ -455,6 +455,17 @@ mod tests {
     }
 
     #[test]
+    fn status_table_shows_redis() {
+        let t = sample().table();
+        assert!(
+            t.contains(
+                "redis redis://127.0.0.1:6379 DOWN calls=9 errors: ratelimit/timeout=2 fallbacks: api/users:local=2 last error: -"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn counters_are_named_the_prometheus_text_way() {
         let text = render(&sample(), None);
         assert!(
