@@ -78,6 +78,56 @@ fn gauge_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The gateway's Redis: connection state, calls, errors, fail-mode decisions.
+fn redis(reg: &mut Registry, r: &crate::status::RedisStatus) {
+    gauge(
+        reg,
+        "lb_gateway_redis_up",
+        "1 while the gateway is connected to its Redis",
+        u64::from(r.up),
+    );
+    counter(
+        reg,
+        "lb_gateway_redis_connects_total",
+        "Connections made to Redis (the first included)",
+        r.reconnects,
+    );
+    counter(
+        reg,
+        "lb_gateway_redis_connect_failures_total",
+        "Failed attempts to connect to Redis",
+        r.connect_failures,
+    );
+    let calls = counters(
+        reg,
+        "lb_gateway_redis_calls_total",
+        "Gateway calls to Redis by operation (ratelimit, apikey), failed ones included",
+    );
+    for (op, n) in &r.calls {
+        calls.get_or_create(&vec![("op", op.clone())]).set(*n);
+    }
+    let errors = counters(
+        reg,
+        "lb_gateway_redis_errors_total",
+        "Gateway calls to Redis that failed, by operation and kind (down, timeout, error)",
+    );
+    for e in &r.errors {
+        errors
+            .get_or_create(&vec![("op", e.op.clone()), ("kind", e.kind.clone())])
+            .set(e.count);
+    }
+    let fallbacks = counters(
+        reg,
+        "lb_gateway_redis_fallbacks_total",
+        "Requests a shared rate limit decided without Redis, by route and on_redis_error mode",
+    );
+    for f in &r.fallbacks {
+        fallbacks
+            .get_or_create(&vec![("route", f.route.clone()), ("mode", f.mode.clone())])
+            .set(f.count);
+    }
+}
+
 /// The metrics text for `s`, with the gateway's latency histograms when it runs.
 pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
     let mut reg = Registry::default();
@@ -132,6 +182,9 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
         gw_limited
             .get_or_create(&vec![("route", r.route.clone())])
             .set(r.rate_limited);
+    }
+    if let Some(r) = &s.redis {
+        redis(&mut reg, r);
     }
     let svc_packets = counters(
         &mut reg,
@@ -383,6 +436,24 @@ mod tests {
                 namespaces: "host".into(),
                 events: [("connect".to_owned(), 7)].into(),
             }),
+            redis: Some(crate::status::RedisStatus {
+                url: "redis://127.0.0.1:6379".into(),
+                up: false,
+                reconnects: 1,
+                connect_failures: 3,
+                calls: [("ratelimit".to_owned(), 9)].into(),
+                errors: vec![crate::status::RedisErrors {
+                    op: "ratelimit".into(),
+                    kind: "timeout".into(),
+                    count: 2,
+                }],
+                last_error: None,
+                fallbacks: vec![crate::status::RedisFallbacks {
+                    route: "api/users".into(),
+                    mode: "local".into(),
+                    count: 2,
+                }],
+            }),
         }
     }
 
@@ -399,9 +470,25 @@ mod tests {
             "lb_socket_lb_events_total{event=\"connect\"} 7\n",
             "# TYPE lb_gateway_request_duration_seconds histogram\n",
             "lb_gateway_request_duration_seconds_count{route=\"api/users\"} 1\n",
+            "lb_gateway_redis_up 0\n",
+            "lb_gateway_redis_calls_total{op=\"ratelimit\"} 9\n",
+            "lb_gateway_redis_errors_total{op=\"ratelimit\",kind=\"timeout\"} 2\n",
+            "lb_gateway_redis_fallbacks_total{route=\"api/users\",mode=\"local\"} 2\n",
+            "lb_gateway_redis_connect_failures_total 3\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn status_table_shows_redis() {
+        let t = sample().table();
+        assert!(
+            t.contains(
+                "redis redis://127.0.0.1:6379 DOWN calls=9 errors: ratelimit/timeout=2 fallbacks: api/users:local=2 last error: -"
+            ),
+            "{t}"
+        );
     }
 
     #[test]

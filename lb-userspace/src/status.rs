@@ -48,6 +48,9 @@ pub struct Status {
     /// The socket LB, when attached.
     #[serde(default)]
     pub socket_lb: Option<SocketLbStatus>,
+    /// The gateway's Redis (`[gateway.redis]`), if configured.
+    #[serde(default)]
+    pub redis: Option<RedisStatus>,
 }
 
 /// The socket LB: where it is attached and what it did.
@@ -59,6 +62,41 @@ pub struct SocketLbStatus {
     pub namespaces: String,
     /// Counts by event (`connect`, `sendmsg`, `no_backend`, `reverse`, ...).
     pub events: BTreeMap<String, u64>,
+}
+
+/// The gateway's Redis connection and what went wrong with it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedisStatus {
+    /// Credentials masked.
+    pub url: String,
+    /// Connected now.
+    pub up: bool,
+    /// Connections made (the first one included).
+    pub reconnects: u64,
+    pub connect_failures: u64,
+    /// Calls by operation (`ratelimit`, `apikey`), failed ones included.
+    pub calls: BTreeMap<String, u64>,
+    /// Failed calls.
+    pub errors: Vec<RedisErrors>,
+    pub last_error: Option<String>,
+    /// Requests a shared limit decided by its `on_redis_error` mode.
+    pub fallbacks: Vec<RedisFallbacks>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedisErrors {
+    pub op: String,
+    /// `down` (no connection), `timeout`, `error`.
+    pub kind: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedisFallbacks {
+    pub route: String,
+    /// `open`, `closed` or `local`.
+    pub mode: String,
+    pub count: u64,
 }
 
 /// One gateway route's counters.
@@ -234,6 +272,24 @@ impl StatusSource {
                     count,
                 })
                 .collect();
+            status.redis = g.metrics.redis.view().map(|v| RedisStatus {
+                url: v.url,
+                up: v.up,
+                reconnects: v.reconnects,
+                connect_failures: v.connect_failures,
+                calls: v.calls,
+                errors: v
+                    .errors
+                    .into_iter()
+                    .map(|((op, kind), count)| RedisErrors { op, kind, count })
+                    .collect(),
+                last_error: v.last_error,
+                fallbacks: v
+                    .fallbacks
+                    .into_iter()
+                    .map(|((route, mode), count)| RedisFallbacks { route, mode, count })
+                    .collect(),
+            });
         }
         Some(status)
     }
@@ -365,6 +421,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
             namespaces: s.namespaces.to_string(),
             events: s.events.iter().map(|(e, n)| (e.to_string(), *n)).collect(),
         }),
+        redis: None,
         reasons: l4
             .reasons
             .iter()
@@ -477,6 +534,36 @@ impl Status {
                     r.rate_limited
                 );
             }
+        }
+        if let Some(r) = &self.redis {
+            let errors: Vec<String> = r
+                .errors
+                .iter()
+                .map(|e| format!("{}/{}={}", e.op, e.kind, e.count))
+                .collect();
+            let fallbacks: Vec<String> = r
+                .fallbacks
+                .iter()
+                .map(|f| format!("{}:{}={}", f.route, f.mode, f.count))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nredis {} {} calls={} errors: {} fallbacks: {} last error: {}",
+                r.url,
+                if r.up { "up" } else { "DOWN" },
+                r.calls.values().sum::<u64>(),
+                if errors.is_empty() {
+                    "-".into()
+                } else {
+                    errors.join(" ")
+                },
+                if fallbacks.is_empty() {
+                    "-".into()
+                } else {
+                    fallbacks.join(" ")
+                },
+                r.last_error.as_deref().unwrap_or("-")
+            );
         }
         let reasons: Vec<String> = self
             .reasons

@@ -30,6 +30,7 @@ pub mod mounts;
 pub mod netns;
 pub mod ns_server;
 pub mod rawsock;
+pub mod redis_server;
 pub mod servers;
 pub mod topology;
 pub mod xdp;

@@ -29,6 +29,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "etcd-server",
     "etcd-client",
+    // Fleet-wide gateway limits and API keys: a real Redis the tests start by hand.
+    "redis-server",
     "prometheus",
     "python3-yaml",
     "python3-venv",

@@ -15,8 +15,10 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::diag::Diag;
+use super::diag::Span;
 use super::doc::{Node, Sp, Table};
 use super::{AccessLog, ApiKeyAuth, AuthKind, AuthProvider, GatewaySettings, HeaderMatch};
+use super::{ApiKeyStore, OnRedisError, RedisSettings, SharedLimit};
 use super::{JwtAuth, JwtKeys, LimitKey, PathMatch, Rewrite, Route, RouteLimit, RouteTarget};
 use super::{Service, TlsCert};
 
@@ -44,12 +46,16 @@ pub(super) struct RawRoute {
     /// Each target's service name.
     pub services: Vec<Sp<String>>,
     pub auth: Option<Sp<String>>,
+    /// Where `shared = "redis"` is, if set (needs `[gateway.redis]`).
+    pub redis: Option<Span>,
 }
 
 /// An `[[auth]]` entry as read.
 pub(super) struct RawAuth {
     pub provider: Option<AuthProvider>,
     pub name: Option<Sp<String>>,
+    /// Where `store = "redis"` is and its field path, if set (needs `[gateway.redis]`).
+    pub redis: Option<(Span, String)>,
 }
 
 /// `[[service.route]]` entries of the service table `t`, and whether every entry was good
@@ -203,10 +209,16 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
         );
         ok = false;
     }
+    let mut redis = None;
     let rate_limit = match t.get("rate_limit").and_then(|n| n.table(d)) {
         None => None,
         Some(rt) => match route_limit(&rt, d) {
-            Some(l) => Some(l),
+            Some(l) => {
+                if l.shared.is_some() {
+                    redis = rt.get("shared").map(|n| n.span);
+                }
+                Some(l)
+            }
             None => {
                 ok = false;
                 None
@@ -229,6 +241,7 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
         },
         services,
         auth,
+        redis,
     })
 }
 
@@ -410,7 +423,10 @@ fn targets(t: &Table, d: &mut Diag) -> Option<(Vec<RouteTarget>, Vec<Sp<String>>
 }
 
 fn route_limit(t: &Table, d: &mut Diag) -> Option<RouteLimit> {
-    t.deny_unknown(&["rate", "burst", "key"], d);
+    t.deny_unknown(
+        &["rate", "burst", "key", "shared", "on_redis_error", "lease"],
+        d,
+    );
     let rate = t
         .required("rate", "requests per second", d)
         .and_then(|n| n.int(d));
@@ -454,7 +470,69 @@ fn route_limit(t: &Table, d: &mut Diag) -> Option<RouteLimit> {
             }
         },
     };
-    Some(RouteLimit { rate, burst, key })
+    let shared = match t.get("shared").and_then(|n| n.str(d)) {
+        None => false,
+        Some(v) => match v.val.as_str() {
+            "local" => false,
+            "redis" => true,
+            other => {
+                d.error(
+                    &v.span,
+                    &t.field("shared"),
+                    format!("unknown `shared` value `{other}`; expected `local` or `redis`"),
+                );
+                return None;
+            }
+        },
+    };
+    let on_error = match t.get("on_redis_error").and_then(|n| n.str(d)) {
+        None => OnRedisError::default(),
+        Some(v) => {
+            match v.val.as_str() {
+                "local" => OnRedisError::Local,
+                "open" => OnRedisError::Open,
+                "closed" => OnRedisError::Closed,
+                other => {
+                    d.error(
+                    &v.span,
+                    &t.field("on_redis_error"),
+                    format!("unknown `on_redis_error` `{other}`; expected `local`, `open` or `closed`"),
+                );
+                    return None;
+                }
+            }
+        }
+    };
+    let lease = match t.get("lease").and_then(|n| n.int(d)) {
+        None => super::default_lease(burst),
+        Some(l) if (1..=i64::from(burst)).contains(&l.val) => l.val as u32,
+        Some(l) => {
+            d.error(
+                &l.span,
+                &t.field("lease"),
+                format!("lease {} out of range 1..={burst} (the burst)", l.val),
+            );
+            return None;
+        }
+    };
+    if !shared {
+        for k in ["on_redis_error", "lease"] {
+            if let Some(n) = t.get(k) {
+                d.error(
+                    &n.span,
+                    &t.field(k),
+                    format!("`{k}` only applies to `shared = \"redis\"`"),
+                );
+                return None;
+            }
+        }
+    }
+    Some(RouteLimit {
+        rate,
+        burst,
+        key,
+        shared: shared.then_some(SharedLimit { lease, on_error }),
+    })
 }
 
 /// `[[service.tls]]`: certificates by SNI name. Each file is read and the key matched to the
@@ -628,7 +706,15 @@ pub(super) fn auth(root: &Table, d: &mut Diag) -> Vec<RawAuth> {
             }
             None => None,
         };
+        let redis = match &provider {
+            Some(AuthKind::ApiKey(ApiKeyAuth {
+                store: ApiKeyStore::Redis { .. },
+                ..
+            })) => t.get("store").map(|n| (n.span, t.field("store"))),
+            _ => None,
+        };
         out.push(RawAuth {
+            redis,
             provider: match (provider, &name) {
                 (Some(kind), Some(n)) => Some(AuthProvider {
                     name: n.val.clone(),
@@ -808,17 +894,63 @@ fn jwt(t: &Table, d: &mut Diag) -> Option<JwtAuth> {
 
 fn api_key(t: &Table, d: &mut Diag) -> Option<ApiKeyAuth> {
     t.deny_unknown_in(
-        &["name", "kind", "file", "header"],
+        &["name", "kind", "file", "header", "store", "cache_ttl_ms"],
         " for an `api_key` provider",
         d,
     );
-    let file = t
-        .required("file", "the key file (hashed keys)", d)
-        .and_then(|n| n.str(d))?;
-    if !file.val.starts_with('/') {
-        d.error(&file.span, &t.field("file"), "the path must be absolute");
-        return None;
-    }
+    let redis = match t.get("store").and_then(|n| n.str(d)) {
+        None => false,
+        Some(v) if v.val == "file" => false,
+        Some(v) if v.val == "redis" => true,
+        Some(v) => {
+            d.error(
+                &v.span,
+                &t.field("store"),
+                format!("unknown key store `{}`; expected `file` or `redis`", v.val),
+            );
+            return None;
+        }
+    };
+    let store = if redis {
+        if let Some(f) = t.get("file") {
+            d.error(
+                &f.span,
+                &t.field("file"),
+                "`store = \"redis\"` keeps the keys in Redis: drop `file`",
+            );
+            return None;
+        }
+        let cache_ttl = match t.get("cache_ttl_ms").and_then(|n| n.int(d)) {
+            None => super::DEFAULT_API_KEY_CACHE_TTL,
+            Some(v) if (100..=3_600_000).contains(&v.val) => Duration::from_millis(v.val as u64),
+            Some(v) => {
+                d.error(
+                    &v.span,
+                    &t.field("cache_ttl_ms"),
+                    format!("cache_ttl_ms {} out of range 100..=3600000", v.val),
+                );
+                return None;
+            }
+        };
+        ApiKeyStore::Redis { cache_ttl }
+    } else {
+        if let Some(c) = t.get("cache_ttl_ms") {
+            d.error(
+                &c.span,
+                &t.field("cache_ttl_ms"),
+                "`cache_ttl_ms` only applies to `store = \"redis\"`",
+            );
+            return None;
+        }
+        let file = t
+            .required("file", "the key file (hashed keys)", d)
+            .and_then(|n| n.str(d))?;
+        if !file.val.starts_with('/') {
+            d.error(&file.span, &t.field("file"), "the path must be absolute");
+            return None;
+        }
+        ApiKeyStore::File(PathBuf::from(file.val))
+    };
     let header = match t.get("header").and_then(|n| n.str(d)) {
         None => DEFAULT_API_KEY_HEADER.to_owned(),
         Some(h) if http::HeaderName::from_bytes(h.val.as_bytes()).is_ok() => {
@@ -833,10 +965,7 @@ fn api_key(t: &Table, d: &mut Diag) -> Option<ApiKeyAuth> {
             return None;
         }
     };
-    Some(ApiKeyAuth {
-        file: PathBuf::from(file.val),
-        header,
-    })
+    Some(ApiKeyAuth { store, header })
 }
 
 /// `[gateway]`: agent-wide gateway settings.
@@ -845,7 +974,7 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> GatewaySettings {
     let Some(t) = root.get("gateway").and_then(|n| n.table(d)) else {
         return s;
     };
-    t.deny_unknown(&["access_log", "access_log_file", "threads"], d);
+    t.deny_unknown(&["access_log", "access_log_file", "threads", "redis"], d);
     if let Some(a) = t.get("access_log").and_then(|n| n.str(d)) {
         match a.val.as_str() {
             "off" => s.access_log = AccessLog::Off,
@@ -880,7 +1009,69 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> GatewaySettings {
             );
         }
     }
+    if let Some(rt) = t.get("redis").and_then(|n| n.table(d)) {
+        s.redis = redis(&rt, d);
+    }
     s
+}
+
+/// `[gateway.redis]`.
+fn redis(t: &Table, d: &mut Diag) -> Option<RedisSettings> {
+    t.deny_unknown(&["url", "timeout_ms", "connect_timeout_ms", "prefix"], d);
+    let url = t
+        .required("url", "`redis://host:port` or `unix:///path`", d)
+        .and_then(|n| n.str(d))?;
+    let scheme_ok = url.val.starts_with("redis://") || url.val.starts_with("unix:///");
+    if !scheme_ok || redis::Client::open(url.val.as_str()).is_err() {
+        d.error(
+            &url.span,
+            &t.field("url"),
+            format!(
+                "invalid Redis URL `{}`: expected redis://host:port[/db] or unix:///path",
+                url.val
+            ),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut ms = |key: &str, default: Duration, max: i64| match t.get(key).and_then(|n| n.int(d)) {
+        None => default,
+        Some(v) if (1..=max).contains(&v.val) => Duration::from_millis(v.val as u64),
+        Some(v) => {
+            d.error(
+                &v.span,
+                &t.field(key),
+                format!("{key} {} out of range 1..={max} milliseconds", v.val),
+            );
+            ok = false;
+            default
+        }
+    };
+    let timeout = ms("timeout_ms", super::DEFAULT_REDIS_TIMEOUT, 1_000);
+    let connect_timeout = ms(
+        "connect_timeout_ms",
+        super::DEFAULT_REDIS_CONNECT_TIMEOUT,
+        10_000,
+    );
+    let prefix = match t.get("prefix").and_then(|n| n.str(d)) {
+        None => super::DEFAULT_REDIS_PREFIX.to_owned(),
+        Some(p) if p.val.len() <= 64 && !p.val.contains(char::is_whitespace) => p.val,
+        Some(p) => {
+            d.error(
+                &p.span,
+                &t.field("prefix"),
+                "a prefix is at most 64 bytes without whitespace",
+            );
+            ok = false;
+            String::new()
+        }
+    };
+    ok.then_some(RedisSettings {
+        url: url.val,
+        timeout,
+        connect_timeout,
+        prefix,
+    })
 }
 
 /// The rules across sections: a route's services exist and are plain TCP services (not
@@ -889,8 +1080,20 @@ pub(super) fn check_references(
     services: &[Service],
     routes: &[(Sp<String>, String, &Vec<RawRoute>)],
     auth: &[RawAuth],
+    redis: bool,
     d: &mut Diag,
 ) {
+    if !redis {
+        for a in auth {
+            if let Some((span, field)) = &a.redis {
+                d.error(
+                    span,
+                    field,
+                    "`store = \"redis\"` needs a `[gateway.redis]` table",
+                );
+            }
+        }
+    }
     let by_name: HashMap<&str, &Service> = services.iter().map(|s| (s.name.as_str(), s)).collect();
     let auth_names: Vec<&str> = auth
         .iter()
@@ -908,6 +1111,13 @@ pub(super) fn check_references(
                 );
             }
             let field = format!("{path}.route[{i}]");
+            if let (Some(span), false) = (&r.redis, redis) {
+                d.error(
+                    span,
+                    &format!("{field}.rate_limit.shared"),
+                    "`shared = \"redis\"` needs a `[gateway.redis]` table",
+                );
+            }
             for s in &r.services {
                 match by_name.get(s.val.as_str()) {
                     None => d.error(&s.span, &format!("{field}.service"), format!("no service named `{}`", s.val)),

@@ -597,6 +597,34 @@ pub struct RouteLimit {
     /// Bucket depth, >= 1; default `rate`.
     pub burst: u32,
     pub key: LimitKey,
+    /// `shared = "redis"`: one bucket per key for the whole fleet, in Redis (needs
+    /// `[gateway.redis]`); `None`: a bucket per node.
+    pub shared: Option<SharedLimit>,
+}
+
+/// How a fleet-wide (Redis) limit is taken and what happens when Redis fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLimit {
+    /// Tokens a node takes from Redis at once and spends locally; 1..=burst.
+    pub lease: u32,
+    pub on_error: OnRedisError,
+}
+
+/// What a shared limit does when Redis does not answer in time (or is down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRedisError {
+    /// Apply the same rate and burst per node (the default).
+    #[default]
+    Local,
+    /// Let the request through.
+    Open,
+    /// Refuse it (503).
+    Closed,
+}
+
+/// Default lease of a shared limit: a twentieth of the burst, 1..=1000.
+pub fn default_lease(burst: u32) -> u32 {
+    burst.div_ceil(20).clamp(1, 1000)
 }
 
 /// What a route's rate limit counts by.
@@ -659,11 +687,40 @@ pub enum JwtKeys {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyAuth {
-    /// The key file (absolute path): SHA-256 hashes of keys, reloaded when it changes.
-    pub file: PathBuf,
+    /// Where the hashed keys are.
+    pub store: ApiKeyStore,
     /// Lower-case header carrying the key; default `x-api-key`.
     pub header: String,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyStore {
+    /// `file = ...`: a key file (absolute path) of SHA-256 hashes, reloaded when it changes.
+    File(PathBuf),
+    /// `store = "redis"`: hash `<prefix>apikey:<sha256 hex>` in `[gateway.redis]`, cached per
+    /// node for `cache_ttl` (found and not found alike).
+    Redis { cache_ttl: Duration },
+}
+
+/// Default `cache_ttl_ms` of Redis-stored API keys.
+pub const DEFAULT_API_KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// `[gateway.redis]`: the Redis that shared limits and API keys live in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]` or `unix:///path/to/socket`.
+    pub url: String,
+    /// Longest a request waits for one Redis call (`timeout_ms`, default 25).
+    pub timeout: Duration,
+    /// Longest a (re)connect attempt takes (`connect_timeout_ms`, default 200).
+    pub connect_timeout: Duration,
+    /// Prefix of every key the gateway writes or reads (default `lb:`).
+    pub prefix: String,
+}
+
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(25);
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+pub const DEFAULT_REDIS_PREFIX: &str = "lb:";
 
 /// `[gateway]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -673,6 +730,8 @@ pub struct GatewaySettings {
     pub access_log_file: Option<PathBuf>,
     /// Worker threads of the gateway's own runtime; default 2.
     pub threads: usize,
+    /// `[gateway.redis]`; `None`: no Redis (shared limits and Redis keys refused).
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for GatewaySettings {
@@ -681,6 +740,7 @@ impl Default for GatewaySettings {
             access_log: AccessLog::Off,
             access_log_file: None,
             threads: 2,
+            redis: None,
         }
     }
 }

@@ -39,7 +39,13 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         .iter()
         .filter_map(|s| Some((s.name.clone()?, format!("service[{}]", s.index), &s.routes)))
         .collect();
-    gateway::check_references(&services, &routes, &raw.auth, d);
+    gateway::check_references(
+        &services,
+        &routes,
+        &raw.auth,
+        raw.gateway.redis.is_some(),
+        d,
+    );
     socket_lb::check_scopes(&raw.services, &services, &raw.socket_lb, d);
     let admin = control::admin(raw.admin.as_ref(), d);
     let registry = control::registry(raw.registry.as_ref(), d);

@@ -14,13 +14,17 @@ use super::{
     limit::{BucketKey, LimitSpec, RateLimiter},
     metrics::GatewayMetrics,
     pipeline::{ConnInfo, Decide, Decision, Forward},
+    shared_limit::{SharedLimiter, Spec},
     state::{GatewayState, limit_key},
 };
+use crate::config::OnRedisError;
 
 /// The gateway's [`Decide`]: reads the current [`GatewayState`] once per request.
 pub struct Gatekeeper {
     pub state: Arc<ArcSwap<GatewayState>>,
     pub limiter: Arc<RateLimiter>,
+    /// Fleet-wide limits (`shared = "redis"`); `None` without `[gateway.redis]`.
+    pub shared: Option<Arc<SharedLimiter>>,
     pub metrics: Arc<GatewayMetrics>,
 }
 
@@ -48,10 +52,10 @@ fn auth_failed(route: &Arc<str>, f: AuthFailure) -> Decision {
         .www_authenticate
         .map(|v| vec![(header::WWW_AUTHENTICATE, v)])
         .unwrap_or_default();
-    let body = if f.status == StatusCode::FORBIDDEN {
-        "forbidden\n"
-    } else {
-        "unauthorized\n"
+    let body = match f.status {
+        StatusCode::FORBIDDEN => "forbidden\n",
+        StatusCode::SERVICE_UNAVAILABLE => "authentication unavailable\n",
+        _ => "unauthorized\n",
     };
     respond(Some(route.clone()), f.status, headers, body)
 }
@@ -62,6 +66,25 @@ fn host(req: &http::request::Parts) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// What a shared limit does without Redis (the route's `on_redis_error`).
+enum Fallback {
+    Open,
+    Closed,
+    Local,
+}
+
+impl Gatekeeper {
+    fn redis_failed(&self, route: &str, mode: OnRedisError) -> Fallback {
+        let (f, label) = match mode {
+            OnRedisError::Open => (Fallback::Open, "open"),
+            OnRedisError::Closed => (Fallback::Closed, "closed"),
+            OnRedisError::Local => (Fallback::Local, "local"),
+        };
+        self.metrics.redis.fallback(route, label);
+        f
+    }
 }
 
 impl Decide for Gatekeeper {
@@ -116,17 +139,43 @@ impl Decide for Gatekeeper {
         let mut decisions = Vec::with_capacity(2);
         if let Some(l) = policy.limit {
             let key = limit_key(l.key, conn.peer.ip(), identity.as_deref());
-            decisions.push(self.limiter.check(
-                BucketKey {
-                    route: &route,
-                    key: &key,
-                },
-                LimitSpec {
-                    rate_per_sec: l.rate,
-                    burst: l.burst,
-                },
-                now,
-            ));
+            let local = |now| {
+                self.limiter.check(
+                    BucketKey {
+                        route: &route,
+                        key: &key,
+                    },
+                    LimitSpec {
+                        rate_per_sec: l.rate,
+                        burst: l.burst,
+                    },
+                    now,
+                )
+            };
+            match (l.shared, &self.shared) {
+                (Some(s), Some(shared)) => {
+                    let spec = Spec {
+                        rate: l.rate,
+                        burst: l.burst,
+                    };
+                    match shared.check(&route, &key, spec, s.lease).await {
+                        Ok(d) => decisions.push(d),
+                        Err(_) => match self.redis_failed(&route, s.on_error) {
+                            Fallback::Open => {}
+                            Fallback::Local => decisions.push(local(Instant::now())),
+                            Fallback::Closed => {
+                                return respond(
+                                    Some(route),
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    vec![],
+                                    "rate limit unavailable\n",
+                                );
+                            }
+                        },
+                    }
+                }
+                _ => decisions.push(local(now)),
+            }
         }
         if let Some(id) = &identity
             && let Some(k) = id.limits

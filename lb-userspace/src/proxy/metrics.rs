@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::redis_conn::RedisStats;
+
 type Labels = Vec<(&'static str, String)>;
 
 /// Latency buckets (seconds): 1 ms .. 30 s, roughly x2.5 apart.
@@ -72,6 +74,8 @@ pub struct GatewayMetrics {
     handles: RwLock<HashMap<Arc<str>, Arc<RouteHandles>>>,
     /// Failed upstream exchanges by (service, kind), for the status document.
     upstream: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Redis calls, errors, connection state and fail-mode decisions.
+    pub redis: Arc<RedisStats>,
 }
 
 impl Default for GatewayMetrics {
@@ -88,6 +92,7 @@ impl Default for GatewayMetrics {
             routes: Mutex::new(BTreeMap::new()),
             handles: RwLock::new(HashMap::new()),
             upstream: Mutex::new(BTreeMap::new()),
+            redis: Arc::default(),
         }
     }
 }

@@ -9,7 +9,9 @@
 //! - request phases: [`decide`] (route via [`route`], auth via [`auth`], limits via
 //!   [`limit`], backend choice) over the immutable [`state`] built from each snapshot;
 //! - the agent's part: [`part`] (own runtime, snapshot subscription, reloads), [`listen`]
-//!   (sockets), [`vip_routes`] (local routes for the VIPs).
+//!   (sockets), [`vip_routes`] (local routes for the VIPs);
+//! - fleet-wide state: [`redis_conn`] (the Redis client), [`shared_limit`] (limits shared by
+//!   every gateway), Redis-stored API keys in [`auth`].
 
 pub mod access_log;
 pub mod auth;
@@ -25,8 +27,10 @@ pub mod listen;
 pub mod metrics;
 pub mod part;
 pub mod pipeline;
+pub mod redis_conn;
 pub mod route;
 pub mod server;
+pub mod shared_limit;
 pub mod state;
 pub mod tls;
 pub mod upstream;

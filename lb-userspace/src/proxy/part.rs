@@ -19,13 +19,15 @@ use super::{
     limit::{LimiterSettings, RateLimiter},
     listen::Listeners,
     metrics::GatewayMetrics,
+    redis_conn::RedisClient,
     server::{self, Observers, ServerSettings, TlsChoice},
+    shared_limit::SharedLimiter,
     state::{self, AuthProviders, GatewayState},
     upstream::{UpstreamSettings, Upstreams},
     vip_routes::VipRoutes,
 };
 use crate::{
-    config::{AccessLog as AccessLogKind, Config},
+    config::{AccessLog as AccessLogKind, Config, RedisSettings},
     model::Subscriber,
 };
 
@@ -65,9 +67,13 @@ impl GatewayPart {
         let log = access_log_settings(config);
         let snat = (config.global.snat_port_min, config.global.snat_port_max);
         let (m, s) = (metrics.clone(), state.clone());
+        // Read once: a changed `[gateway.redis]` takes a restart.
+        let redis = config.gateway.redis.clone();
         let thread = std::thread::Builder::new()
             .name("lb-gateway".into())
-            .spawn(move || runtime.block_on(run(listeners, snapshots, s, m, log, snat, stop)))
+            .spawn(move || {
+                runtime.block_on(run(listeners, snapshots, s, m, log, snat, redis, stop))
+            })
             .map_err(GatewayError::Runtime)?;
         Ok(Self {
             thread,
@@ -105,6 +111,8 @@ fn access_log_settings(c: &Config) -> Option<AccessLogSettings> {
     })
 }
 
+// One parameter per thing the agent hands over; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     listeners: Listeners,
     mut snapshots: Subscriber,
@@ -112,6 +120,7 @@ async fn run(
     metrics: Arc<GatewayMetrics>,
     log: Option<AccessLogSettings>,
     snat_ports: (u16, u16),
+    redis: Option<RedisSettings>,
     stop: CancellationToken,
 ) {
     let local_ports =
@@ -137,9 +146,16 @@ async fn run(
         },
     };
     let limiter = Arc::new(RateLimiter::new(LimiterSettings::default()));
+    let redis = redis.and_then(|s| {
+        RedisClient::start(s, metrics.redis.clone(), stop.clone())
+            .inspect_err(|e| error!(error = %e, "redis client not started"))
+            .ok()
+    });
+    let shared = redis.clone().map(|r| Arc::new(SharedLimiter::new(r)));
     let gatekeeper = Arc::new(Gatekeeper {
         state: state.clone(),
         limiter: limiter.clone(),
+        shared: shared.clone(),
         metrics: metrics.clone(),
     });
     let upstreams = Arc::new(Upstreams::new(&UpstreamSettings {
@@ -179,6 +195,7 @@ async fn run(
     }
 
     let mut providers = AuthProviders::default();
+    providers.redis = redis;
     let mut vip_routes = VipRoutes::default();
     let mut sweep = tokio::time::interval(LIMITER_SWEEP);
     // The first snapshot is already in the channel: build it at once.
@@ -188,6 +205,9 @@ async fn run(
             _ = stop.cancelled() => break,
             _ = sweep.tick() => {
                 limiter.sweep(std::time::Instant::now());
+                if let Some(s) = &shared {
+                    s.sweep(std::time::Instant::now());
+                }
             }
             changed = snapshots.changed() => {
                 if changed.is_err() {

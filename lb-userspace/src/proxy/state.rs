@@ -20,13 +20,15 @@ use tracing::info;
 
 use super::{
     auth::{
-        self, ApiKeySettings, ApiKeys, Authenticator, JwtProvider, JwtSettings, Keys, TokenSource,
+        self, ApiKeySettings, ApiKeys, Authenticator, JwtProvider, JwtSettings, Keys, RedisApiKeys,
+        TokenSource,
     },
+    redis_conn::RedisClient,
     route::{self, HeaderValueMatch, RouteError, RouteSpec, RouteTable},
     tls::{CertSpec, Tls, TlsSettings},
 };
 use crate::{
-    config::{self, AuthKind, AuthProvider, Config, LimitKey, Mode, RouteLimit},
+    config::{self, ApiKeyStore, AuthKind, AuthProvider, Config, LimitKey, Mode, RouteLimit},
     model::Snapshot,
 };
 
@@ -130,6 +132,8 @@ pub enum StateError {
 pub struct AuthProviders {
     built: HashMap<String, (AuthProvider, Authenticator, CancellationToken)>,
     tls: HashMap<Vec<config::TlsCert>, (Arc<Tls>, CancellationToken)>,
+    /// For Redis-stored API keys (`[gateway.redis]`).
+    pub redis: Option<RedisClient>,
 }
 
 impl AuthProviders {
@@ -158,13 +162,27 @@ impl AuthProviders {
                 ))
             }
             AuthKind::ApiKey(k) => {
-                let mut s = ApiKeySettings::new(k.file.clone());
-                s.header = HeaderName::from_bytes(k.header.as_bytes())
+                let header = HeaderName::from_bytes(k.header.as_bytes())
                     .expect("config checked the header name");
-                Authenticator::ApiKey(
-                    ApiKeys::watch(s, API_KEY_POLL, token.clone())
-                        .map_err(|e| err(auth::AuthError::ApiKeys(e)))?,
-                )
+                match &k.store {
+                    ApiKeyStore::File(file) => {
+                        let mut s = ApiKeySettings::new(file.clone());
+                        s.header = header;
+                        Authenticator::ApiKey(
+                            ApiKeys::watch(s, API_KEY_POLL, token.clone())
+                                .map_err(|e| err(auth::AuthError::ApiKeys(e)))?,
+                        )
+                    }
+                    ApiKeyStore::Redis { cache_ttl } => {
+                        let redis = self
+                            .redis
+                            .clone()
+                            .ok_or_else(|| err(auth::AuthError::NoRedis))?;
+                        Authenticator::RedisApiKey(Arc::new(RedisApiKeys::new(
+                            redis, header, *cache_ttl,
+                        )))
+                    }
+                }
             }
         };
         if let Some((_, _, old)) = self

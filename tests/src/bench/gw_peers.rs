@@ -52,6 +52,10 @@ pub enum GwPeer {
     Envoy,
     /// Envoy with `jwt_authn` (RS256, local JWKS).
     EnvoyJwt,
+    /// This gateway, no auth, a per-node (local) rate limit that is never reached.
+    GatewayLimit,
+    /// The same limit fleet-wide (`shared = "redis"`, a local `redis-server`).
+    GatewayLimitRedis,
 }
 
 /// Which credential a configuration wants.
@@ -67,7 +71,7 @@ pub enum Auth {
 
 impl GwPeer {
     /// All of them, in the order they run within a round.
-    pub const ALL: [GwPeer; 7] = [
+    pub const ALL: [GwPeer; 9] = [
         GwPeer::Gateway,
         GwPeer::GatewayJwt,
         GwPeer::GatewayApiKey,
@@ -75,6 +79,8 @@ impl GwPeer {
         GwPeer::NginxApiKey,
         GwPeer::Envoy,
         GwPeer::EnvoyJwt,
+        GwPeer::GatewayLimit,
+        GwPeer::GatewayLimitRedis,
     ];
 
     /// Short name used on the command line and in JSON.
@@ -87,6 +93,8 @@ impl GwPeer {
             GwPeer::NginxApiKey => "nginx-apikey",
             GwPeer::Envoy => "envoy",
             GwPeer::EnvoyJwt => "envoy-jwt",
+            GwPeer::GatewayLimit => "gateway-limit",
+            GwPeer::GatewayLimitRedis => "gateway-limit-redis",
         }
     }
 
@@ -100,6 +108,8 @@ impl GwPeer {
             GwPeer::NginxApiKey => "nginx + API-key map",
             GwPeer::Envoy => "Envoy router",
             GwPeer::EnvoyJwt => "Envoy + jwt_authn RS256",
+            GwPeer::GatewayLimit => "this gateway + local rate limit",
+            GwPeer::GatewayLimitRedis => "this gateway + Redis rate limit",
         }
     }
 
@@ -112,7 +122,11 @@ impl GwPeer {
     pub fn is_ours(self) -> bool {
         matches!(
             self,
-            GwPeer::Gateway | GwPeer::GatewayJwt | GwPeer::GatewayApiKey
+            GwPeer::Gateway
+                | GwPeer::GatewayJwt
+                | GwPeer::GatewayApiKey
+                | GwPeer::GatewayLimit
+                | GwPeer::GatewayLimitRedis
         )
     }
 
@@ -157,6 +171,8 @@ pub struct GwActive {
     pub peer: GwPeer,
     /// The proxy (or agent) process.
     pub child: NsChild,
+    /// The Redis of `GatewayLimitRedis`; stopped after the agent.
+    pub redis: Option<crate::redis_server::RedisServer>,
 }
 
 /// Starts `peer` on `lab`, waits until `GET BENCH_PATH` with its credential answers 200,
@@ -164,10 +180,18 @@ pub struct GwActive {
 /// everything through would measure nothing).
 pub fn start(peer: GwPeer, lab: &BenchLab, tools: &Tools, m: &AuthMaterial) -> Result<GwActive> {
     let lb = &lab.topo.lb;
+    let redis = match peer {
+        GwPeer::GatewayLimitRedis => Some(crate::redis_server::RedisServer::start()?),
+        _ => None,
+    };
     let child = match peer {
-        GwPeer::Gateway | GwPeer::GatewayJwt | GwPeer::GatewayApiKey => {
+        _ if peer.is_ours() => {
             let path = lab.file(&format!("{}.toml", peer.key()));
-            std::fs::write(&path, agent_config(lab, peer, m))?;
+            let mut config = agent_config(lab, peer, m);
+            if let Some(r) = &redis {
+                config += &format!("\n[gateway.redis]\nurl = \"{}\"\n", r.url());
+            }
+            std::fs::write(&path, config)?;
             run_checked(Command::new(&tools.lb).arg("check-config").arg(&path))
                 .context("the bench's gateway config is refused")?;
             let mut cmd = lab.topo.lb.command_with_bpffs(&tools.lb);
@@ -204,8 +228,9 @@ pub fn start(peer: GwPeer, lab: &BenchLab, tools: &Tools, m: &AuthMaterial) -> R
             ]);
             NsChild::spawn(cmd, "envoy")?
         }
+        _ => unreachable!("every configuration is ours, nginx or envoy"),
     };
-    let mut active = GwActive { peer, child };
+    let mut active = GwActive { peer, child, redis };
     let ns = &lab.topo.client.ns;
     let target = peer.target(lab);
     let ready = wait_status(
@@ -259,6 +284,14 @@ pub fn agent_config(lab: &BenchLab, peer: GwPeer, m: &AuthMaterial) -> String {
         Auth::None => String::new(),
         Auth::Jwt => "auth = \"jwt\"\n".into(),
         Auth::ApiKey => "auth = \"keys\"\n".into(),
+    };
+    // A limit never reached (the machinery's cost, not refusals): one bucket per route.
+    let auth = match peer {
+        GwPeer::GatewayLimit => auth + "rate_limit = { rate = 10000000, key = \"route\" }\n",
+        GwPeer::GatewayLimitRedis => {
+            auth + "rate_limit = { rate = 10000000, key = \"route\", shared = \"redis\" }\n"
+        }
+        _ => auth,
     };
     for (prefix, set, _) in ROUTES {
         s += &format!(

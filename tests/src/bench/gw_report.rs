@@ -123,6 +123,16 @@ pub fn gateway_markdown(g: &GwResults) -> String {
             ka.errors + cl.errors
         );
     }
+    if let (Some(local), Some(redis)) = (
+        base(GwPeer::GatewayLimit, Mode::KeepAlive),
+        base(GwPeer::GatewayLimitRedis, Mode::KeepAlive),
+    ) {
+        let _ = writeln!(
+            md,
+            "\nFleet-wide (Redis) rate limit vs the same limit per node, keep-alive req/s: {} (goal >= 0.85x; the limit is never reached, lease 1000 tokens).",
+            ratio_text(redis, Some(local))
+        );
+    }
     if g.mem.iter().any(|(_, _, m)| !m.oldest_still_open) {
         let _ = writeln!(
             md,

@@ -91,7 +91,8 @@ threads = 4
         Some(RouteLimit {
             rate: 5,
             burst: 10,
-            key: LimitKey::Identity
+            key: LimitKey::Identity,
+            shared: None,
         })
     );
     assert_eq!(r.auth.as_deref(), Some("idp"));

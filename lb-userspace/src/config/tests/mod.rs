@@ -6,6 +6,7 @@ mod control;
 mod errors;
 mod gateway;
 mod health;
+mod redis;
 mod socket_lb;
 mod valid;
 

@@ -25,6 +25,8 @@ pub mod reason {
     pub const UNKNOWN_KEY: &str = "unknown_key";
     /// Valid identity, but not every required scope (403).
     pub const INSUFFICIENT_SCOPE: &str = "insufficient_scope";
+    /// The key store (Redis) did not answer in time and nothing fresh was cached (503).
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// A refused request: answer `status` with `WWW-Authenticate: www_authenticate` (if any).
@@ -88,6 +90,16 @@ impl AuthFailure {
             status: StatusCode::UNAUTHORIZED,
             reason,
             www_authenticate: HeaderValue::from_str(&challenge).ok(),
+        }
+    }
+
+    /// 503: the credential could not be checked now (key store down). No challenge: the
+    /// client's credential may well be good.
+    pub fn unavailable() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: reason::UNAVAILABLE,
+            www_authenticate: None,
         }
     }
 

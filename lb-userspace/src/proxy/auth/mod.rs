@@ -63,6 +63,7 @@ mod jwks;
 mod jwt;
 mod jwt_settings;
 mod keyset;
+mod redis_keys;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +82,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::JwksStatus;
 pub use jwt::JwtProvider;
 pub use jwt_settings::{JwtSettings, Keys, TokenSource};
+pub use redis_keys::RedisApiKeys;
 
 /// A provider could not be set up (bad settings or key file).
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,8 @@ pub enum AuthError {
     JwksUrl { url: String, message: String },
     #[error(transparent)]
     ApiKeys(#[from] KeyFileErrors),
+    #[error("api keys in redis need `[gateway.redis]` (read at start)")]
+    NoRedis,
 }
 
 /// The header names the gateway sets from an identity: `X-User-ID`, `X-Tenant-ID`,
@@ -119,6 +123,8 @@ pub fn identity_headers<'a>(jwt: impl IntoIterator<Item = &'a JwtSettings>) -> V
 pub enum Authenticator {
     Jwt(Arc<JwtProvider>),
     ApiKey(ApiKeys),
+    /// Keys in Redis (fleet-wide), cached per node.
+    RedisApiKey(Arc<RedisApiKeys>),
 }
 
 impl Authenticator {
@@ -129,6 +135,7 @@ impl Authenticator {
         match self {
             Self::Jwt(p) => p.credential_header(),
             Self::ApiKey(k) => k.header().clone(),
+            Self::RedisApiKey(k) => k.header().clone(),
         }
     }
 
@@ -137,6 +144,7 @@ impl Authenticator {
         match self {
             Self::Jwt(p) => p.authenticate(headers).await,
             Self::ApiKey(k) => k.authenticate(headers),
+            Self::RedisApiKey(k) => k.authenticate(headers).await,
         }
     }
 }
