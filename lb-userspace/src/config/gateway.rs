@@ -89,6 +89,10 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             "auth",
             "scopes",
             "rate_limit",
+            "timeout_ms",
+            "per_try_timeout_ms",
+            "retry",
+            "fault",
         ],
         d,
     );
@@ -213,6 +217,10 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             }
         },
     };
+    let resilience = super::resilience::route(t, d).unwrap_or_else(|| {
+        ok = false;
+        Default::default()
+    });
     ok.then(|| RawRoute {
         route: Route {
             name,
@@ -226,6 +234,7 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             auth: auth.as_ref().map(|a| a.val.clone()),
             scopes,
             rate_limit,
+            resilience,
         },
         services,
         auth,
@@ -845,7 +854,12 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> GatewaySettings {
     let Some(t) = root.get("gateway").and_then(|n| n.table(d)) else {
         return s;
     };
-    t.deny_unknown(&["access_log", "access_log_file", "threads"], d);
+    let known: Vec<&str> = ["access_log", "access_log_file", "threads"]
+        .into_iter()
+        .chain(super::resilience::GATEWAY_KEYS.iter().copied())
+        .collect();
+    t.deny_unknown(&known, d);
+    s.resilience = super::resilience::settings(&t, d);
     if let Some(a) = t.get("access_log").and_then(|n| n.str(d)) {
         match a.val.as_str() {
             "off" => s.access_log = AccessLog::Off,

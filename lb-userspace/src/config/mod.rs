@@ -24,6 +24,7 @@ mod error;
 mod gateway;
 mod health;
 mod raw;
+mod resilience;
 mod services;
 mod sources;
 mod validate;
@@ -43,6 +44,10 @@ pub use gateway::{
     DEFAULT_TENANT_CLAIM, JWT_ALGORITHMS,
 };
 pub use health::read_ca_file;
+pub use resilience::{
+    BreakerLimits, FaultPolicy, OutlierPolicy, ResilienceSettings, RetryBudget, RetryPolicy,
+    RouteResilience, UpstreamOverride, UpstreamPolicy,
+};
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
 pub const MIN_SNAT_PORT: u16 = 1024;
@@ -526,6 +531,8 @@ pub struct Route {
     /// Scopes the identity must hold (403 otherwise).
     pub scopes: Vec<String>,
     pub rate_limit: Option<RouteLimit>,
+    /// Timeouts, retries, injected faults.
+    pub resilience: RouteResilience,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -643,6 +650,8 @@ pub struct GatewaySettings {
     pub access_log_file: Option<PathBuf>,
     /// Worker threads of the gateway's own runtime; default 2.
     pub threads: usize,
+    /// Timeouts and per upstream service breakers, retry budget, outlier detection.
+    pub resilience: ResilienceSettings,
 }
 
 impl Default for GatewaySettings {
@@ -651,6 +660,7 @@ impl Default for GatewaySettings {
             access_log: AccessLog::Off,
             access_log_file: None,
             threads: 2,
+            resilience: ResilienceSettings::default(),
         }
     }
 }

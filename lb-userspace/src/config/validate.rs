@@ -40,6 +40,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         .filter_map(|s| Some((s.name.clone()?, format!("service[{}]", s.index), &s.routes)))
         .collect();
     gateway::check_references(&services, &routes, &raw.auth, d);
+    super::resilience::check_upstreams(&raw.gateway.resilience, &services, d);
     Config {
         global,
         admin: control::admin(raw.admin.as_ref(), d),

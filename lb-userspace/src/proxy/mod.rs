@@ -25,10 +25,12 @@ pub mod listen;
 pub mod metrics;
 pub mod part;
 pub mod pipeline;
+pub mod resilience;
 pub mod route;
 pub mod server;
 pub mod state;
 pub mod tls;
+mod tries;
 pub mod upstream;
 pub mod vip_routes;
 

@@ -19,13 +19,14 @@ use super::{
     limit::{LimiterSettings, RateLimiter},
     listen::Listeners,
     metrics::GatewayMetrics,
+    resilience::{self, Guards},
     server::{self, Observers, ServerSettings, TlsChoice},
     state::{self, AuthProviders, GatewayState},
     upstream::{UpstreamSettings, Upstreams},
     vip_routes::VipRoutes,
 };
 use crate::{
-    config::{AccessLog as AccessLogKind, Config},
+    config::{AccessLog as AccessLogKind, Config, ResilienceSettings},
     model::Subscriber,
 };
 
@@ -65,9 +66,12 @@ impl GatewayPart {
         let log = access_log_settings(config);
         let snat = (config.global.snat_port_min, config.global.snat_port_max);
         let (m, s) = (metrics.clone(), state.clone());
+        let resil = config.gateway.resilience.clone();
         let thread = std::thread::Builder::new()
             .name("lb-gateway".into())
-            .spawn(move || runtime.block_on(run(listeners, snapshots, s, m, log, snat, stop)))
+            .spawn(move || {
+                runtime.block_on(run(listeners, snapshots, s, m, log, snat, resil, stop))
+            })
             .map_err(GatewayError::Runtime)?;
         Ok(Self {
             thread,
@@ -112,6 +116,7 @@ async fn run(
     metrics: Arc<GatewayMetrics>,
     log: Option<AccessLogSettings>,
     snat_ports: (u16, u16),
+    resil: ResilienceSettings,
     stop: CancellationToken,
 ) {
     let local_ports =
@@ -142,8 +147,15 @@ async fn run(
         limiter: limiter.clone(),
         metrics: metrics.clone(),
     });
+    // Breakers, budgets and outlier records outlive every state built below.
+    let guards = Arc::new(Guards::default());
+    // Connect and idle timeouts belong to the shared pools: read once at start.
     let upstreams = Arc::new(Upstreams::new(&UpstreamSettings {
         local_ports,
+        connect_timeout: resil.connect_timeout,
+        response_timeout: resil.request_timeout,
+        idle_timeout: resil.idle_timeout,
+        guards: Some(guards.clone()),
         ..UpstreamSettings::default()
     }));
     let observers = Observers {
@@ -181,6 +193,7 @@ async fn run(
     let mut providers = AuthProviders::default();
     let mut vip_routes = VipRoutes::default();
     let mut sweep = tokio::time::interval(LIMITER_SWEEP);
+    let mut ejections = tokio::time::interval(resilience::SWEEP);
     // The first snapshot is already in the channel: build it at once.
     snapshots.mark_changed();
     loop {
@@ -189,6 +202,7 @@ async fn run(
             _ = sweep.tick() => {
                 limiter.sweep(std::time::Instant::now());
             }
+            _ = ejections.tick() => guards.sweep(),
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     break;
@@ -197,7 +211,7 @@ async fn run(
                 if snapshot.generation == 0 {
                     continue;
                 }
-                match state::build(&snapshot, &mut providers, &stop).await {
+                match state::build(&snapshot, &mut providers, &guards, &stop).await {
                     Ok(next) => {
                         if let Err(e) = vip_routes.sync(&next.vips()) {
                             warn!(error = %e, "gateway VIP routes not all in place");
