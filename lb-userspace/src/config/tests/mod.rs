@@ -6,6 +6,7 @@ mod control;
 mod errors;
 mod gateway;
 mod health;
+mod resilience;
 mod valid;
 
 use super::{ConfigError, parse};

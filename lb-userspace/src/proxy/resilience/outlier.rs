@@ -278,10 +278,10 @@ mod tests {
         assert!(slots.return_if_due(&bs[0], 1100));
         assert!(!bs[0].is_ejected());
         // Ejected again: twice the base; a third time: capped at the maximum.
-        assert_eq!(slots.try_eject(&bs[0], &p, 4, 2000), Some(2200));
-        assert!(slots.return_if_due(&bs[0], 2200));
-        assert_eq!(slots.try_eject(&bs[0], &p, 4, 2300), Some(2550));
-        assert!(slots.return_if_due(&bs[0], 2550));
+        assert_eq!(slots.try_eject(&bs[0], &p, 4, 1200), Some(1400));
+        assert!(slots.return_if_due(&bs[0], 1400));
+        assert_eq!(slots.try_eject(&bs[0], &p, 4, 1500), Some(1750));
+        assert!(slots.return_if_due(&bs[0], 1750));
         // Back and healthy for longer than the maximum: starts from the base again.
         assert_eq!(slots.try_eject(&bs[0], &p, 4, 5000), Some(5100));
         slots.forget(&bs[0]);
