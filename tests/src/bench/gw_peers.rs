@@ -44,6 +44,12 @@ pub enum GwPeer {
     GatewayJwt,
     /// This gateway, API key (SHA-256 key file).
     GatewayApiKey,
+    /// This gateway, failure handling off (no retries, outlier detection off, breaker
+    /// limits out of reach): the baseline of [`GwPeer::GatewayResilient`].
+    GatewayNoFailureHandling,
+    /// This gateway with retries (3 tries on 502/503), per-try and request timeouts, circuit
+    /// breakers and outlier detection on: what the machinery costs when nothing fails.
+    GatewayResilient,
     /// nginx `proxy_pass`, no auth.
     Nginx,
     /// nginx with an API-key `map`.
@@ -67,10 +73,12 @@ pub enum Auth {
 
 impl GwPeer {
     /// All of them, in the order they run within a round.
-    pub const ALL: [GwPeer; 7] = [
+    pub const ALL: [GwPeer; 9] = [
         GwPeer::Gateway,
         GwPeer::GatewayJwt,
         GwPeer::GatewayApiKey,
+        GwPeer::GatewayNoFailureHandling,
+        GwPeer::GatewayResilient,
         GwPeer::Nginx,
         GwPeer::NginxApiKey,
         GwPeer::Envoy,
@@ -83,6 +91,8 @@ impl GwPeer {
             GwPeer::Gateway => "gateway",
             GwPeer::GatewayJwt => "gateway-jwt",
             GwPeer::GatewayApiKey => "gateway-apikey",
+            GwPeer::GatewayNoFailureHandling => "gateway-nofail",
+            GwPeer::GatewayResilient => "gateway-resil",
             GwPeer::Nginx => "nginx",
             GwPeer::NginxApiKey => "nginx-apikey",
             GwPeer::Envoy => "envoy",
@@ -96,6 +106,8 @@ impl GwPeer {
             GwPeer::Gateway => "this gateway",
             GwPeer::GatewayJwt => "this gateway + JWT RS256",
             GwPeer::GatewayApiKey => "this gateway + API key",
+            GwPeer::GatewayNoFailureHandling => "this gateway, failure handling off",
+            GwPeer::GatewayResilient => "this gateway + retries, breakers, outliers",
             GwPeer::Nginx => "nginx proxy_pass",
             GwPeer::NginxApiKey => "nginx + API-key map",
             GwPeer::Envoy => "Envoy router",
@@ -112,7 +124,11 @@ impl GwPeer {
     pub fn is_ours(self) -> bool {
         matches!(
             self,
-            GwPeer::Gateway | GwPeer::GatewayJwt | GwPeer::GatewayApiKey
+            GwPeer::Gateway
+                | GwPeer::GatewayJwt
+                | GwPeer::GatewayApiKey
+                | GwPeer::GatewayNoFailureHandling
+                | GwPeer::GatewayResilient
         )
     }
 
@@ -165,7 +181,11 @@ pub struct GwActive {
 pub fn start(peer: GwPeer, lab: &BenchLab, tools: &Tools, m: &AuthMaterial) -> Result<GwActive> {
     let lb = &lab.topo.lb;
     let child = match peer {
-        GwPeer::Gateway | GwPeer::GatewayJwt | GwPeer::GatewayApiKey => {
+        GwPeer::Gateway
+        | GwPeer::GatewayJwt
+        | GwPeer::GatewayApiKey
+        | GwPeer::GatewayNoFailureHandling
+        | GwPeer::GatewayResilient => {
             let path = lab.file(&format!("{}.toml", peer.key()));
             std::fs::write(&path, agent_config(lab, peer, m))?;
             run_checked(Command::new(&tools.lb).arg("check-config").arg(&path))
@@ -264,6 +284,10 @@ pub fn agent_config(lab: &BenchLab, peer: GwPeer, m: &AuthMaterial) -> String {
         s += &format!(
             "\n[[service.route]]\nname = \"{set}\"\npath_prefix = \"{prefix}\"\nservice = \"{set}\"\n{auth}"
         );
+        if peer == GwPeer::GatewayResilient {
+            s += "timeout_ms = 10000\nper_try_timeout_ms = 5000\n[service.route.retry]\n\
+                  tries = 3\nstatuses = [502, 503]\n";
+        }
     }
     for (_, set, backends) in ROUTES {
         let list: Vec<String> = backends
@@ -280,6 +304,20 @@ pub fn agent_config(lab: &BenchLab, peer: GwPeer, m: &AuthMaterial) -> String {
             list.join(", ")
         );
     }
+    s += match peer {
+        GwPeer::GatewayNoFailureHandling => {
+            "\n[gateway.outlier_detection]\nconsecutive_5xx = 0\nconsecutive_gateway_errors = 0\n\
+             consecutive_connect_failures = 0\n[gateway.circuit_breaker]\n\
+             max_connections = 1000000\nmax_pending = 1000000\nmax_requests = 1000000\n"
+        }
+        // Defaults (consecutive 5xx, gateway errors, connect failures: 5) and breakers
+        // that a bench's connections stay under.
+        GwPeer::GatewayResilient => {
+            "\n[gateway.outlier_detection]\nconsecutive_5xx = 5\n[gateway.circuit_breaker]\n\
+             max_connections = 4096\nmax_pending = 4096\nmax_requests = 4096\n"
+        }
+        _ => "",
+    };
     match peer.auth() {
         Auth::None => {}
         Auth::Jwt => {

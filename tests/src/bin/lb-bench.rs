@@ -83,11 +83,12 @@ struct Args {
     )]
     configs: Vec<String>,
     /// Gateway-part configurations, in run order within a round (comma-separated): gateway,
-    /// gateway-jwt, gateway-apikey, nginx, nginx-apikey, envoy, envoy-jwt.
+    /// gateway-jwt, gateway-apikey, gateway-nofail, gateway-resil (failure handling off / on),
+    /// nginx, nginx-apikey, envoy, envoy-jwt.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "gateway,gateway-jwt,gateway-apikey,nginx,nginx-apikey,envoy,envoy-jwt"
+        default_value = "gateway,gateway-jwt,gateway-apikey,gateway-nofail,gateway-resil,nginx,nginx-apikey,envoy,envoy-jwt"
     )]
     gateway_configs: Vec<String>,
     /// Idle keep-alive connections opened per gateway-part configuration to measure memory
