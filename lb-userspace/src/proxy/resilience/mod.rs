@@ -223,3 +223,77 @@ impl Guards {
 
 /// How often ejections are checked for their end.
 pub const SWEEP: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{config::OutlierPolicy, proxy::state::Upstream};
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    fn upstream(guards: &Guards, policy: UpstreamPolicy, n: u8) -> Upstream {
+        let addrs: Vec<SocketAddr> = (1..=n).map(addr).collect();
+        let (guard, outliers) = guards.service("svc", &policy, &addrs);
+        guards.retain(&BTreeSet::from(["svc"]));
+        Upstream {
+            backends: addrs.iter().map(|a| (*a, 1)).collect(),
+            total: u64::from(n),
+            outliers,
+            guard: Some(guard),
+            policy,
+        }
+    }
+
+    #[test]
+    fn picks_avoid_tried_and_ejected_backends() {
+        let guards = Guards::default();
+        let policy = UpstreamPolicy {
+            outlier: OutlierPolicy {
+                consecutive_5xx: 2,
+                max_ejection_percent: 50,
+                ..OutlierPolicy::default()
+            },
+            ..UpstreamPolicy::default()
+        };
+        let u = upstream(&guards, policy, 3);
+        // A retry never goes back to a tried backend while another is left.
+        for r in 0..100 {
+            let i = u.pick_index(r, &[addr(1), addr(2)]).unwrap();
+            assert_eq!(u.backends[i].0, addr(3));
+        }
+        // Every backend tried: any may be picked again.
+        assert!(u.pick_index(0, &[addr(1), addr(2), addr(3)]).is_some());
+        // Two 5xx in a row eject backend 2; picks skip it, and the status shows it.
+        let g = u.guard.as_ref().unwrap();
+        for _ in 0..2 {
+            g.record(&policy, &u.outliers[1], Outcome::Status { gateway: true });
+        }
+        assert!(u.outliers[1].is_ejected());
+        let picked: BTreeSet<SocketAddr> = (0..300).filter_map(|r| u.pick(r)).collect();
+        assert_eq!(picked, BTreeSet::from([addr(1), addr(3)]));
+        let stats = guards.stats();
+        assert_eq!(stats[0].ejected, vec![addr(2)]);
+        assert_eq!(stats[0].ejections, 1);
+        // At most 50 % of 3 = 1 out: backend 1 failing too stays in.
+        for _ in 0..5 {
+            g.record(&policy, &u.outliers[0], Outcome::Connect);
+        }
+        assert!(!u.outliers[0].is_ejected());
+        // The outlier record and the breaker outlive a rebuild of the same service.
+        let again = upstream(&guards, policy, 3);
+        assert!(again.outliers[1].is_ejected());
+        assert!(Arc::ptr_eq(
+            &again.guard.as_ref().unwrap().breaker,
+            &g.breaker
+        ));
+        assert!(guards.breaker_for(addr(2)).is_some());
+        // A backend that leaves frees its ejection slot.
+        let fewer = upstream(&guards, policy, 1);
+        assert_eq!(fewer.guard.as_ref().unwrap().slots.ejected(), 0);
+        assert!(guards.breaker_for(addr(2)).is_none());
+    }
+}
