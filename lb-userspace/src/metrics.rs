@@ -81,7 +81,11 @@ fn gauge_i64(v: u64) -> i64 {
 /// Retries, timeouts, overloads and faults per route; breakers, budgets and ejections per
 /// upstream service.
 fn gateway_resilience(reg: &mut Registry, s: &Status) {
-    let retries = counters(reg, "lb_gateway_retries_total", "Gateway retries sent, by route");
+    let retries = counters(
+        reg,
+        "lb_gateway_retries_total",
+        "Gateway retries sent, by route",
+    );
     let timeouts = counters(
         reg,
         "lb_gateway_timeouts_total",
@@ -159,9 +163,7 @@ fn gateway_resilience(reg: &mut Registry, s: &Status) {
         ejected
             .get_or_create(&svc())
             .set(gauge_i64(g.ejected.len() as u64));
-        active
-            .get_or_create(&svc())
-            .set(i64::from(g.requests));
+        active.get_or_create(&svc()).set(i64::from(g.requests));
     }
 }
 

@@ -442,7 +442,14 @@ impl Status {
             let _ = writeln!(
                 out,
                 "\n{:<16} {:>7} {:>7} {:>6} {:>22} {:>8} {:>8} {:>9}  EJECTED",
-                "UPSTREAM", "ACTIVE", "PENDING", "CONNS", "OVERFLOW req/pend/conn", "RETRIES", "REFUSED", "EJECTIONS"
+                "UPSTREAM",
+                "ACTIVE",
+                "PENDING",
+                "CONNS",
+                "OVERFLOW req/pend/conn",
+                "RETRIES",
+                "REFUSED",
+                "EJECTIONS"
             );
             for g in &self.upstream_guards {
                 let _ = writeln!(
@@ -468,7 +475,10 @@ impl Status {
             .routes
             .iter()
             .filter(|r| {
-                r.retries + r.timeouts_request + r.timeouts_per_try + r.overloaded
+                r.retries
+                    + r.timeouts_request
+                    + r.timeouts_per_try
+                    + r.overloaded
                     + r.faults_delayed
                     + r.faults_aborted
                     > 0

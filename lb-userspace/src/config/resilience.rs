@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use super::Service;
 use super::diag::{Diag, Span};
 use super::doc::Table;
-use super::Service;
 
 /// Default connect timeout (Envoy: 5 s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,7 +193,6 @@ pub(super) const GATEWAY_KEYS: &[&str] = &[
     "upstream",
 ];
 
-
 /// An integer in `range`, or `None` (reported) when out of it or of the wrong type.
 fn int(
     t: &Table,
@@ -238,20 +237,18 @@ pub(super) fn route(t: &Table, d: &mut Diag) -> Option<RouteResilience> {
     let mut ok = true;
     let timeout = ms(t, "timeout_ms", 1, d, &mut ok);
     let per_try_timeout = ms(t, "per_try_timeout_ms", 1, d, &mut ok);
-    let retry = t
-        .get("retry")
-        .and_then(|n| n.table(d))
-        .and_then(|rt| retry(&rt, d).or_else(|| {
+    let retry = t.get("retry").and_then(|n| n.table(d)).and_then(|rt| {
+        retry(&rt, d).or_else(|| {
             ok = false;
             None
-        }));
-    let fault = t
-        .get("fault")
-        .and_then(|n| n.table(d))
-        .and_then(|ft| fault(&ft, d).or_else(|| {
+        })
+    });
+    let fault = t.get("fault").and_then(|n| n.table(d)).and_then(|ft| {
+        fault(&ft, d).or_else(|| {
             ok = false;
             None
-        }));
+        })
+    });
     ok.then_some(RouteResilience {
         timeout,
         per_try_timeout,
@@ -450,7 +447,10 @@ fn policy(t: &Table, base: UpstreamPolicy, d: &mut Diag) -> UpstreamPolicy {
         let o = &mut p.outlier;
         for (key, field) in [
             ("consecutive_5xx", &mut o.consecutive_5xx),
-            ("consecutive_gateway_errors", &mut o.consecutive_gateway_errors),
+            (
+                "consecutive_gateway_errors",
+                &mut o.consecutive_gateway_errors,
+            ),
             (
                 "consecutive_connect_failures",
                 &mut o.consecutive_connect_failures,
@@ -473,7 +473,9 @@ fn policy(t: &Table, base: UpstreamPolicy, d: &mut Diag) -> UpstreamPolicy {
             o.max_ejection_percent = v as u32;
         }
         if ok && o.max_ejection < o.base_ejection {
-            let span = ot.get("max_ejection_ms").map_or(ot.span.clone(), |n| n.span);
+            let span = ot
+                .get("max_ejection_ms")
+                .map_or(ot.span.clone(), |n| n.span);
             d.error(
                 &span,
                 &ot.field("max_ejection_ms"),

@@ -1,7 +1,11 @@
 //! The request pipeline, generic over [`Decide`]: request checks -> forwarding headers ->
 //! `decide` -> upstream request -> response headers -> access log + metrics.
 
-use std::{convert::Infallible, sync::{Arc, Mutex}, time::Instant};
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};

@@ -28,8 +28,8 @@ use super::{
 };
 use crate::{
     config::{
-        self, AuthKind, AuthProvider, Config, FaultPolicy, LimitKey, Mode, RetryPolicy,
-        RouteLimit, UpstreamPolicy,
+        self, AuthKind, AuthProvider, Config, FaultPolicy, LimitKey, Mode, RetryPolicy, RouteLimit,
+        UpstreamPolicy,
     },
     model::Snapshot,
 };

@@ -45,9 +45,9 @@ pub(super) enum Failed {
 impl Failed {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Upstream(UpstreamErrorKind::Timeout) | Self::RequestTimeout | Self::TryTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            Self::Upstream(UpstreamErrorKind::Timeout)
+            | Self::RequestTimeout
+            | Self::TryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }

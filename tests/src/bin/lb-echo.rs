@@ -101,7 +101,11 @@ fn misbehaviour(name: &str, h: &HeaderMap) -> (u64, Option<StatusCode>, bool) {
                 out.0 = ms.parse().unwrap_or(0);
             } else if a == "reset" {
                 out.2 = true;
-            } else if let Some(code) = a.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            } else if let Some(code) = a
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
                 out.1 = Some(code);
             }
         }

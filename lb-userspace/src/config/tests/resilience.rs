@@ -69,7 +69,13 @@ max_requests = 2
     assert_eq!(retry.max_body_bytes, 1024);
     let f = r.fault.as_ref().unwrap();
     assert_eq!(
-        (f.delay, f.delay_percent, f.abort_status, f.abort_percent, f.header_faults),
+        (
+            f.delay,
+            f.delay_percent,
+            f.abort_status,
+            f.abort_percent,
+            f.header_faults
+        ),
         (Duration::from_millis(50), 10, 500, 5, true)
     );
     let g = &c.gateway.resilience;

@@ -25,12 +25,17 @@ mod tests {
             for (retry, ceiling) in [(1, 25), (2, 50), (3, 100), (4, 200), (5, 250), (30, 250)] {
                 let d = backoff(retry, base, max, r);
                 let c = Duration::from_millis(ceiling);
-                assert!(d <= c && d >= c / 2, "retry {retry} r {r}: {d:?} not in [{:?}, {c:?}]", c / 2);
+                assert!(
+                    d <= c && d >= c / 2,
+                    "retry {retry} r {r}: {d:?} not in [{:?}, {c:?}]",
+                    c / 2
+                );
             }
         }
         // Jitter spreads: different random values give different pauses.
-        let spread: std::collections::BTreeSet<Duration> =
-            (0..50u64).map(|r| backoff(3, base, max, r * 7919)).collect();
+        let spread: std::collections::BTreeSet<Duration> = (0..50u64)
+            .map(|r| backoff(3, base, max, r * 7919))
+            .collect();
         assert!(spread.len() > 40, "{spread:?}");
     }
 }

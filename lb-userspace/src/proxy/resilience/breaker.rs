@@ -72,8 +72,10 @@ impl Drop for ConnPermit {
 
 /// Increment `n` unless it is at `max` already.
 fn take(n: &AtomicU32, max: u32) -> bool {
-    n.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| (v < max).then_some(v + 1))
-        .is_ok()
+    n.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+        (v < max).then_some(v + 1)
+    })
+    .is_ok()
 }
 
 impl Breaker {

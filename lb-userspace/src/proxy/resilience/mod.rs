@@ -153,12 +153,7 @@ impl Guards {
         services.retain(|n, _| names.contains(n.as_ref()));
         let mut by_backend = HashMap::new();
         for g in services.values() {
-            for addr in g
-                .backends
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-            {
+            for addr in g.backends.lock().unwrap_or_else(|e| e.into_inner()).keys() {
                 by_backend.insert(*addr, g.breaker.clone());
             }
         }
