@@ -209,7 +209,9 @@ fn retries_stop_at_the_budget() {
                 s.spawn(move || lab.curl(&["-H", &header, &url(&format!("/budget/{i}"))]))
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("curl thread")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("curl thread"))
+            .collect()
     });
     assert!(replies.iter().all(|r| r.status == 503), "{replies:?}");
     let sent = lab.echo_requests_total() - before;
@@ -251,7 +253,9 @@ fn circuit_breaker_opens_and_closes() {
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("curl thread")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("curl thread"))
+            .collect()
     });
     let ok = results.iter().filter(|(r, _)| r.status == 200).count();
     let refused: Vec<&(Reply, Duration)> =
@@ -290,7 +294,11 @@ fn outlier_is_ejected_and_returns() {
     let header = misbehave("b0,b1:503");
     let urls: Vec<String> = (0..40).map(|i| url(&format!("/ej/{i}"))).collect();
     let run = lab.curl_many(&["-H", &header], &urls);
-    assert!(run.replies.iter().all(|r| r.status != 0), "{:?}", run.stderr);
+    assert!(
+        run.replies.iter().all(|r| r.status != 0),
+        "{:?}",
+        run.stderr
+    );
     let g = guard(&lab, "all");
     let ejected: Vec<String> = g["ejected"]
         .as_array()
@@ -312,7 +320,11 @@ fn outlier_is_ejected_and_returns() {
     let before = lab.echo_requests(out);
     let more: Vec<String> = (0..30).map(|i| url(&format!("/ej/more{i}"))).collect();
     lab.curl_many(&["-H", &header], &more);
-    assert_eq!(lab.echo_requests(out), before, "an ejected backend got requests");
+    assert_eq!(
+        lab.echo_requests(out),
+        before,
+        "an ejected backend got requests"
+    );
     assert!(guard(&lab, "all")["ejected"].as_array().unwrap().len() <= 1);
     // Back after ~2 s (the sweep runs every 100 ms).
     let deadline = Instant::now() + Duration::from_secs(4);

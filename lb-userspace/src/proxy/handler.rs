@@ -128,7 +128,7 @@ pub(super) async fn handle<D: Decide>(
                     start,
                     metrics: shared.metrics.clone(),
                     log: shared.log.clone(),
-                    _hold: hold.lock().map_or(None, |mut h| h.take()),
+                    _hold: hold.lock().ok().and_then(|mut h| h.take()),
                 },
             )
             .boxed_unsync()

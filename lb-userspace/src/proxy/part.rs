@@ -109,6 +109,7 @@ fn access_log_settings(c: &Config) -> Option<AccessLogSettings> {
     })
 }
 
+#[allow(clippy::too_many_arguments)] // the gateway's parts, each from `start`
 async fn run(
     listeners: Listeners,
     mut snapshots: Subscriber,

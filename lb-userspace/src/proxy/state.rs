@@ -96,8 +96,9 @@ impl Upstream {
             return weighted(self.backends.iter().map(|b| b.1), self.total, r);
         }
         let eligible = |i: usize, avoiding: bool| {
-            !self.outliers.get(i).is_some_and(|o| o.is_ejected())
-                && !(avoiding && avoid.contains(&self.backends[i].0))
+            let ejected = self.outliers.get(i).is_some_and(|o| o.is_ejected());
+            let tried = avoiding && avoid.contains(&self.backends[i].0);
+            !(ejected || tried)
         };
         for avoiding in [true, false] {
             let weights = self
