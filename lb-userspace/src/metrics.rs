@@ -128,6 +128,95 @@ fn redis(reg: &mut Registry, r: &crate::status::RedisStatus) {
     }
 }
 
+/// Retries, timeouts, overloads and faults per route; breakers, budgets and ejections per
+/// upstream service.
+fn gateway_resilience(reg: &mut Registry, s: &Status) {
+    let retries = counters(
+        reg,
+        "lb_gateway_retries_total",
+        "Gateway retries sent, by route",
+    );
+    let timeouts = counters(
+        reg,
+        "lb_gateway_timeouts_total",
+        "Gateway 504s by route and timeout (request, per_try)",
+    );
+    let overloaded = counters(
+        reg,
+        "lb_gateway_overloaded_total",
+        "Gateway 503s from an upstream's circuit breaker, by route",
+    );
+    let faults = counters(
+        reg,
+        "lb_gateway_faults_total",
+        "Faults injected by the gateway, by route and kind (delay, abort)",
+    );
+    for r in &s.routes {
+        let route = || vec![("route", r.route.clone())];
+        let with = |k: &'static str, v: &str| {
+            let mut l = route();
+            l.push((k, v.to_owned()));
+            l
+        };
+        retries.get_or_create(&route()).set(r.retries);
+        overloaded.get_or_create(&route()).set(r.overloaded);
+        timeouts
+            .get_or_create(&with("kind", "request"))
+            .set(r.timeouts_request);
+        timeouts
+            .get_or_create(&with("kind", "per_try"))
+            .set(r.timeouts_per_try);
+        faults
+            .get_or_create(&with("kind", "delay"))
+            .set(r.faults_delayed);
+        faults
+            .get_or_create(&with("kind", "abort"))
+            .set(r.faults_aborted);
+    }
+    let overflows = counters(
+        reg,
+        "lb_gateway_breaker_overflows_total",
+        "Requests refused by an upstream's circuit breaker, by service and limit",
+    );
+    let refused = counters(
+        reg,
+        "lb_gateway_retry_budget_exhausted_total",
+        "Retries not sent because the upstream's retry budget was spent, by service",
+    );
+    let ejections = counters(
+        reg,
+        "lb_gateway_outlier_ejections_total",
+        "Backends ejected by outlier detection, by service",
+    );
+    let ejected = gauges(
+        reg,
+        "lb_gateway_ejected_backends",
+        "Backends ejected now, by service",
+    );
+    let active = gauges(
+        reg,
+        "lb_gateway_upstream_active_requests",
+        "Gateway requests in flight to a service",
+    );
+    for g in &s.upstream_guards {
+        let svc = || vec![("service", g.service.clone())];
+        for (i, limit) in ["max_requests", "max_pending", "max_connections"]
+            .iter()
+            .enumerate()
+        {
+            let mut l = svc();
+            l.push(("limit", (*limit).to_owned()));
+            overflows.get_or_create(&l).set(g.overflows[i]);
+        }
+        refused.get_or_create(&svc()).set(g.retries_refused);
+        ejections.get_or_create(&svc()).set(g.ejections);
+        ejected
+            .get_or_create(&svc())
+            .set(gauge_i64(g.ejected.len() as u64));
+        active.get_or_create(&svc()).set(i64::from(g.requests));
+    }
+}
+
 /// The metrics text for `s`, with the gateway's latency histograms when it runs.
 pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
     let mut reg = Registry::default();
@@ -186,6 +275,7 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
     if let Some(r) = &s.redis {
         redis(&mut reg, r);
     }
+    gateway_resilience(&mut reg, s);
     let svc_packets = counters(
         &mut reg,
         "lb_service_packets_total",
@@ -398,6 +488,7 @@ mod tests {
                     packets: 9,
                     bytes: 900,
                     connections: 2,
+                    ejected: true,
                 }],
             }],
             sources: vec![SourceStatus {
@@ -425,6 +516,12 @@ mod tests {
                 auth_failures: 1,
                 auth_reasons: [("expired".to_owned(), 1)].into(),
                 rate_limited: 0,
+                retries: 3,
+                timeouts_request: 1,
+                timeouts_per_try: 2,
+                overloaded: 4,
+                faults_delayed: 5,
+                faults_aborted: 6,
             }],
             upstream_errors: vec![crate::status::UpstreamErrors {
                 service: "users".into(),
@@ -454,7 +551,41 @@ mod tests {
                     count: 2,
                 }],
             }),
+            upstream_guards: vec![crate::status::UpstreamGuard {
+                service: "users".into(),
+                requests: 7,
+                pending: 0,
+                connections: 3,
+                overflows: [8, 9, 10],
+                retries: 3,
+                retries_refused: 11,
+                ejections: 12,
+                ejected: vec!["[2001:db8::1]:80".into()],
+            }],
         }
+    }
+
+    #[test]
+    fn gateway_resilience_counters() {
+        let text = render(&sample(), None);
+        for want in [
+            "lb_gateway_retries_total{route=\"api/users\"} 3\n",
+            "lb_gateway_timeouts_total{route=\"api/users\",kind=\"request\"} 1\n",
+            "lb_gateway_timeouts_total{route=\"api/users\",kind=\"per_try\"} 2\n",
+            "lb_gateway_overloaded_total{route=\"api/users\"} 4\n",
+            "lb_gateway_faults_total{route=\"api/users\",kind=\"delay\"} 5\n",
+            "lb_gateway_faults_total{route=\"api/users\",kind=\"abort\"} 6\n",
+            "lb_gateway_breaker_overflows_total{service=\"users\",limit=\"max_pending\"} 9\n",
+            "lb_gateway_retry_budget_exhausted_total{service=\"users\"} 11\n",
+            "lb_gateway_outlier_ejections_total{service=\"users\"} 12\n",
+            "lb_gateway_ejected_backends{service=\"users\"} 1\n",
+            "lb_gateway_upstream_active_requests{service=\"users\"} 7\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let table = sample().table();
+        assert!(table.contains("EJECT"), "{table}");
+        assert!(table.contains("8/9/10"), "{table}");
     }
 
     #[test]

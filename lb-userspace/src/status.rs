@@ -51,6 +51,9 @@ pub struct Status {
     /// The gateway's Redis (`[gateway.redis]`), if configured.
     #[serde(default)]
     pub redis: Option<RedisStatus>,
+    /// The gateway's circuit breakers, retry budgets and outlier ejections per upstream.
+    #[serde(default)]
+    pub upstream_guards: Vec<UpstreamGuard>,
 }
 
 /// The socket LB: where it is attached and what it did.
@@ -99,6 +102,24 @@ pub struct RedisFallbacks {
     pub count: u64,
 }
 
+/// One upstream service's failure handling in the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamGuard {
+    pub service: String,
+    /// Requests in flight, waiting for a connection, connections open.
+    pub requests: u32,
+    pub pending: u32,
+    pub connections: u32,
+    /// 503s by breaker limit: max_requests, max_pending, max_connections.
+    pub overflows: [u64; 3],
+    pub retries: u64,
+    /// Retries the retry budget refused.
+    pub retries_refused: u64,
+    pub ejections: u64,
+    /// Backends ejected now (`addr:port`).
+    pub ejected: Vec<String>,
+}
+
 /// One gateway route's counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteStatus {
@@ -112,6 +133,20 @@ pub struct RouteStatus {
     #[serde(default)]
     pub auth_reasons: BTreeMap<String, u64>,
     pub rate_limited: u64,
+    #[serde(default)]
+    pub retries: u64,
+    /// 504s for the request timeout and for per-try timeouts.
+    #[serde(default)]
+    pub timeouts_request: u64,
+    #[serde(default)]
+    pub timeouts_per_try: u64,
+    /// 503s from a circuit breaker.
+    #[serde(default)]
+    pub overloaded: u64,
+    #[serde(default)]
+    pub faults_delayed: u64,
+    #[serde(default)]
+    pub faults_aborted: u64,
 }
 
 /// Failed exchanges with one upstream service's backends, of one kind.
@@ -159,6 +194,9 @@ pub struct BackendStatus {
     pub packets: u64,
     pub bytes: u64,
     pub connections: u64,
+    /// Out of the gateway's picks for now (outlier ejection).
+    #[serde(default)]
+    pub ejected: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -220,6 +258,27 @@ impl GatewayView {
         out
     }
 
+    /// Breakers, budgets and ejections per upstream service.
+    pub fn guards(&self) -> Vec<UpstreamGuard> {
+        self.state
+            .load()
+            .guards
+            .stats()
+            .into_iter()
+            .map(|g| UpstreamGuard {
+                service: g.service,
+                requests: g.requests,
+                pending: g.pending,
+                connections: g.connections,
+                overflows: g.overflows,
+                retries: g.retries,
+                retries_refused: g.retries_refused,
+                ejections: g.ejections,
+                ejected: g.ejected.iter().map(ToString::to_string).collect(),
+            })
+            .collect()
+    }
+
     /// The gateway's metric families that the status document does not carry (latency
     /// histograms), for the metrics endpoint.
     pub fn metrics(&self) -> &GatewayMetrics {
@@ -235,6 +294,12 @@ fn route_status(route: String, c: &RouteStats) -> RouteStatus {
         auth_failures: c.auth_failures,
         auth_reasons: c.auth_reasons.clone(),
         rate_limited: c.rate_limited,
+        retries: c.retries,
+        timeouts_request: c.timeouts_request,
+        timeouts_per_try: c.timeouts_per_try,
+        overloaded: c.overloaded,
+        faults_delayed: c.faults_delayed,
+        faults_aborted: c.faults_aborted,
     }
 }
 
@@ -290,12 +355,26 @@ impl StatusSource {
                     .map(|((route, mode), count)| RedisFallbacks { route, mode, count })
                     .collect(),
             });
+            status.upstream_guards = g.guards();
+            mark_ejected(&mut status);
         }
         Some(status)
     }
 
     pub fn gateway(&self) -> Option<&GatewayView> {
         self.gateway.as_ref()
+    }
+}
+
+/// Flags the backends the gateway has ejected.
+fn mark_ejected(status: &mut Status) {
+    for g in &status.upstream_guards {
+        let Some(svc) = status.services.iter_mut().find(|s| s.name == g.service) else {
+            continue;
+        };
+        for b in &mut svc.backends {
+            b.ejected = g.ejected.contains(&b.address);
+        }
     }
 }
 
@@ -339,6 +418,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
                     packets: bs.packets,
                     bytes: bs.bytes,
                     connections: bs.new_flows,
+                    ejected: false,
                 }
             })
             .collect();
@@ -422,6 +502,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
             events: s.events.iter().map(|(e, n)| (e.to_string(), *n)).collect(),
         }),
         redis: None,
+        upstream_guards: Vec::new(),
         reasons: l4
             .reasons
             .iter()
@@ -434,6 +515,77 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
 }
 
 impl Status {
+    /// The gateway's per-upstream breaker, retry and ejection counters, and the routes'
+    /// retries, timeouts, overloads and faults (when any).
+    fn guards_table(&self, out: &mut String) {
+        if !self.upstream_guards.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<16} {:>7} {:>7} {:>6} {:>22} {:>8} {:>8} {:>9}  EJECTED",
+                "UPSTREAM",
+                "ACTIVE",
+                "PENDING",
+                "CONNS",
+                "OVERFLOW req/pend/conn",
+                "RETRIES",
+                "REFUSED",
+                "EJECTIONS"
+            );
+            for g in &self.upstream_guards {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>7} {:>7} {:>6} {:>22} {:>8} {:>8} {:>9}  {}",
+                    g.service,
+                    g.requests,
+                    g.pending,
+                    g.connections,
+                    format!("{}/{}/{}", g.overflows[0], g.overflows[1], g.overflows[2]),
+                    g.retries,
+                    g.retries_refused,
+                    g.ejections,
+                    if g.ejected.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        g.ejected.join(" ")
+                    }
+                );
+            }
+        }
+        let busy: Vec<&RouteStatus> = self
+            .routes
+            .iter()
+            .filter(|r| {
+                r.retries
+                    + r.timeouts_request
+                    + r.timeouts_per_try
+                    + r.overloaded
+                    + r.faults_delayed
+                    + r.faults_aborted
+                    > 0
+            })
+            .collect();
+        if !busy.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<32} {:>8} {:>9} {:>9} {:>10} {:>7} {:>7}",
+                "ROUTE", "RETRIES", "TIMEOUTS", "PER-TRY", "OVERLOADED", "DELAYED", "ABORTED"
+            );
+            for r in busy {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:>8} {:>9} {:>9} {:>10} {:>7} {:>7}",
+                    r.route,
+                    r.retries,
+                    r.timeouts_request,
+                    r.timeouts_per_try,
+                    r.overloaded,
+                    r.faults_delayed,
+                    r.faults_aborted
+                );
+            }
+        }
+    }
+
     /// The table `lb status` prints.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -480,10 +632,11 @@ impl Status {
                 } else {
                     format!("{}>{}", b.weight, b.effective_weight)
                 };
-                let health = match (s.health_checked, b.up) {
-                    (false, _) => "-",
-                    (true, true) => "up",
-                    (true, false) => "DOWN",
+                let health = match (s.health_checked, b.up, b.ejected) {
+                    (_, _, true) => "EJECT",
+                    (false, _, _) => "-",
+                    (true, true, _) => "up",
+                    (true, false, _) => "DOWN",
                 };
                 let _ = writeln!(
                     out,
@@ -565,6 +718,7 @@ impl Status {
                 r.last_error.as_deref().unwrap_or("-")
             );
         }
+        self.guards_table(&mut out);
         let reasons: Vec<String> = self
             .reasons
             .iter()

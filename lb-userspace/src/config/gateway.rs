@@ -95,6 +95,10 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             "auth",
             "scopes",
             "rate_limit",
+            "timeout_ms",
+            "per_try_timeout_ms",
+            "retry",
+            "fault",
         ],
         d,
     );
@@ -225,6 +229,10 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             }
         },
     };
+    let resilience = super::resilience::route(t, d).unwrap_or_else(|| {
+        ok = false;
+        Default::default()
+    });
     ok.then(|| RawRoute {
         route: Route {
             name,
@@ -238,6 +246,7 @@ fn route(index: usize, t: &Table, d: &mut Diag) -> Option<RawRoute> {
             auth: auth.as_ref().map(|a| a.val.clone()),
             scopes,
             rate_limit,
+            resilience,
         },
         services,
         auth,
@@ -974,7 +983,12 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> GatewaySettings {
     let Some(t) = root.get("gateway").and_then(|n| n.table(d)) else {
         return s;
     };
-    t.deny_unknown(&["access_log", "access_log_file", "threads", "redis"], d);
+    let known: Vec<&str> = ["access_log", "access_log_file", "threads", "redis"]
+        .into_iter()
+        .chain(super::resilience::GATEWAY_KEYS.iter().copied())
+        .collect();
+    t.deny_unknown(&known, d);
+    s.resilience = super::resilience::settings(&t, d);
     if let Some(a) = t.get("access_log").and_then(|n| n.str(d)) {
         match a.val.as_str() {
             "off" => s.access_log = AccessLog::Off,

@@ -24,6 +24,7 @@ mod error;
 mod gateway;
 mod health;
 mod raw;
+mod resilience;
 mod services;
 mod socket_lb;
 mod sources;
@@ -44,6 +45,10 @@ pub use gateway::{
     DEFAULT_TENANT_CLAIM, JWT_ALGORITHMS,
 };
 pub use health::read_ca_file;
+pub use resilience::{
+    BreakerLimits, FaultPolicy, OutlierPolicy, ResilienceSettings, RetryBudget, RetryPolicy,
+    RouteResilience, UpstreamOverride, UpstreamPolicy,
+};
 pub use socket_lb::{DEFAULT_SOCKET_LB_CGROUPS, NetnsScope, Scope, SocketLbSettings};
 
 /// Smallest `snat_ports` minimum: ports below 1024 are privileged and used by local services.
@@ -556,6 +561,8 @@ pub struct Route {
     /// Scopes the identity must hold (403 otherwise).
     pub scopes: Vec<String>,
     pub rate_limit: Option<RouteLimit>,
+    /// Timeouts, retries, injected faults.
+    pub resilience: RouteResilience,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -732,6 +739,8 @@ pub struct GatewaySettings {
     pub threads: usize,
     /// `[gateway.redis]`; `None`: no Redis (shared limits and Redis keys refused).
     pub redis: Option<RedisSettings>,
+    /// Timeouts and per upstream service breakers, retry budget, outlier detection.
+    pub resilience: ResilienceSettings,
 }
 
 impl Default for GatewaySettings {
@@ -741,6 +750,7 @@ impl Default for GatewaySettings {
             access_log_file: None,
             threads: 2,
             redis: None,
+            resilience: ResilienceSettings::default(),
         }
     }
 }

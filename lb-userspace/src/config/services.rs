@@ -12,7 +12,7 @@ use super::health::health;
 use super::raw::{RawBackend, RawService};
 use super::validate::{port, rate_limit, table_size};
 use super::{
-    Backend, Global, HttpService, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Scope, Service,
+    Backend, Global, HttpService, MAX_TOTAL_BACKENDS, MAX_WEIGHT, Mode, Protocol, Service,
 };
 
 /// What the cross-service checks need from one service, whatever else was wrong with it.

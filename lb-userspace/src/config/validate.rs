@@ -46,6 +46,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         raw.gateway.redis.is_some(),
         d,
     );
+    super::resilience::check_upstreams(&raw.gateway.resilience, &services, d);
     socket_lb::check_scopes(&raw.services, &services, &raw.socket_lb, d);
     let admin = control::admin(raw.admin.as_ref(), d);
     let registry = control::registry(raw.registry.as_ref(), d);

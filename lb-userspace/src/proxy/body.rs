@@ -25,6 +25,8 @@ pub(super) struct Finish {
     pub start: Instant,
     pub metrics: Arc<GatewayMetrics>,
     pub log: AccessLog,
+    /// The request's breaker place: released when the response ends.
+    pub _hold: Option<super::resilience::breaker::RequestPermit>,
 }
 
 impl Finish {

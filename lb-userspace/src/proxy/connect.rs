@@ -16,9 +16,19 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use http::Uri;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpSocket, TcpStream};
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection},
+    rt::TokioIo,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpSocket, TcpStream},
+};
+
+use super::resilience::{Guards, breaker::ConnPermit};
 
 /// `IP_LOCAL_PORT_RANGE` from `linux/in.h` (not in the libc crate yet).
 const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
@@ -29,10 +39,65 @@ pub struct BackendConnector {
     pub connect_timeout: Duration,
     /// Local ports to use (inclusive), or `None` for the kernel's whole range.
     pub local_ports: Option<(u16, u16)>,
+    /// The upstream services' breakers: a connection over `max_connections` waits.
+    pub guards: Option<Arc<Guards>>,
+}
+
+/// A backend connection, holding its place under the service's `max_connections`.
+#[derive(Debug)]
+pub struct BackendStream {
+    pub stream: TcpStream,
+    _permit: Option<ConnPermit>,
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl Connection for BackendStream {
+    fn connected(&self) -> Connected {
+        self.stream.connected()
+    }
 }
 
 impl tower_service::Service<Uri> for BackendConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<BackendStream>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -52,6 +117,15 @@ impl tower_service::Service<Uri> for BackendConnector {
                         format!("backend authority is not ip:port: {uri}"),
                     )
                 })?;
+            // Over max_connections this waits (as a pending request) or fails.
+            let permit = match this.guards.as_ref().and_then(|g| g.breaker_for(addr)) {
+                None => None,
+                Some(b) => Some(
+                    b.connection(this.connect_timeout)
+                        .await
+                        .map_err(std::io::Error::other)?,
+                ),
+            };
             let socket = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
@@ -66,7 +140,10 @@ impl tower_service::Service<Uri> for BackendConnector {
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
                 })??;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(BackendStream {
+                stream,
+                _permit: permit,
+            }))
         })
     }
 }
@@ -137,10 +214,11 @@ mod tests {
         let mut c = BackendConnector {
             connect_timeout: Duration::from_secs(2),
             local_ports: Some((34000, 34100)),
+            guards: None,
         };
         let uri: Uri = format!("http://{addr}/").parse().unwrap();
         let s = tower_service::Service::call(&mut c, uri).await.unwrap();
-        let port = s.inner().local_addr().unwrap().port();
+        let port = s.inner().stream.local_addr().unwrap().port();
         assert!((34000..=34100).contains(&port), "local port {port}");
         let (_, peer) = l.accept().await.unwrap();
         assert_eq!(peer.port(), port);

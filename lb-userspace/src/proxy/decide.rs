@@ -14,6 +14,7 @@ use super::{
     limit::{BucketKey, LimitSpec, RateLimiter},
     metrics::GatewayMetrics,
     pipeline::{ConnInfo, Decide, Decision, Forward},
+    resilience::fault,
     shared_limit::{SharedLimiter, Spec},
     state::{GatewayState, limit_key},
 };
@@ -209,6 +210,22 @@ impl Decide for Gatekeeper {
         }
 
         let r = super::ids::fast_random();
+        if let Some(f) = &policy.failure.fault {
+            let fr = super::ids::fast_random();
+            let faults = fault::choose(f, &req.headers, fr, fr.rotate_left(32));
+            if let Some(delay) = faults.delay {
+                self.metrics.fault(&route, "delay");
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = faults.abort {
+                self.metrics.fault(&route, "abort");
+                let h = vec![(
+                    HeaderName::from_static("x-lb-fault"),
+                    HeaderValue::from_static("abort"),
+                )];
+                return respond(Some(route), status, h, "fault injected\n");
+            }
+        }
         let service = matched.route.pick(r);
         let Some((service, upstream)) = state.upstreams.get_key_value(service) else {
             return respond(
@@ -244,6 +261,8 @@ impl Decide for Gatekeeper {
             backend,
             http2: policy.http2,
             response_headers: limit_headers,
+            upstream: Some(upstream.clone()),
+            failure: Some(policy.failure.clone()),
         })
     }
 }

@@ -1,7 +1,11 @@
 //! The request pipeline, generic over [`Decide`]: request checks -> forwarding headers ->
 //! `decide` -> upstream request -> response headers -> access log + metrics.
 
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
@@ -16,7 +20,9 @@ use super::{
     headers,
     metrics::{GatewayMetrics, UpstreamErrorKind},
     pipeline::{ConnInfo, Decide, Decision},
+    resilience::breaker::RequestPermit,
     server::ServerSettings,
+    tries::{self, Failed, ReqBody},
     upstream::{BoxError, ProxyBody, Upstreams},
 };
 
@@ -108,6 +114,9 @@ pub(super) async fn handle<D: Decide>(
         bytes: 0,
         peer: conn.peer,
     };
+    // The request's place under its service's max_requests, held until the body ends
+    // (a Mutex only to be Sync: never contended, one request owns it).
+    let hold: Mutex<Option<RequestPermit>> = Mutex::new(None);
     let finish = |record: AccessRecord, resp: Response<ProxyBody>| {
         let mut record = record;
         record.status = resp.status().as_u16();
@@ -119,6 +128,7 @@ pub(super) async fn handle<D: Decide>(
                     start,
                     metrics: shared.metrics.clone(),
                     log: shared.log.clone(),
+                    _hold: hold.lock().ok().and_then(|mut h| h.take()),
                 },
             )
             .boxed_unsync()
@@ -188,56 +198,103 @@ pub(super) async fn handle<D: Decide>(
     record.route = Some(fwd.route.clone());
     record.backend = Some(fwd.backend);
 
-    // 4. Upstream request. A chunked HTTP/1.1 body is read up to its first chunk before the
-    // backend is contacted, so a bad chunk size gets a 400 and the backend sees nothing.
-    let body: ProxyBody = if chunked {
-        let mut body = body;
-        let first = tokio::time::timeout(shared.settings.header_read_timeout, body.frame()).await;
-        match first {
-            Ok(None) => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            Ok(Some(Ok(frame))) => {
-                let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(frame)));
-                let rest = futures_util::StreamExt::map(body.into_data_stream(), |r| {
-                    r.map(hyper::body::Frame::data).map_err(BoxError::from)
-                });
-                // Trailers of a chunked request are not forwarded (rare; gRPC is HTTP/2).
-                StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync()
+    // 4. Upstream request: within the service's circuit breaker.
+    if let Some(g) = fwd.upstream.as_ref().and_then(|u| u.guard.as_ref()) {
+        match g.breaker.enter() {
+            Ok(p) => {
+                if let Ok(mut h) = hold.lock() {
+                    *h = Some(p);
+                }
             }
-            Ok(Some(Err(e))) => {
-                tracing::debug!(peer = %conn.peer, "gateway: bad chunked body: {e}");
-                let mut r = boxed_full(full(StatusCode::BAD_REQUEST, "bad chunked body"));
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return finish(record, r);
-            }
-            Err(_) => {
-                let mut r = boxed_full(full(StatusCode::REQUEST_TIMEOUT, "request body timeout"));
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(o) => {
+                shared.metrics.overloaded(&fwd.route);
+                let r = overloaded(o.as_str(), &request_id);
                 return finish(record, r);
             }
         }
-    } else {
-        body.map_err(BoxError::from).boxed_unsync()
+    }
+    // A body that may be retried is read whole first (bounded by the route's limit);
+    // anything else streams. A chunked HTTP/1.1 body is read up to its first chunk before
+    // the backend is contacted, so a bad chunk size gets a 400 and the backend sees nothing.
+    let replay_limit = fwd
+        .failure
+        .as_ref()
+        .and_then(|f| f.retry.as_ref())
+        .filter(|r| !upgrading && !chunked && (r.non_idempotent || parts.method.is_idempotent()))
+        .map(|r| r.max_body_bytes);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match replay_limit {
+        Some(_) if hyper::body::Body::is_end_stream(&body) => ReqBody::Replay(Bytes::new()),
+        Some(limit) if declared.is_some_and(|n| n <= limit) => {
+            let read = tokio::time::timeout(shared.settings.header_read_timeout, body.collect());
+            match read.await {
+                Ok(Ok(c)) => ReqBody::Replay(c.to_bytes()),
+                Ok(Err(_)) => {
+                    let r = boxed_full(full(StatusCode::BAD_REQUEST, "bad request body"));
+                    return finish(record, r);
+                }
+                Err(_) => {
+                    let mut r =
+                        boxed_full(full(StatusCode::REQUEST_TIMEOUT, "request body timeout"));
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return finish(record, r);
+                }
+            }
+        }
+        _ if chunked => {
+            let mut body = body;
+            let first =
+                tokio::time::timeout(shared.settings.header_read_timeout, body.frame()).await;
+            match first {
+                Ok(None) => {
+                    ReqBody::Stream(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                }
+                Ok(Some(Ok(frame))) => {
+                    let head =
+                        futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(frame)));
+                    let rest = futures_util::StreamExt::map(body.into_data_stream(), |r| {
+                        r.map(hyper::body::Frame::data).map_err(BoxError::from)
+                    });
+                    // Trailers of a chunked request are not forwarded (rare; gRPC is HTTP/2).
+                    ReqBody::Stream(
+                        StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync(),
+                    )
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(peer = %conn.peer, "gateway: bad chunked body: {e}");
+                    let mut r = boxed_full(full(StatusCode::BAD_REQUEST, "bad chunked body"));
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return finish(record, r);
+                }
+                Err(_) => {
+                    let mut r =
+                        boxed_full(full(StatusCode::REQUEST_TIMEOUT, "request body timeout"));
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return finish(record, r);
+                }
+            }
+        }
+        _ => ReqBody::Stream(body.map_err(BoxError::from).boxed_unsync()),
     };
     let up_start = Instant::now();
-    let sent = shared
-        .upstreams
-        .send(fwd.backend, fwd.http2, Request::from_parts(parts, body))
-        .await;
+    let sent = tries::exchange(&shared.upstreams, &shared.metrics, &fwd, parts, body).await;
     record.upstream_ms = Some(millis(up_start.elapsed()));
-    let mut resp = match sent {
+    record.backend = Some(sent.backend);
+    let mut resp = match sent.result {
         Ok(r) => r,
+        Err(Failed::Overloaded(o)) => {
+            shared.metrics.overloaded(&fwd.route);
+            return finish(record, overloaded(o.as_str(), &request_id));
+        }
         Err(e) => {
-            tracing::debug!(route = %fwd.route, "gateway: {e}");
-            shared.metrics.upstream_error(&fwd.service, e.kind);
-            let status = e.status();
-            let msg = if status == StatusCode::GATEWAY_TIMEOUT {
-                "upstream timed out"
-            } else {
-                "upstream unavailable"
-            };
-            let mut r = boxed_full(full(status, msg));
+            let mut r = boxed_full(full(e.status(), e.message()));
             r.headers_mut()
                 .insert(headers::X_REQUEST_ID, request_id.clone());
             return finish(record, r);
@@ -287,6 +344,18 @@ pub(super) async fn handle<D: Decide>(
         None => body,
     };
     finish(record, Response::from_parts(rparts, body))
+}
+
+/// 503 at once: the service's circuit breaker is open for `reason`.
+fn overloaded(reason: &'static str, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut r = boxed_full(full(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded"));
+    r.headers_mut().insert(
+        http::HeaderName::from_static("x-lb-overloaded"),
+        HeaderValue::from_static(reason),
+    );
+    r.headers_mut()
+        .insert(headers::X_REQUEST_ID, request_id.clone());
+    r
 }
 
 fn add_response_headers(h: &mut HeaderMap, extra: Vec<(http::HeaderName, HeaderValue)>) {

@@ -51,6 +51,15 @@ pub struct RouteStats {
     /// Authentication failures by reason (`missing`, `expired`, ...).
     pub auth_reasons: BTreeMap<String, u64>,
     pub rate_limited: u64,
+    /// Retries sent.
+    pub retries: u64,
+    /// 504s for the request timeout / a per-try timeout.
+    pub timeouts_request: u64,
+    pub timeouts_per_try: u64,
+    /// 503s from the upstream's circuit breaker.
+    pub overloaded: u64,
+    pub faults_delayed: u64,
+    pub faults_aborted: u64,
 }
 
 impl RouteStats {
@@ -240,6 +249,32 @@ impl GatewayMetrics {
             .get_or_create(&vec![("route", route.to_owned())])
             .inc();
         self.with_route(route, |s| s.rate_limited += 1);
+    }
+
+    /// A retry sent on `route`.
+    pub fn retry(&self, route: &str) {
+        self.with_route(route, |s| s.retries += 1);
+    }
+
+    /// A 504 on `route` for its `request` or `per_try` timeout.
+    pub fn timeout(&self, route: &str, kind: &str) {
+        self.with_route(route, |s| match kind {
+            "request" => s.timeouts_request += 1,
+            _ => s.timeouts_per_try += 1,
+        });
+    }
+
+    /// A 503 on `route` from the upstream's circuit breaker.
+    pub fn overloaded(&self, route: &str) {
+        self.with_route(route, |s| s.overloaded += 1);
+    }
+
+    /// An injected fault (`delay` or `abort`) on `route`.
+    pub fn fault(&self, route: &str, kind: &str) {
+        self.with_route(route, |s| match kind {
+            "delay" => s.faults_delayed += 1,
+            _ => s.faults_aborted += 1,
+        });
     }
 
     pub(super) fn access_log_dropped(&self) {

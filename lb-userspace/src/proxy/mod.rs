@@ -28,11 +28,13 @@ pub mod metrics;
 pub mod part;
 pub mod pipeline;
 pub mod redis_conn;
+pub mod resilience;
 pub mod route;
 pub mod server;
 pub mod shared_limit;
 pub mod state;
 pub mod tls;
+mod tries;
 pub mod upstream;
 pub mod vip_routes;
 

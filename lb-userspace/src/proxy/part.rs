@@ -20,6 +20,7 @@ use super::{
     listen::Listeners,
     metrics::GatewayMetrics,
     redis_conn::RedisClient,
+    resilience::{self, Guards},
     server::{self, Observers, ServerSettings, TlsChoice},
     shared_limit::SharedLimiter,
     state::{self, AuthProviders, GatewayState},
@@ -27,7 +28,7 @@ use super::{
     vip_routes::VipRoutes,
 };
 use crate::{
-    config::{AccessLog as AccessLogKind, Config, RedisSettings},
+    config::{AccessLog as AccessLogKind, Config, RedisSettings, ResilienceSettings},
     model::Subscriber,
 };
 
@@ -69,10 +70,13 @@ impl GatewayPart {
         let (m, s) = (metrics.clone(), state.clone());
         // Read once: a changed `[gateway.redis]` takes a restart.
         let redis = config.gateway.redis.clone();
+        let resil = config.gateway.resilience.clone();
         let thread = std::thread::Builder::new()
             .name("lb-gateway".into())
             .spawn(move || {
-                runtime.block_on(run(listeners, snapshots, s, m, log, snat, redis, stop))
+                runtime.block_on(run(
+                    listeners, snapshots, s, m, log, snat, redis, resil, stop,
+                ))
             })
             .map_err(GatewayError::Runtime)?;
         Ok(Self {
@@ -121,6 +125,7 @@ async fn run(
     log: Option<AccessLogSettings>,
     snat_ports: (u16, u16),
     redis: Option<RedisSettings>,
+    resil: ResilienceSettings,
     stop: CancellationToken,
 ) {
     let local_ports =
@@ -158,8 +163,15 @@ async fn run(
         shared: shared.clone(),
         metrics: metrics.clone(),
     });
+    // Breakers, budgets and outlier records outlive every state built below.
+    let guards = Arc::new(Guards::default());
+    // Connect and idle timeouts belong to the shared pools: read once at start.
     let upstreams = Arc::new(Upstreams::new(&UpstreamSettings {
         local_ports,
+        connect_timeout: resil.connect_timeout,
+        response_timeout: resil.request_timeout,
+        idle_timeout: resil.idle_timeout,
+        guards: Some(guards.clone()),
         ..UpstreamSettings::default()
     }));
     let observers = Observers {
@@ -198,6 +210,7 @@ async fn run(
     providers.redis = redis;
     let mut vip_routes = VipRoutes::default();
     let mut sweep = tokio::time::interval(LIMITER_SWEEP);
+    let mut ejections = tokio::time::interval(resilience::SWEEP);
     // The first snapshot is already in the channel: build it at once.
     snapshots.mark_changed();
     loop {
@@ -209,6 +222,7 @@ async fn run(
                     s.sweep(std::time::Instant::now());
                 }
             }
+            _ = ejections.tick() => guards.sweep(),
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     break;
@@ -217,7 +231,7 @@ async fn run(
                 if snapshot.generation == 0 {
                     continue;
                 }
-                match state::build(&snapshot, &mut providers, &stop).await {
+                match state::build(&snapshot, &mut providers, &guards, &stop).await {
                     Ok(next) => {
                         if let Err(e) = vip_routes.sync(&next.vips()) {
                             warn!(error = %e, "gateway VIP routes not all in place");

@@ -36,6 +36,11 @@ pub struct Forward {
     pub http2: bool,
     /// Added to the response (e.g. rate-limit headers).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The service's backends and failure handling (breaker, budget, outliers), for
+    /// retries; `None`: one try, no breaker.
+    pub upstream: Option<Arc<super::state::Upstream>>,
+    /// The route's timeouts and retries; `None`: the upstream defaults, no retries.
+    pub failure: Option<Arc<super::state::RouteFailure>>,
 }
 
 /// The outcome of the request phases.

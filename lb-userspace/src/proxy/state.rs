@@ -24,11 +24,15 @@ use super::{
         TokenSource,
     },
     redis_conn::RedisClient,
+    resilience::{Guards, ServiceGuard, outlier::BackendOutlier},
     route::{self, HeaderValueMatch, RouteError, RouteSpec, RouteTable},
     tls::{CertSpec, Tls, TlsSettings},
 };
 use crate::{
-    config::{self, ApiKeyStore, AuthKind, AuthProvider, Config, LimitKey, Mode, RouteLimit},
+    config::{
+        self, ApiKeyStore, AuthKind, AuthProvider, Config, FaultPolicy, LimitKey, Mode,
+        RetryPolicy, RouteLimit, UpstreamPolicy,
+    },
     model::Snapshot,
 };
 
@@ -46,6 +50,17 @@ pub struct RoutePolicy {
     pub scopes: Vec<String>,
     pub limit: Option<RouteLimit>,
     pub http2: bool,
+    pub failure: Arc<RouteFailure>,
+}
+
+/// A route's timeouts, retries and faults, with the `[gateway]` defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFailure {
+    /// All tries and backoffs until a response head.
+    pub timeout: Duration,
+    pub per_try_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<FaultPolicy>,
 }
 
 /// One gateway service: what its VIP:port serves.
@@ -56,37 +71,76 @@ pub struct Frontend {
     pub tls: Option<Arc<Tls>>,
 }
 
-/// A service's backends that take requests now (effective weight > 0), by weight.
+/// A service's backends that take requests now (effective weight > 0), by weight, with
+/// their outlier records (same order) and the service's failure handling.
 #[derive(Debug, Default)]
 pub struct Upstream {
     pub backends: Vec<(SocketAddr, u32)>,
     pub total: u64,
+    pub outliers: Vec<Arc<BackendOutlier>>,
+    pub guard: Option<Arc<ServiceGuard>>,
+    pub policy: UpstreamPolicy,
 }
 
 impl Upstream {
-    /// The backend for random value `r` (weighted); `None` when none serves.
+    /// The backend for random value `r` (weighted), skipping ejected ones; `None` when none
+    /// serves.
     pub fn pick(&self, r: u64) -> Option<SocketAddr> {
-        if self.total == 0 {
-            return None;
-        }
-        let mut at = r % self.total;
-        for (addr, w) in &self.backends {
-            if at < u64::from(*w) {
-                return Some(*addr);
-            }
-            at -= u64::from(*w);
-        }
-        None
+        self.pick_index(r, &[]).map(|i| self.backends[i].0)
     }
+
+    /// The index of the backend for `r` among those neither ejected nor in `avoid`; if
+    /// none is left, among those not ejected, then among all (a retry may go back to the
+    /// only backend; ejection never empties a service).
+    pub fn pick_index(&self, r: u64, avoid: &[SocketAddr]) -> Option<usize> {
+        let ejecting = self.guard.as_ref().is_some_and(|g| g.slots.ejected() > 0);
+        if !ejecting && avoid.is_empty() {
+            return weighted(self.backends.iter().map(|b| b.1), self.total, r);
+        }
+        let eligible = |i: usize, avoiding: bool| {
+            let ejected = self.outliers.get(i).is_some_and(|o| o.is_ejected());
+            let tried = avoiding && avoid.contains(&self.backends[i].0);
+            !(ejected || tried)
+        };
+        for avoiding in [true, false] {
+            let weights = self
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if eligible(i, avoiding) { b.1 } else { 0 });
+            let total = weights.clone().map(u64::from).sum();
+            if let Some(i) = weighted(weights, total, r) {
+                return Some(i);
+            }
+        }
+        weighted(self.backends.iter().map(|b| b.1), self.total, r)
+    }
+}
+
+/// The index `r` falls on among `weights` summing to `total`.
+fn weighted(weights: impl Iterator<Item = u32>, total: u64, r: u64) -> Option<usize> {
+    if total == 0 {
+        return None;
+    }
+    let mut at = r % total;
+    for (i, w) in weights.enumerate() {
+        if at < u64::from(w) {
+            return Some(i);
+        }
+        at -= u64::from(w);
+    }
+    None
 }
 
 /// Everything a request reads.
 pub struct GatewayState {
     pub generation: u64,
     pub frontends: HashMap<SocketAddr, Frontend>,
-    pub upstreams: HashMap<Arc<str>, Upstream>,
+    pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
     /// Headers the gateway sets from identities: stripped from every request first.
     pub identity_headers: Vec<HeaderName>,
+    /// Breakers, budgets, outlier records: shared by every state (they outlive reloads).
+    pub guards: Arc<Guards>,
 }
 
 impl GatewayState {
@@ -96,6 +150,7 @@ impl GatewayState {
             frontends: HashMap::new(),
             upstreams: HashMap::new(),
             identity_headers: auth::identity_headers([]),
+            guards: Arc::new(Guards::default()),
         }
     }
 
@@ -298,6 +353,7 @@ fn jwt_settings(j: &config::JwtAuth) -> JwtSettings {
 pub async fn build(
     snapshot: &Snapshot,
     providers: &mut AuthProviders,
+    guards: &Arc<Guards>,
     stop: &CancellationToken,
 ) -> Result<GatewayState, StateError> {
     let config = &snapshot.config;
@@ -317,7 +373,7 @@ pub async fn build(
                     Some(providers.get(p, stop).await?)
                 }
             };
-            specs.push(spec(&s.name, r, auth));
+            specs.push(spec(&s.name, r, auth, &config.gateway.resilience));
         }
         let routes = RouteTable::build(specs).map_err(|source| StateError::Route {
             service: s.name.clone(),
@@ -349,9 +405,20 @@ pub async fn build(
                 .map(|b| (SocketAddr::new(b.key.addr, b.key.port), b.effective_weight))
                 .collect();
             let total = backends.iter().map(|(_, w)| u64::from(*w)).sum();
-            (s.name.as_str().into(), Upstream { backends, total })
+            let policy = config.gateway.resilience.upstream(&s.name);
+            let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.0).collect();
+            let (guard, outliers) = guards.service(&s.name, &policy, &addrs);
+            let upstream = Upstream {
+                backends,
+                total,
+                outliers,
+                guard: Some(guard),
+                policy,
+            };
+            (s.name.as_str().into(), Arc::new(upstream))
         })
         .collect();
+    guards.retain(&snapshot.services.iter().map(|s| s.name.as_str()).collect());
     let jwt: Vec<JwtSettings> = config
         .auth
         .iter()
@@ -365,16 +432,30 @@ pub async fn build(
         frontends,
         upstreams,
         identity_headers: auth::identity_headers(&jwt),
+        guards: guards.clone(),
     })
 }
 
-fn spec(service: &str, r: &config::Route, auth: Option<Authenticator>) -> RouteSpec<RoutePolicy> {
+fn spec(
+    service: &str,
+    r: &config::Route,
+    auth: Option<Authenticator>,
+    defaults: &config::ResilienceSettings,
+) -> RouteSpec<RoutePolicy> {
+    let f = &r.resilience;
+    let failure = Arc::new(RouteFailure {
+        timeout: f.timeout.unwrap_or(defaults.request_timeout),
+        per_try_timeout: f.per_try_timeout,
+        retry: f.retry.clone(),
+        fault: f.fault.clone(),
+    });
     let policy = RoutePolicy {
         id: format!("{service}/{}", r.name).into(),
         auth,
         scopes: r.scopes.clone(),
         limit: r.rate_limit,
         http2: r.http2,
+        failure,
     };
     RouteSpec {
         name: r.name.clone(),

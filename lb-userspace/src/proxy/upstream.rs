@@ -1,7 +1,7 @@
 //! Pooled connections to backends: one hyper-util `Client` for HTTP/1.1 and one for HTTP/2
 //! prior knowledge, both keyed by the backend's authority.
 
-use std::{error::Error as _, net::SocketAddr, time::Duration};
+use std::{error::Error as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version, uri::PathAndQuery};
@@ -12,7 +12,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::{connect::BackendConnector, metrics::UpstreamErrorKind};
+use super::{
+    connect::BackendConnector,
+    metrics::UpstreamErrorKind,
+    resilience::{Guards, breaker::Overflow},
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type sent to backends and to clients.
@@ -41,6 +45,8 @@ pub struct UpstreamSettings {
     pub body_idle_timeout: Option<Duration>,
     /// Local ports for backend connections (see `connect`); `None`: the kernel's range.
     pub local_ports: Option<(u16, u16)>,
+    /// Circuit breakers limiting connections per upstream service.
+    pub guards: Option<Arc<Guards>>,
 }
 
 impl Default for UpstreamSettings {
@@ -52,6 +58,7 @@ impl Default for UpstreamSettings {
             max_idle_per_backend: DEFAULT_MAX_IDLE_PER_BACKEND,
             body_idle_timeout: Some(DEFAULT_BODY_IDLE_TIMEOUT),
             local_ports: None,
+            guards: None,
         }
     }
 }
@@ -62,6 +69,8 @@ impl Default for UpstreamSettings {
 pub struct UpstreamError {
     pub backend: SocketAddr,
     pub kind: UpstreamErrorKind,
+    /// The service's circuit breaker refused a connection.
+    pub overflow: Option<Overflow>,
     #[source]
     pub source: BoxError,
 }
@@ -97,6 +106,7 @@ impl Upstreams {
         let conn = BackendConnector {
             connect_timeout: settings.connect_timeout,
             local_ports: settings.local_ports,
+            guards: settings.guards.clone(),
         };
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
@@ -120,13 +130,29 @@ impl Upstreams {
         self.body_idle_timeout
     }
 
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     /// Send `req` to `backend`: its URI becomes `http://<backend><path?query>`, its version
     /// HTTP/2 when `http2` else HTTP/1.1. Resolves when the response head arrives.
     pub async fn send(
         &self,
         backend: SocketAddr,
         http2: bool,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_within(backend, http2, req, self.response_timeout)
+            .await
+    }
+
+    /// [`Self::send`] with a response head expected within `timeout`.
+    pub async fn send_within(
+        &self,
+        backend: SocketAddr,
+        http2: bool,
         mut req: Request<ProxyBody>,
+        timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let pq = req
             .uri()
@@ -141,6 +167,7 @@ impl Upstreams {
             .map_err(|e| UpstreamError {
                 backend,
                 kind: UpstreamErrorKind::Connect,
+                overflow: None,
                 source: e.into(),
             })?;
         let client = if http2 {
@@ -150,20 +177,39 @@ impl Upstreams {
             *req.version_mut() = Version::HTTP_11;
             &self.h1
         };
-        match tokio::time::timeout(self.response_timeout, client.request(req)).await {
+        match tokio::time::timeout(timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError {
                 backend,
                 kind: UpstreamErrorKind::Timeout,
+                overflow: None,
                 source: "no response head within the response timeout".into(),
             }),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError {
                 backend,
                 kind: classify(&e),
+                overflow: overflow(&e),
                 source: e.into(),
             }),
         }
     }
+}
+
+/// The breaker's refusal, if that is why the connect failed.
+fn overflow(e: &hyper_util::client::legacy::Error) -> Option<Overflow> {
+    let mut src = e.source();
+    while let Some(s) = src {
+        // An io::Error's source skips the error it wraps: look inside.
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|e| e.downcast_ref::<Overflow>());
+        if let Some(o) = inner.or_else(|| s.downcast_ref::<Overflow>()) {
+            return Some(*o);
+        }
+        src = s.source();
+    }
+    None
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {

@@ -44,6 +44,12 @@ pub enum GwPeer {
     GatewayJwt,
     /// This gateway, API key (SHA-256 key file).
     GatewayApiKey,
+    /// This gateway, failure handling off (no retries, outlier detection off, breaker
+    /// limits out of reach): the baseline of [`GwPeer::GatewayResilient`].
+    GatewayNoFailureHandling,
+    /// This gateway with retries (3 tries on 502/503), per-try and request timeouts, circuit
+    /// breakers and outlier detection on: what the machinery costs when nothing fails.
+    GatewayResilient,
     /// nginx `proxy_pass`, no auth.
     Nginx,
     /// nginx with an API-key `map`.
@@ -75,6 +81,8 @@ impl GwPeer {
         GwPeer::Gateway,
         GwPeer::GatewayJwt,
         GwPeer::GatewayApiKey,
+        GwPeer::GatewayNoFailureHandling,
+        GwPeer::GatewayResilient,
         GwPeer::Nginx,
         GwPeer::NginxApiKey,
         GwPeer::Envoy,
@@ -89,6 +97,8 @@ impl GwPeer {
             GwPeer::Gateway => "gateway",
             GwPeer::GatewayJwt => "gateway-jwt",
             GwPeer::GatewayApiKey => "gateway-apikey",
+            GwPeer::GatewayNoFailureHandling => "gateway-nofail",
+            GwPeer::GatewayResilient => "gateway-resil",
             GwPeer::Nginx => "nginx",
             GwPeer::NginxApiKey => "nginx-apikey",
             GwPeer::Envoy => "envoy",
@@ -104,6 +114,8 @@ impl GwPeer {
             GwPeer::Gateway => "this gateway",
             GwPeer::GatewayJwt => "this gateway + JWT RS256",
             GwPeer::GatewayApiKey => "this gateway + API key",
+            GwPeer::GatewayNoFailureHandling => "this gateway, failure handling off",
+            GwPeer::GatewayResilient => "this gateway + retries, breakers, outliers",
             GwPeer::Nginx => "nginx proxy_pass",
             GwPeer::NginxApiKey => "nginx + API-key map",
             GwPeer::Envoy => "Envoy router",
@@ -127,6 +139,8 @@ impl GwPeer {
                 | GwPeer::GatewayApiKey
                 | GwPeer::GatewayLimit
                 | GwPeer::GatewayLimitRedis
+                | GwPeer::GatewayNoFailureHandling
+                | GwPeer::GatewayResilient
         )
     }
 
@@ -297,6 +311,10 @@ pub fn agent_config(lab: &BenchLab, peer: GwPeer, m: &AuthMaterial) -> String {
         s += &format!(
             "\n[[service.route]]\nname = \"{set}\"\npath_prefix = \"{prefix}\"\nservice = \"{set}\"\n{auth}"
         );
+        if peer == GwPeer::GatewayResilient {
+            s += "timeout_ms = 10000\nper_try_timeout_ms = 5000\n[service.route.retry]\n\
+                  tries = 3\nstatuses = [502, 503]\n";
+        }
     }
     for (_, set, backends) in ROUTES {
         let list: Vec<String> = backends
@@ -313,6 +331,20 @@ pub fn agent_config(lab: &BenchLab, peer: GwPeer, m: &AuthMaterial) -> String {
             list.join(", ")
         );
     }
+    s += match peer {
+        GwPeer::GatewayNoFailureHandling => {
+            "\n[gateway.outlier_detection]\nconsecutive_5xx = 0\nconsecutive_gateway_errors = 0\n\
+             consecutive_connect_failures = 0\n[gateway.circuit_breaker]\n\
+             max_connections = 1000000\nmax_pending = 1000000\nmax_requests = 1000000\n"
+        }
+        // Defaults (consecutive 5xx, gateway errors, connect failures: 5) and breakers
+        // that a bench's connections stay under.
+        GwPeer::GatewayResilient => {
+            "\n[gateway.outlier_detection]\nconsecutive_5xx = 5\n[gateway.circuit_breaker]\n\
+             max_connections = 4096\nmax_pending = 4096\nmax_requests = 4096\n"
+        }
+        _ => "",
+    };
     match peer.auth() {
         Auth::None => {}
         Auth::Jwt => {

@@ -22,6 +22,13 @@ pub fn gateway_targets(g: &GwResults) -> Vec<Target> {
             |r| r >= goal,
         ));
     }
+    t.push(ratio(
+        "keep-alive req/s with retries, breakers, outlier detection on vs off".into(),
+        ">= 0.95x".into(),
+        ka(GwPeer::GatewayResilient),
+        ka(GwPeer::GatewayNoFailureHandling),
+        |r| r >= 0.95,
+    ));
     let mem = g.mem_medians();
     t.push(ratio(
         "memory per idle keep-alive connection, gateway vs nginx (no auth)".into(),

@@ -83,12 +83,13 @@ struct Args {
     )]
     configs: Vec<String>,
     /// Gateway-part configurations, in run order within a round (comma-separated): gateway,
-    /// gateway-jwt, gateway-apikey, nginx, nginx-apikey, envoy, envoy-jwt, gateway-limit,
+    /// gateway-jwt, gateway-apikey, gateway-nofail, gateway-resil (failure handling off / on),
+    /// nginx, nginx-apikey, envoy, envoy-jwt, gateway-limit,
     /// gateway-limit-redis (a never-reached route limit, per node vs shared in Redis).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "gateway,gateway-jwt,gateway-apikey,nginx,nginx-apikey,envoy,envoy-jwt,gateway-limit,gateway-limit-redis"
+        default_value = "gateway,gateway-jwt,gateway-apikey,gateway-nofail,gateway-resil,nginx,nginx-apikey,envoy,envoy-jwt,gateway-limit,gateway-limit-redis"
     )]
     gateway_configs: Vec<String>,
     /// Idle keep-alive connections opened per gateway-part configuration to measure memory

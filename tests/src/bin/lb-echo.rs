@@ -8,8 +8,15 @@
 //!   `grpc-status: 0`, `grpc-message: ok` (gRPC's shape, without protobuf);
 //! - `/healthz` answers 200 `ok`.
 //!
-//! Each request is also logged as one line `REQ METHOD PATH` on stdout once its body is read
-//! (`BAD METHOD PATH` if the body broke off), so a test can count what reached the backend.
+//! Misbehaviour on request, for the failure-handling tests: header
+//! `x-echo-misbehave: NAMES:ACTIONS[;NAMES:ACTIONS...]`, where NAMES is `*` or backend names
+//! joined by `,`, and ACTIONS (joined by `,`) are `delay=MS` (wait before answering), a status
+//! code (answer it), or `reset` (close the connection without an answer). Only the backends
+//! named act on it; the others answer normally.
+//!
+//! Each request is also logged as one line `REQ METHOD PATH id=X-REQUEST-ID` on stdout once
+//! its body is read (`BAD ...` if the body broke off), so a test can count what reached the
+//! backend.
 //! Runs until killed.
 
 use std::{
@@ -76,7 +83,49 @@ async fn serve(args: Args) -> Result<()> {
     }
 }
 
-async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// What `x-echo-misbehave` asks of backend `name`: (delay ms, status, reset).
+fn misbehaviour(name: &str, h: &HeaderMap) -> (u64, Option<StatusCode>, bool) {
+    let mut out = (0, None, false);
+    let Some(spec) = h.get("x-echo-misbehave").and_then(|v| v.to_str().ok()) else {
+        return out;
+    };
+    for part in spec.split(';') {
+        let Some((names, actions)) = part.trim().split_once(':') else {
+            continue;
+        };
+        if names != "*" && !names.split(',').any(|n| n.trim() == name) {
+            continue;
+        }
+        for a in actions.split(',').map(str::trim) {
+            if let Some(ms) = a.strip_prefix("delay=") {
+                out.0 = ms.parse().unwrap_or(0);
+            } else if a == "reset" {
+                out.2 = true;
+            } else if let Some(code) = a
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                out.1 = Some(code);
+            }
+        }
+    }
+    out
+}
+
+/// Returned to hyper to have it close the connection without an answer.
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset on request")
+    }
+}
+
+impl std::error::Error for Reset {}
+
+async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Reset> {
     let (parts, body) = req.into_parts();
     let path = parts
         .uri
@@ -90,9 +139,21 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
         Err(_) => ("BAD", 0),
     };
     {
+        let id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{tag} {} {}", parts.method, path);
+        let _ = writeln!(out, "{tag} {} {} id={id}", parts.method, path);
         let _ = out.flush();
+    }
+    let (delay, forced, reset) = misbehaviour(&name, &parts.headers);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    if reset {
+        return Err(Reset);
     }
 
     if parts.uri.path() == "/healthz" {
@@ -138,6 +199,7 @@ async fn handle(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
         .strip_prefix("/status/")
         .and_then(|c| c.parse::<u16>().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
+        .or(forced)
         .unwrap_or(StatusCode::OK);
     let mut resp = Response::new(Full::new(Bytes::from(json)).boxed());
     *resp.status_mut() = status;

@@ -7,6 +7,7 @@ mod errors;
 mod gateway;
 mod health;
 mod redis;
+mod resilience;
 mod socket_lb;
 mod valid;
 

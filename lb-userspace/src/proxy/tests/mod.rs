@@ -241,6 +241,8 @@ impl Decide for One {
                         header::HeaderName::from_static("x-ratelimit-remaining"),
                         HeaderValue::from_static("9"),
                     )],
+                    upstream: None,
+                    failure: None,
                 })
             }
         };

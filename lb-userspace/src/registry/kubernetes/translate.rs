@@ -344,6 +344,7 @@ fn service(
             auth: None,
             scopes: Vec::new(),
             rate_limit: None,
+            resilience: Default::default(),
         }],
     });
     Service {
