@@ -14,6 +14,7 @@ pub mod layout;
 mod links;
 pub mod pin;
 mod raw;
+mod retarget;
 mod scan;
 mod slots;
 mod table;
@@ -34,6 +35,7 @@ use tracing::warn;
 pub use counters::Counters;
 pub use layout::MapsFound;
 pub use pin::{PinDir, PinError, mount_bpffs};
+pub use retarget::Egress;
 
 use links::Attachment;
 
