@@ -287,18 +287,23 @@ impl L4Dataplane {
                 }
             }
             Event::NeighbourGone(n) => changes.reroute |= self.neighbours.neighbour_gone(&n),
-            Event::Route | Event::Lost => changes.reroute = true,
+            // Only routes that may now be the one to a backend matter (not, e.g., the
+            // gateway's VIP routes).
+            Event::Route(r) => changes.reroute |= self.backends.iter().any(|b| r.covers(*b)),
+            Event::Lost => changes.reroute = true,
         }
     }
 
     /// Acts on gathered changes: routes looked up again (managed entries follow), then the
     /// established flows of every backend whose next hop moved or changed MAC point at it.
-    fn follow_next_hops(&mut self, changes: NextHopChanges) {
+    fn follow_next_hops(&mut self, mut changes: NextHopChanges) {
         let mut to: BTreeMap<IpAddr, Egress> = BTreeMap::new();
         if changes.reroute {
             let before = self.neighbours.routes().clone();
             self.neighbours.forget_routes();
             self.ensure_next_hops();
+            // A lost event may have been a new MAC.
+            changes.macs.extend(self.neighbours.recheck());
             for (backend, r) in self.neighbours.routes() {
                 if before.get(backend) == Some(r) {
                     continue;

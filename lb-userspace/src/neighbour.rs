@@ -199,6 +199,23 @@ impl Neighbours {
         (self.lladdrs.insert(hop.clone(), mac) != Some(mac)).then_some(hop)
     }
 
+    /// Reads every managed entry again (after lost events): the hops whose link-layer
+    /// address is new, as [`Neighbours::neighbour_changed`] reports them.
+    pub fn recheck(&mut self) -> Vec<NextHop> {
+        let Ok(mut r) = Rtnl::open() else {
+            return Vec::new();
+        };
+        let entries: Vec<Neighbour> = self
+            .managed
+            .iter()
+            .filter_map(|h| neigh::get(&mut r, h.addr, h.ifindex).ok().flatten())
+            .collect();
+        entries
+            .iter()
+            .filter_map(|n| self.neighbour_changed(n))
+            .collect()
+    }
+
     /// Takes the removal of a neighbour entry. True if it was one of ours (someone flushed
     /// it): it is forgotten, so the next [`Neighbours::ensure`] adds it again.
     pub fn neighbour_gone(&mut self, n: &Neighbour) -> bool {
@@ -269,8 +286,14 @@ mod tests {
             Some(h.clone())
         );
         assert_eq!(n.lladdr(&h), Some([2, 0, 0, 0, 0, 1]));
-        assert_eq!(n.neighbour_changed(&entry("10.0.2.2", 5, 1, S::Stale)), None);
-        assert_eq!(n.neighbour_changed(&entry("10.0.2.2", 5, 2, S::Failed)), None);
+        assert_eq!(
+            n.neighbour_changed(&entry("10.0.2.2", 5, 1, S::Stale)),
+            None
+        );
+        assert_eq!(
+            n.neighbour_changed(&entry("10.0.2.2", 5, 2, S::Failed)),
+            None
+        );
         assert_eq!(
             n.neighbour_changed(&entry("10.0.2.3", 5, 2, S::Reachable)),
             None

@@ -16,7 +16,7 @@ pub mod neigh;
 pub mod route;
 pub mod socket;
 
-pub use events::{Event, Events};
+pub use events::{Event, Events, RouteChange};
 pub use neigh::Neighbour;
 pub use route::RouteTo;
 pub use socket::Rtnl;
