@@ -19,7 +19,8 @@ use lb_userspace::{
 /// (10.77.0.2, fd00:77::2 on `vb`, MAC 02:00:00:77:00:02).
 struct Pair {
     a: Netns,
-    b: Netns,
+    /// Kept alive (and removed on drop) with `a`.
+    _b: Netns,
 }
 
 const B_MAC: &str = "02:00:00:77:00:02";
@@ -60,7 +61,7 @@ fn pair() -> Pair {
         .unwrap();
         ns.ip(["link", "set", dev, "up"]).unwrap();
     }
-    Pair { a, b }
+    Pair { a, _b: b }
 }
 
 fn neigh_show(ns: &Netns) -> String {
