@@ -8,8 +8,12 @@
 //! root talks to it through an [`L4Handle`] (prepare a new config generation, read what
 //! status needs) and the snapshot channel.
 //!
-//! May depend on: `lb_common`, `config`, `model`, `dataplane`, `reconcile`, `sysctls`,
-//! `neighbour`. Not on `registry`, `health`, `control`, `admin`, `status`.
+//! Next hops follow the kernel: a neighbour's new MAC or a changed route to a backend
+//! (netlink events, gathered for [`NEXT_HOP_DEBOUNCE`]) reaches the managed neighbour
+//! entries and the established flows' conntrack entries without a reload.
+//!
+//! May depend on: `lb_common`, `config`, `netlink`, `model`, `dataplane`, `reconcile`,
+//! `sysctls`, `neighbour`. Not on `registry`, `health`, `control`, `admin`, `status`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -26,9 +30,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config},
-    dataplane::{Dataplane, DataplaneError, LoadOptions, SocketLbAttach, SocketLbOptions},
+    dataplane::{Dataplane, DataplaneError, Egress, LoadOptions, SocketLbAttach, SocketLbOptions},
     model::{BackendKey, Snapshot, Subscriber},
-    neighbour::{Neighbours, RESOLVE_WAIT},
+    neighbour::{Neighbours, NextHop, RESOLVE_WAIT},
+    netlink::{Event, Events, NetlinkError},
     reconcile::{AppliedService, ApplyReport, DesiredState, ReconcileError, Reconciler},
     sysctls::Forwarding,
 };
@@ -37,6 +42,26 @@ use crate::{
 /// addressed to the receiving interface's MAC, so a changed MAC must reach `IFACES` soon.
 /// One ioctl per interface; a netlink link subscription would make it immediate.
 const MAC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long neighbour and route changes are gathered before the agent acts on them (from
+/// the first one): a route flap or a neighbour flush comes as a burst of events.
+const NEXT_HOP_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Neighbour and route changes not acted on yet.
+#[derive(Debug, Default)]
+struct NextHopChanges {
+    /// Managed next hops with a new MAC.
+    macs: BTreeSet<NextHop>,
+    /// A route changed, one of our neighbour entries went, or events were lost: look the
+    /// backends' routes up again.
+    reroute: bool,
+}
+
+impl NextHopChanges {
+    fn is_empty(&self) -> bool {
+        self.macs.is_empty() && !self.reroute
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum L4Error {
@@ -145,6 +170,8 @@ pub struct L4Dataplane {
     dp: Dataplane,
     reconciler: Reconciler,
     neighbours: Neighbours,
+    /// The backends of the last snapshot applied (whose next hops are kept).
+    backends: BTreeSet<IpAddr>,
     forwarding: Forwarding,
     /// Generation of the last snapshot applied (0: none yet).
     generation: u64,
@@ -172,6 +199,7 @@ impl L4Dataplane {
             dp,
             reconciler,
             neighbours: Neighbours::default(),
+            backends: BTreeSet::new(),
             forwarding,
             generation: 0,
             syncs: 0,
@@ -285,13 +313,8 @@ impl L4Dataplane {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.key.addr))
             .collect();
-        let (added, errors) = self.neighbours.ensure(backends);
-        for e in errors {
-            warn!(error = %e, "backend next hop not resolved; new flows to it drop until it is");
-        }
-        for hop in Neighbours::wait_resolved(&added, RESOLVE_WAIT) {
-            warn!(next_hop = %hop.addr, dev = %hop.dev, "next hop not resolved yet; its first flows may be retried");
-        }
+        self.backends = backends;
+        self.ensure_next_hops();
         let report = self.reconciler.apply(&mut self.dp, &desired)?;
         self.syncs += 1;
         let checksum = format!("{:016x}", self.reconciler.checksum());
@@ -317,6 +340,85 @@ impl L4Dataplane {
         Ok(report)
     }
 
+    /// Managed neighbour entries for the backends' next hops (see `neighbour`), waiting a
+    /// little for new ones to resolve.
+    fn ensure_next_hops(&mut self) {
+        let (added, errors) = self.neighbours.ensure(self.backends.iter().copied());
+        for e in errors {
+            warn!(error = %e, "backend next hop not resolved; new flows to it drop until it is");
+        }
+        for hop in self.neighbours.wait_resolved(&added, RESOLVE_WAIT) {
+            warn!(next_hop = %hop.addr, dev = %hop.dev, "next hop not resolved yet; its first flows may be retried");
+        }
+    }
+
+    /// Notes what a kernel event changes for the backends' next hops.
+    fn note_event(&mut self, event: Event, changes: &mut NextHopChanges) {
+        match event {
+            Event::Neighbour(n) => {
+                if let Some(hop) = self.neighbours.neighbour_changed(&n) {
+                    changes.macs.insert(hop);
+                }
+            }
+            Event::NeighbourGone(n) => changes.reroute |= self.neighbours.neighbour_gone(&n),
+            // Only routes that may now be the one to a backend matter (not, e.g., the
+            // gateway's VIP routes).
+            Event::Route(r) => changes.reroute |= self.backends.iter().any(|b| r.covers(*b)),
+            Event::Lost => changes.reroute = true,
+        }
+    }
+
+    /// Acts on gathered changes: routes looked up again (managed entries follow), then the
+    /// established flows of every backend whose next hop moved or changed MAC point at it.
+    fn follow_next_hops(&mut self, mut changes: NextHopChanges) {
+        let mut to: BTreeMap<IpAddr, Egress> = BTreeMap::new();
+        if changes.reroute {
+            let before = self.neighbours.routes().clone();
+            self.neighbours.forget_routes();
+            self.ensure_next_hops();
+            // A lost event may have been a new MAC.
+            changes.macs.extend(self.neighbours.recheck());
+            for (backend, r) in self.neighbours.routes() {
+                if before.get(backend) == Some(r) {
+                    continue;
+                }
+                info!(%backend, next_hop = %r.hop.addr, dev = %r.hop.dev, "route to a backend changed");
+                if let Some(dmac) = self.neighbours.lladdr(&r.hop) {
+                    let eg = Egress {
+                        ifindex: r.hop.ifindex,
+                        dmac,
+                        snat: r.src,
+                    };
+                    to.insert(*backend, eg);
+                }
+            }
+        }
+        for hop in &changes.macs {
+            let Some(dmac) = self.neighbours.lladdr(hop) else {
+                continue;
+            };
+            let mac = dmac.map(|b| format!("{b:02x}")).join(":");
+            info!(next_hop = %hop.addr, dev = %hop.dev, mac, "backend next hop resolved to a new MAC");
+            for backend in self.neighbours.backends_via(hop) {
+                let snat = self.neighbours.routes().get(&backend).and_then(|r| r.src);
+                to.entry(backend).or_insert(Egress {
+                    ifindex: hop.ifindex,
+                    dmac,
+                    snat,
+                });
+            }
+        }
+        match self.dp.retarget_flows(&to) {
+            Ok(0) => {}
+            Ok(flows) => info!(
+                flows,
+                backends = to.len(),
+                "established flows now follow their backends' new next hops"
+            ),
+            Err(e) => warn!(error = %e, "established flows not moved to a backend's new next hop"),
+        }
+    }
+
     /// Applies every new snapshot until `stop` is cancelled, answering `requests` meanwhile;
     /// returns itself for the composition root to shut down. An apply that fails is logged
     /// and the tables keep their last good state.
@@ -330,9 +432,32 @@ impl L4Dataplane {
         snapshots.borrow_and_update();
         let mut mac_check = tokio::time::interval(MAC_CHECK_INTERVAL);
         mac_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = Events::subscribe()
+            .inspect_err(|e| warn!(error = %e, "no neighbour or route events: backends' next hops are looked up again on reload only"))
+            .ok();
+        let mut changes = NextHopChanges::default();
+        let mut act_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                batch = next_events(&mut events) => match batch {
+                    Ok(batch) => {
+                        for event in batch {
+                            self.note_event(event, &mut changes);
+                        }
+                        if !changes.is_empty() && act_at.is_none() {
+                            act_at = Some(tokio::time::Instant::now() + NEXT_HOP_DEBOUNCE);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "neighbour and route events stopped: backends' next hops are looked up again on reload only");
+                        events = None;
+                    }
+                },
+                () = sleep_until(act_at) => {
+                    act_at = None;
+                    self.follow_next_hops(std::mem::take(&mut changes));
+                }
                 _ = mac_check.tick() => match self.dp.refresh_interface_macs() {
                     Ok(changed) => {
                         for iface in changed {
@@ -498,6 +623,22 @@ impl L4Dataplane {
             "exiting with the data plane pinned and forwarding; the next start adopts it"
         );
         // Dropping the data plane closes our handles only: the pins keep everything alive.
+    }
+}
+
+/// The next events of the subscription; never, without one.
+async fn next_events(events: &mut Option<Events>) -> Result<Vec<Event>, NetlinkError> {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

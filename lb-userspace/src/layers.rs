@@ -6,6 +6,7 @@ use std::{collections::BTreeSet, path::Path};
 /// Each top-level module's layer, as `lib.rs` lists them.
 const LAYERS: &[(&str, u32)] = &[
     ("config", 1),
+    ("netlink", 1),
     ("model", 2),
     ("registry", 3),
     ("health", 3),

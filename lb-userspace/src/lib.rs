@@ -5,7 +5,7 @@
 //! unit test, `layers`):
 //!
 //! ```text
-//!  1 config                  the checked TOML config
+//!  1 config, netlink         the checked TOML config; the host's routes and neighbours (rtnetlink)
 //!  2 model                   services, backends, health: the snapshot the control plane publishes
 //!  3 registry, health        sources of backends; active health checks
 //!  4 control                 control plane part: generations, sources, health, merge, publish
@@ -28,6 +28,7 @@ pub mod l4;
 pub mod metrics;
 pub mod model;
 pub mod neighbour;
+pub mod netlink;
 pub mod proxy;
 pub mod reconcile;
 pub mod registry;

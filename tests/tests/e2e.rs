@@ -277,3 +277,100 @@ fn interface_mac_change_is_picked_up() {
         lab.agent.output()
     );
 }
+
+/// A backend that changes its MAC (and announces it, as hosts do: gratuitous ARP) keeps its
+/// established connections through the LB: the agent hears the neighbour change over
+/// netlink and points their conntrack entries at the new MAC, without a reload.
+#[test]
+fn backend_mac_change_is_followed_without_reload() {
+    let lab = Lab::start(Topology::two_arm(1).unwrap(), None);
+    let mut conns: Vec<(TcpStream, String)> = (0..5).map(|_| lab.client_connect()).collect();
+    for (s, _) in conns.iter_mut() {
+        echo(s, b"before").expect("echo before the MAC change");
+    }
+    let b = &lab.topo.backends[0];
+    b.ns.sysctl("net.ipv4.conf.eth0.arp_notify", "1").unwrap();
+    let changed_at = Instant::now();
+    b.ns.ip(["link", "set", "dev", "eth0", "address", "02:00:00:00:99:01"])
+        .unwrap();
+    for (s, _) in conns.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        echo(s, b"after").unwrap_or_else(|e| {
+            panic!(
+                "established connection lost after the backend's MAC changed: {e}\n{}",
+                lab.agent.output()
+            )
+        });
+    }
+    println!(
+        "established connections answered {:?} after the MAC change",
+        changed_at.elapsed()
+    );
+    lab.wait_for_log("established flows now follow their backends' new next hops");
+    let spread = lab.tcp_spread(20);
+    assert_eq!(spread.errors, 0, "{spread}");
+    let st = lab.status().expect("status");
+    assert_eq!(st["generation"], 1, "no reload happened");
+}
+
+/// True once `ip neigh show ADDR dev DEV` in the LB namespace says `managed` (or, with
+/// `want` false, no longer does), within 5 s.
+fn wait_managed(lab: &Lab, addr: &str, dev: &str, want: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = lab.topo.lb.ip(["neigh", "show", addr, "dev", dev]).unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("managed") == want {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A new route to a backend (through another next hop on its link) gets that next hop a
+/// managed neighbour entry without a reload, and traffic keeps flowing; when the route goes,
+/// the backend's own entry comes back.
+#[test]
+fn route_change_to_a_backend_is_followed_without_reload() {
+    let lab = Lab::start(Topology::two_arm(1).unwrap(), None);
+    let b = &lab.topo.backends[0];
+    let dev = lab.topo.lb_ifaces[1].name.clone();
+    let backend = b.ip4().to_string();
+    // A second address of the backend stands in for a router on the link.
+    b.ns.ip(["addr", "add", "10.200.11.3/24", "dev", "eth0"])
+        .unwrap();
+    let prefix = format!("{backend}/32");
+    let route = [prefix.as_str(), "via", "10.200.11.3", "dev", dev.as_str()];
+    lab.topo
+        .lb
+        .ip(["route", "add"].into_iter().chain(route))
+        .unwrap();
+    assert!(
+        wait_managed(&lab, "10.200.11.3", &dev, true),
+        "no managed entry for the new next hop\n{}",
+        lab.agent.output()
+    );
+    lab.wait_for_log("route to a backend changed");
+    let spread = lab.tcp_spread(20);
+    assert_eq!(spread.errors, 0, "{spread}");
+
+    lab.topo
+        .lb
+        .ip(["route", "del"].into_iter().chain(route))
+        .unwrap();
+    assert!(
+        wait_managed(&lab, "10.200.11.3", &dev, false),
+        "the unused next hop's entry stayed\n{}",
+        lab.agent.output()
+    );
+    assert!(
+        wait_managed(&lab, &backend, &dev, true),
+        "the backend's own entry did not come back\n{}",
+        lab.agent.output()
+    );
+    let spread = lab.tcp_spread(20);
+    assert_eq!(spread.errors, 0, "{spread}");
+    assert_eq!(lab.status().expect("status")["generation"], 1);
+}

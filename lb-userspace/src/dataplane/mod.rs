@@ -14,6 +14,7 @@ pub mod layout;
 mod links;
 pub mod pin;
 mod raw;
+mod retarget;
 mod scan;
 mod slots;
 mod socket_lb;
@@ -35,6 +36,7 @@ use tracing::warn;
 pub use counters::Counters;
 pub use layout::MapsFound;
 pub use pin::{PinDir, PinError, mount_bpffs};
+pub use retarget::Egress;
 pub use socket_lb::{SocketLbAttach, SocketLbOptions, is_cgroup2, own_netns_cookie};
 
 use links::Attachment;

@@ -7,20 +7,20 @@
 //! interfaces with the default `arp_ignore = 0`: what a VIP on a single node wants. Set
 //! `arp_ignore = 1` (and route the VIP to the node) when a router announces it instead.
 
-use std::{collections::BTreeSet, net::IpAddr, process::Command};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use tracing::{info, warn};
 
+use crate::netlink::{self, NetlinkError, Rtnl, route};
+
 #[derive(Debug, thiserror::Error)]
 pub enum VipRouteError {
-    #[error("running `ip {args}`: {source}")]
-    Spawn {
-        args: String,
+    #[error("`{op}` failed: {source}")]
+    Netlink {
+        op: String,
         #[source]
-        source: std::io::Error,
+        source: NetlinkError,
     },
-    #[error("`ip {args}` failed: {stderr}")]
-    Failed { args: String, stderr: String },
 }
 
 /// The local routes this agent added (and only those: it never removes routes it did not
@@ -34,13 +34,13 @@ impl VipRoutes {
     /// Makes the installed routes exactly `want`.
     pub fn sync(&mut self, want: &BTreeSet<IpAddr>) -> Result<(), VipRouteError> {
         for vip in want.difference(&self.installed.clone()) {
-            route("replace", *vip)?;
+            route_op(true, *vip)?;
             info!(%vip, "local route added for a gateway VIP");
             self.installed.insert(*vip);
         }
         let stale: Vec<IpAddr> = self.installed.difference(want).copied().collect();
         for vip in stale {
-            if let Err(e) = route("del", vip) {
+            if let Err(e) = route_op(false, vip) {
                 warn!(%vip, error = %e, "removing a gateway VIP's local route");
             }
             self.installed.remove(&vip);
@@ -54,26 +54,20 @@ impl VipRoutes {
     }
 }
 
-fn route(op: &str, vip: IpAddr) -> Result<(), VipRouteError> {
+/// `route replace|del local VIP/LEN dev lo table local`, over rtnetlink.
+fn route_op(add: bool, vip: IpAddr) -> Result<(), VipRouteError> {
+    let op = if add { "replace" } else { "del" };
     let prefix = if vip.is_ipv4() { "32" } else { "128" };
-    let family = if vip.is_ipv4() { "-4" } else { "-6" };
-    let dst = format!("{vip}/{prefix}");
-    let args = [
-        family, "route", op, "local", &dst, "dev", "lo", "table", "local",
-    ];
-    let joined = args.join(" ");
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|source| VipRouteError::Spawn {
-            args: joined.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(VipRouteError::Failed {
-            args: joined,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+    let fail = |source| VipRouteError::Netlink {
+        op: format!("route {op} local {vip}/{prefix} dev lo table local"),
+        source,
+    };
+    let lo = netlink::ifindex("lo").map_err(fail)?;
+    let mut rtnl = Rtnl::open().map_err(fail)?;
+    if add {
+        route::replace_local(&mut rtnl, vip, lo)
+    } else {
+        route::delete_local(&mut rtnl, vip, lo)
     }
-    Ok(())
+    .map_err(fail)
 }
