@@ -14,9 +14,9 @@ use crate::{lb, skb::Skb};
 #[classifier]
 pub fn tc_lb(ctx: TcContext) -> i32 {
     let skb = Skb::new(&ctx);
-    (match lb::process(&skb) {
+    match lb::process(&skb) {
         xdp_action::XDP_PASS => TC_ACT_OK,
         xdp_action::XDP_TX | xdp_action::XDP_REDIRECT => TC_ACT_REDIRECT,
         _ => TC_ACT_SHOT,
-    }) as i32
+    }
 }
