@@ -141,15 +141,15 @@ impl Dataplane {
         let Some(old) = self.attached.remove(iface) else {
             return self.attach(iface, how);
         };
+        // The old link's pin goes first (the new one takes its path); our handle keeps the
+        // old link attached until it is closed.
+        if let Link::Pinned { pin, .. } = &old.link {
+            remove_pin(pin)?;
+        }
         let both_xdp = matches!((old.how, how), (Some(Attach::Xdp(_)), Attach::Xdp(_)));
         if both_xdp {
             self.close_link(old.link)?;
             return self.attach(iface, how);
-        }
-        // The old link's pin goes first (the new one takes its path); our handle keeps the
-        // old link attached until it is closed below.
-        if let Link::Pinned { pin, .. } = &old.link {
-            remove_pin(pin)?;
         }
         let link = match self.new_link(iface, how) {
             Ok(l) => l,
