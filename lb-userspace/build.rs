@@ -22,7 +22,7 @@ fn record_commit() {
     // A new commit (or branch switch) changes HEAD or the ref it points to. `--git-path`
     // finds them in a worktree too (its refs live in the common dir), and a path that does
     // not exist is never named: cargo would rebuild on every build.
-    let mut watch = |name: &str| {
+    let watch = |name: &str| {
         let Some(p) = git(&["rev-parse", "--git-path", name]) else {
             return false;
         };

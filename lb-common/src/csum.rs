@@ -63,6 +63,22 @@ impl Delta {
             .replace32(old[3], new[3])
     }
 
+    /// Both deltas' changes together.
+    #[inline(always)]
+    pub const fn merge(self, other: Delta) -> Self {
+        Self {
+            acc: self.acc + other.acc,
+        }
+    }
+
+    /// The changes as a 32-bit one's-complement sum (the kernel's `__wsum`), for the
+    /// checksum helpers of tc programs (`bpf_l4_csum_replace` with a diff).
+    #[inline(always)]
+    pub const fn wsum(self) -> u32 {
+        let s = (self.acc & 0xffff_ffff) + (self.acc >> 32);
+        ((s & 0xffff_ffff) + (s >> 32)) as u32
+    }
+
     /// Applies the recorded changes to checksum field `check` (as stored in the packet).
     #[inline(always)]
     pub const fn apply(self, check: u16) -> u16 {
@@ -204,6 +220,23 @@ mod tests {
                 .iter()
                 .fold(Delta::new(), |d, (old, new)| d.replace32(*old, *new));
             assert_eq!(d.apply(check), by_halves(&pairs[..n], check), "{pairs:x?}");
+        }
+    }
+
+    /// A delta folded to 32 bits (what tc's checksum helpers take) applies as the 64-bit
+    /// accumulator does.
+    #[test]
+    fn wsum_applies_like_the_accumulator() {
+        let d = Delta::new()
+            .replace32(0xffff_ffff, 0)
+            .replace32(0x0a00_0001, 0xc0a8_0101)
+            .replace16(0x1f90, 0x0050);
+        let big = Delta::new().merge(d).merge(d).merge(d).merge(d);
+        for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+            for delta in [d, big] {
+                let via_wsum = !fold((!check) as u64 + delta.wsum() as u64);
+                assert_eq!(via_wsum, delta.apply(check), "{check:#x}");
+            }
         }
     }
 

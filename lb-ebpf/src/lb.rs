@@ -10,7 +10,7 @@ use crate::{
     conntrack::{self, ClientSide},
     ctx::{PacketCtx, ptr_at},
     headers::EthHdr,
-    maps::{DEVMAP, SETTINGS},
+    maps::SETTINGS,
     nat::{self, Rewrite},
     parse::{self, Packet},
     ratelimit, service,
@@ -157,15 +157,12 @@ fn trim(ctx: &impl PacketCtx, pkt: &Packet) -> bool {
     pkt.trailer == 0 || ctx.trim_tail(pkt.trailer)
 }
 
-/// Out the way it came (one-arm) or through the devmap to another interface (two-arm).
+/// Sends the frame out of `ifindex` (see `PacketCtx::redirect`).
 #[inline(always)]
 fn send(ctx: &impl PacketCtx, ifindex: u32) -> u32 {
-    if ifindex == ctx.ingress_ifindex() {
-        return xdp_action::XDP_TX;
-    }
-    match DEVMAP.redirect(ifindex, xdp_action::XDP_DROP as u64) {
-        Ok(v) => v,
-        Err(_) => {
+    match ctx.redirect(ifindex) {
+        Some(v) => v,
+        None => {
             count(Reason::RedirectFailed);
             xdp_action::XDP_DROP
         }

@@ -1,7 +1,7 @@
 //! Programs of the load balancer: one entry file per program under `programs/`, over shared
 //! logic that does not depend on the attach point (`ctx::PacketCtx`).
 //!
-//! Layout: `ctx` and `headers` (packet access) <- `parse`, `validate` (what a packet is and
+//! Layout: `ctx`, `skb` and `headers` (packet access) <- `parse`, `validate` (what a packet is and
 //! whether it may be forwarded) <- `service`, `ratelimit`, `maglev`, `snat`, `fib`,
 //! `conntrack` (decisions and state) <- `nat` (the rewrite) <- `lb` (the path) <- `programs`.
 #![no_std]
@@ -26,6 +26,7 @@ mod parse;
 mod programs;
 mod ratelimit;
 mod service;
+mod skb;
 mod snat;
 mod socket_lb;
 mod stats;

@@ -3,11 +3,16 @@
 use lb_common::{Addr, FAMILY_V4, Mac, PROTO_TCP, csum::Delta};
 
 use crate::{
-    ctx::{PacketCtx, ptr_at},
+    ctx::{L4Csum, PacketCtx, ptr_at},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr},
     parse::Packet,
     wire::Word,
 };
+
+/// Offset of the checksum in a TCP header.
+const TCP_CHECK: usize = 16;
+/// Offset of the checksum in a UDP header.
+const UDP_CHECK: usize = 6;
 
 /// The new headers of a translated packet.
 pub struct Rewrite<'a> {
@@ -55,9 +60,9 @@ pub unsafe fn copy_words(dst: *mut [u32; 4], src: &[u32; 4]) {
 }
 
 /// Applies `rw` to the packet and decrements its TTL / hop limit (the LB is a hop: a packet
-/// must not circle through it forever; `validate` made sure it is above 1). `None` only if
-/// the frame shrank under us (cannot happen: the offsets were bounds-checked at parse time,
-/// but the verifier needs the checks again).
+/// must not circle through it forever; `validate` made sure it is above 1). `None` if the
+/// frame shrank under us (cannot happen: the offsets were bounds-checked at parse time, but
+/// the verifier needs the checks again) or a tc checksum helper refused.
 #[inline(always)]
 pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
     let k = &pkt.key;
@@ -68,10 +73,15 @@ pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         copy_mac(&raw mut (*eth).src, rw.smac);
     }
 
-    let mut l4 = Delta::new()
+    let ports = Delta::new()
         .replace16(k.src_port, rw.src_port)
         .replace16(k.dst_port, rw.dst_port);
-    if k.family == FAMILY_V4 {
+    // The pseudo-header covers the addresses (not the TTL): L4 takes their delta too.
+    let addrs;
+    // Header bytes no checksum covers (the IPv6 hop limit), for skb checksum state.
+    let mut uncovered = Delta::new();
+    let v6 = k.family != FAMILY_V4;
+    if !v6 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
         // TTL shares a checksummed 16-bit word with the protocol.
         let ttl_word = ip.cast::<u8>().wrapping_add(8).cast::<u16>();
@@ -87,8 +97,7 @@ pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         set!(ip, check, header.apply(get!(ip, check)));
         set!(ip, src, rw.src.words[0]);
         set!(ip, dst, rw.dst.words[0]);
-        // The pseudo-header covers the addresses (not the TTL): the same delta applies to L4.
-        l4 = l4
+        addrs = Delta::new()
             .replace32(k.src.words[0], rw.src.words[0])
             .replace32(k.dst.words[0], rw.dst.words[0]);
     } else {
@@ -96,23 +105,50 @@ pub fn rewrite(ctx: &impl PacketCtx, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         set!(ip, hop_limit, pkt.ttl - 1);
         set!(ip, src, rw.src.words);
         set!(ip, dst, rw.dst.words);
-        l4 = l4
+        addrs = Delta::new()
             .replace_addr(&k.src.words, &rw.src.words)
             .replace_addr(&k.dst.words, &rw.dst.words);
+        // Next header and hop limit share a 16-bit word; computed, not read back, so an
+        // implementation that ignores it (XDP) costs nothing for it.
+        uncovered = Delta::new().replace16(
+            u16::from_ne_bytes([k.proto, pkt.ttl]),
+            u16::from_ne_bytes([k.proto, pkt.ttl - 1]),
+        );
     }
 
+    // The checksum field is updated last: on tc the helpers that do it invalidate every
+    // pointer into the packet.
     if k.proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off)?;
         set!(tcp, sport, rw.src_port);
         set!(tcp, dport, rw.dst_port);
-        set!(tcp, check, l4.apply(get!(tcp, check)));
+        let fix = L4Csum {
+            addrs,
+            ports,
+            uncovered,
+            udp: false,
+            v6,
+        };
+        // SAFETY: a field of the bounds-checked header (no access, no alignment assumed).
+        let check = unsafe { &raw mut (*tcp).check };
+        ctx.fix_l4_csum(check, pkt.l4_off + TCP_CHECK, &fix)
+            .then_some(())
     } else {
         let udp = ptr_at::<UdpHdr>(ctx, pkt.l4_off)?;
         set!(udp, sport, rw.src_port);
         set!(udp, dport, rw.dst_port);
         // IPv4 UDP may carry no checksum (0); IPv6 UDP always does, and must never
-        // send 0 (RFC 8200 section 8.1), which apply_udp4 also guarantees.
-        set!(udp, check, l4.apply_udp4(get!(udp, check)));
+        // send 0 (RFC 8200 section 8.1): both implementations keep 0 and never make one.
+        let fix = L4Csum {
+            addrs,
+            ports,
+            uncovered,
+            udp: true,
+            v6,
+        };
+        // SAFETY: as for TCP.
+        let check = unsafe { &raw mut (*udp).check };
+        ctx.fix_l4_csum(check, pkt.l4_off + UDP_CHECK, &fix)
+            .then_some(())
     }
-    Some(())
 }

@@ -30,7 +30,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config},
-    dataplane::{Dataplane, DataplaneError, Egress, LoadOptions, SocketLbAttach, SocketLbOptions},
+    dataplane::{
+        Attach, Dataplane, DataplaneError, Egress, LoadOptions, SocketLbAttach, SocketLbOptions,
+        is_veth,
+    },
     model::{BackendKey, Snapshot, Subscriber},
     neighbour::{Neighbours, NextHop, RESOLVE_WAIT},
     netlink::{Event, Events, NetlinkError},
@@ -218,12 +221,9 @@ impl L4Dataplane {
         Ok(l4)
     }
 
-    fn mode(&self, c: &Config) -> XdpMode {
-        if self.opts.force_generic || c.global.xdp_mode == config::XdpMode::Generic {
-            XdpMode::Skb
-        } else {
-            XdpMode::Driver
-        }
+    /// How `iface` is to be attached (see [`attach_for`]).
+    fn attach_for(&self, c: &Config, iface: &str) -> Attach {
+        attach_for(self.opts.force_generic, c, iface)
     }
 
     /// Gets ready for a new config generation, before its snapshot: attaches to new
@@ -254,8 +254,9 @@ impl L4Dataplane {
     /// Only once the maps hold the first generation does our program replace the previous
     /// agent's in the links it left pinned (atomically: forwarding never stops).
     pub fn take_over_links(&mut self, c: &Config) -> Result<(), L4Error> {
-        let mode = self.mode(c);
-        self.dp.take_over_links(mode)?;
+        let force_generic = self.opts.force_generic;
+        self.dp
+            .take_over_links(|iface| attach_for(force_generic, c, iface))?;
         self.started = true;
         self.sync_socket_lb(c)
     }
@@ -555,11 +556,11 @@ impl L4Dataplane {
     /// Attaches to new interfaces first (undoing them if one fails), then detaches from the
     /// ones no longer listed, so an attach error leaves everything as it was.
     fn attach_interfaces(&mut self, c: &Config) -> Result<(), L4Error> {
-        let mode = self.mode(c);
         let current: BTreeSet<String> = self.dp.attached().map(str::to_string).collect();
         let wanted: BTreeSet<String> = c.global.interfaces.iter().cloned().collect();
         let mut added: Vec<String> = Vec::new();
         for iface in wanted.difference(&current) {
+            let how = self.attach_for(c, iface);
             let attached = self
                 .forwarding
                 .enable(iface)
@@ -567,7 +568,7 @@ impl L4Dataplane {
                     iface: iface.clone(),
                     source,
                 })
-                .and_then(|()| Ok(self.dp.attach(iface, mode)?));
+                .and_then(|()| Ok(self.dp.attach(iface, how)?));
             if let Err(e) = attached {
                 self.forwarding.restore(iface);
                 for a in &added {
@@ -576,13 +577,23 @@ impl L4Dataplane {
                 }
                 return Err(e);
             }
-            info!(iface, ?mode, "XDP attached");
+            info!(iface, ?how, "{} attached", kind(how));
             added.push(iface.to_string());
         }
+        // A reload that changed how an interface is attached (inherited links are settled
+        // by `take_over_links`).
+        for iface in wanted.intersection(&current) {
+            let how = self.attach_for(c, iface);
+            if let Some(was) = self.dp.attached_as(iface).filter(|was| *was != how) {
+                self.dp.reattach(iface, how)?;
+                info!(iface, ?was, ?how, "{} attached instead", kind(how));
+            }
+        }
         for iface in current.difference(&wanted) {
+            let was = self.dp.attached_as(iface);
             self.dp.detach(iface)?;
             self.forwarding.restore(iface);
-            info!(iface, "XDP detached");
+            info!(iface, "{} detached", was.map_or("link", kind));
         }
         Ok(())
     }
@@ -592,8 +603,9 @@ impl L4Dataplane {
     pub fn shutdown(mut self) {
         let ifaces: Vec<String> = self.dp.attached().map(str::to_string).collect();
         for iface in ifaces {
+            let was = self.dp.attached_as(&iface);
             match self.dp.detach(&iface) {
-                Ok(()) => info!(iface, "XDP detached"),
+                Ok(()) => info!(iface, "{} detached", was.map_or("link", kind)),
                 Err(e) => warn!(iface, error = %e, "detach failed"),
             }
             self.forwarding.restore(&iface);
@@ -639,6 +651,31 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How `iface` is to be attached: as `attach` names it, else tc on a veth (native XDP there
+/// loses the checksum state of frames sent with TX offload) and XDP elsewhere, in
+/// `xdp_mode` (generic whatever it says with `force_generic`).
+fn attach_for(force_generic: bool, c: &Config, iface: &str) -> Attach {
+    let mode = if force_generic || c.global.xdp_mode == config::XdpMode::Generic {
+        XdpMode::Skb
+    } else {
+        XdpMode::Driver
+    };
+    match c.global.attach.get(iface) {
+        Some(config::AttachPoint::Tc) => Attach::Tc,
+        Some(config::AttachPoint::Xdp) => Attach::Xdp(mode),
+        None if is_veth(iface) => Attach::Tc,
+        None => Attach::Xdp(mode),
+    }
+}
+
+/// What the log calls an attachment.
+fn kind(how: Attach) -> &'static str {
+    match how {
+        Attach::Xdp(_) => "XDP",
+        Attach::Tc => "tc",
     }
 }
 

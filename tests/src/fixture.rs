@@ -20,6 +20,10 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
 pub const LB_C_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
 pub const LB_B_MAC: [u8; 6] = [2, 0, 0, 0, 0xb, 1];
@@ -203,6 +207,27 @@ impl Fx {
             })
         });
         let r = result.expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Runs the tc program (`tc_lb`) once on `input` as if received on `ingress`: the skb
+    /// the kernel builds for the run has no checksum offload state (`CHECKSUM_NONE`).
+    pub fn run_tc(&mut self, ingress: u32, input: &[u8]) -> (u32, Vec<u8>) {
+        // `struct __sk_buff` up to `ifindex` (offset 40); the kernel zero-fills the rest.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
+        let mut out = vec![0u8; input.len() + 256];
+        let prog = self.dp.tc_program();
+        let result = self.ns.enter(|| {
+            prog.test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+        });
+        let r = result.expect("BPF_PROG_TEST_RUN (tc)");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }

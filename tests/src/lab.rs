@@ -62,8 +62,25 @@ impl Drop for ConfigFile {
     }
 }
 
-/// `interfaces = ["...", ...]`: the LB's interfaces in the topology, for `[global]`.
+/// `interfaces = ["...", ...]`: the LB's interfaces in the topology, for `[global]`, each
+/// attached with XDP (`attach`, next line): the labs test the XDP path, and veths would get
+/// tc by default (see [`interfaces_only_line`] for that).
 pub fn interfaces_line(topo: &Topology) -> String {
+    let xdp: Vec<String> = topo
+        .lb_interfaces()
+        .iter()
+        .map(|i| format!("\"{i}\" = \"xdp\""))
+        .collect();
+    format!(
+        "{}\nattach = {{ {} }}",
+        interfaces_only_line(topo),
+        xdp.join(", ")
+    )
+}
+
+/// `interfaces = ["...", ...]` alone: each interface attached as the agent's default says
+/// (tc on veth).
+pub fn interfaces_only_line(topo: &Topology) -> String {
     let quoted: Vec<String> = topo
         .lb_interfaces()
         .iter()

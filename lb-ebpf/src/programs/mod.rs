@@ -2,5 +2,6 @@
 
 mod sk_lookup_gateway;
 mod sock_lb;
+mod tc_lb;
 mod xdp_lb;
 mod xdp_pass;

@@ -33,6 +33,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -299,6 +300,9 @@ pub struct Global {
     /// Interfaces the XDP program is attached to: non-empty, unique, valid Linux names.
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    /// Attach points named per interface (`attach = { IFACE = "tc" }`); each key is one of
+    /// `interfaces`. An interface not named here gets tc if it is a veth, XDP otherwise.
+    pub attach: BTreeMap<String, AttachPoint>,
     /// Maglev table size for services that do not set their own; a prime.
     pub maglev_table_size: u32,
     /// Source ports used toward backends (SNAT), inclusive; `1024 <= min <= max`.
@@ -328,6 +332,16 @@ impl Global {
             udp_timeout_ns: ns(self.conntrack.udp_timeout),
         }
     }
+}
+
+/// Where the load balancer is attached on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachPoint {
+    /// XDP, in `xdp_mode` (`xdp`): the fastest on physical NICs.
+    Xdp,
+    /// tc, on tcx ingress (`tc`): sees the skb's checksum state, which native XDP on veth
+    /// loses (frames sent with TX checksum offload would leave with wrong checksums).
+    Tc,
 }
 
 /// How the XDP program is attached.

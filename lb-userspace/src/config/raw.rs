@@ -29,6 +29,8 @@ pub(super) struct RawGlobal {
     /// The array's span, and each element (`None` if it was not a string).
     pub interfaces: Option<RawStrings>,
     pub xdp_mode: Option<Sp<String>>,
+    /// `attach`: each interface named, with its value (`None` if not a string).
+    pub attach: Vec<(String, Option<Sp<String>>)>,
     pub maglev_table_size: Option<Sp<i64>>,
     pub snat_ports: Option<Sp<Vec<Option<Sp<i64>>>>>,
     pub rate_limit: Option<RawRateLimit>,
@@ -257,6 +259,7 @@ fn global(t: &Table, d: &mut Diag) -> RawGlobal {
         &[
             "interfaces",
             "xdp_mode",
+            "attach",
             "maglev_table_size",
             "snat_ports",
             "rate_limit",
@@ -270,6 +273,19 @@ fn global(t: &Table, d: &mut Diag) -> RawGlobal {
             .required("interfaces", "the network interfaces to attach to", d)
             .and_then(|n| array(n, d, |e, d| e.str(d))),
         xdp_mode: string(t, "xdp_mode", d),
+        attach: t
+            .get("attach")
+            .and_then(|n| n.table(d))
+            .map(|a| {
+                a.keys()
+                    .into_iter()
+                    .map(|k| {
+                        let v = string(&a, &k, d);
+                        (k, v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         maglev_table_size: int(t, "maglev_table_size", d),
         snat_ports: t
             .get("snat_ports")

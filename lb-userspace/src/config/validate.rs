@@ -9,18 +9,19 @@ use super::diag::Diag;
 use super::doc::Sp;
 use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings};
 use super::{
-    Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
+    AttachPoint, Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
     MIN_SNAT_PORT, RateLimit, XdpMode, control, gateway, services, socket_lb, sources,
 };
 use lb_common::maglev::{is_prime, next_prime};
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
     let global = raw.global.as_ref().map(|g| global(g, d)).unwrap_or(Global {
         interfaces: Vec::new(),
         xdp_mode: XdpMode::default(),
+        attach: BTreeMap::new(),
         maglev_table_size: DEFAULT_MAGLEV_SIZE,
         snat_port_min: Settings::default().snat_port_min,
         snat_port_max: Settings::default().snat_port_max,
@@ -70,12 +71,14 @@ fn global(raw: &RawGlobal, d: &mut Diag) -> Global {
         .as_ref()
         .and_then(|p| snat_ports(p, d))
         .unwrap_or((defaults.snat_port_min, defaults.snat_port_max));
+    let interfaces = raw
+        .interfaces
+        .as_ref()
+        .map(|i| interfaces(i, d))
+        .unwrap_or_default();
     Global {
-        interfaces: raw
-            .interfaces
-            .as_ref()
-            .map(|i| interfaces(i, d))
-            .unwrap_or_default(),
+        attach: attach(&raw.attach, &interfaces, d),
+        interfaces,
         xdp_mode: raw
             .xdp_mode
             .as_ref()
@@ -154,6 +157,41 @@ fn check_ifname(name: &str) -> Result<(), &'static str> {
     } else {
         Ok(())
     }
+}
+
+/// `attach = { IFACE = "xdp" | "tc" }`: each key one of `interfaces`.
+fn attach(
+    raw: &[(String, Option<Sp<String>>)],
+    interfaces: &[String],
+    d: &mut Diag,
+) -> BTreeMap<String, AttachPoint> {
+    let mut out = BTreeMap::new();
+    for (iface, value) in raw {
+        let Some(value) = value else { continue };
+        let field = format!("global.attach.{iface}");
+        let point = match value.val.as_str() {
+            "xdp" => AttachPoint::Xdp,
+            "tc" => AttachPoint::Tc,
+            other => {
+                d.error(
+                    &value.span,
+                    &field,
+                    format!("unknown attach point `{other}`; expected `xdp` or `tc`"),
+                );
+                continue;
+            }
+        };
+        if !interfaces.iter().any(|i| i == iface) {
+            d.error(
+                &value.span,
+                &field,
+                format!("`{iface}` is not in global.interfaces"),
+            );
+            continue;
+        }
+        out.insert(iface.clone(), point);
+    }
+    out
 }
 
 fn xdp_mode(raw: &Sp<String>, d: &mut Diag) -> Option<XdpMode> {

@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, links::LinkError},
+    programs::{ProgramError, SchedClassifier, Xdp, links::LinkError},
 };
 use lb_common::{
     BackendValue, CtEntry, FlowKey, IFACE_SLOTS, IfaceSlot, ServiceKey, ServiceValue, Settings,
@@ -39,7 +39,12 @@ pub use pin::{PinDir, PinError, mount_bpffs};
 pub use retarget::Egress;
 pub use socket_lb::{SocketLbAttach, SocketLbOptions, is_cgroup2, own_netns_cookie};
 
+pub use iface::is_veth;
+pub use links::Attach;
 use links::Attachment;
+
+/// The load balancer on tc (tcx ingress), for interfaces attached with [`Attach::Tc`].
+const TC_PROGRAM: &str = "tc_lb";
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -92,10 +97,10 @@ pub enum DataplaneError {
     },
     #[error("interface `{0}` not found")]
     NoInterface(String),
-    #[error("attaching XDP ({mode:?}) to `{iface}`: {source}")]
+    #[error("attaching {how:?} to `{iface}`: {source}")]
     Attach {
         iface: String,
-        mode: XdpMode,
+        how: Attach,
         #[source]
         source: ProgramError,
     },
@@ -113,20 +118,20 @@ pub enum DataplaneError {
         #[source]
         source: LinkError,
     },
-    #[error("XDP link on `{iface}`: {source}")]
+    #[error("link on `{iface}`: {source}")]
     Link {
         iface: String,
         #[source]
         source: LinkError,
     },
-    #[error("pinning an XDP link at {path}: {source}")]
+    #[error("pinning a link at {path}: {source}")]
     PinLink {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
     #[error(
-        "taking over the pinned XDP link on `{iface}` (the previous program keeps running): \
+        "taking over the pinned link on `{iface}` (the previous program keeps running): \
          {source}"
     )]
     TakeOver {
@@ -281,6 +286,12 @@ impl Dataplane {
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
+        program::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: TC_PROGRAM,
+                source,
+            })?;
         program::<aya::programs::SkLookup>(&mut ebpf, gateway::PROGRAM)?
             .load()
             .map_err(|source| DataplaneError::Program {
@@ -355,6 +366,14 @@ impl Dataplane {
     /// The load-balancing program (for `BPF_PROG_TEST_RUN` in tests and benchmarks).
     pub fn lb_program(&mut self) -> &mut Xdp {
         self.program("xdp_lb")
+    }
+
+    /// The load-balancing program for tc (for `BPF_PROG_TEST_RUN` in tests).
+    pub fn tc_program(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(TC_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("programs were loaded and checked in Dataplane::load")
     }
 
     /// The do-nothing program: the floor in benchmarks.

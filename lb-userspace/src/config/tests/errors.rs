@@ -242,6 +242,29 @@ fn bad_xdp_mode() {
 }
 
 #[test]
+fn bad_attach_point() {
+    let text = format!("{GLOBAL}attach = {{ eth0 = \"bpf\" }}\n");
+    one_error(&text, 3, "global.attach.eth0", "unknown attach point `bpf`");
+}
+
+#[test]
+fn attach_names_an_interface_not_listed() {
+    let text = format!("{GLOBAL}attach = {{ eth1 = \"tc\" }}\n");
+    one_error(
+        &text,
+        3,
+        "global.attach.eth1",
+        "`eth1` is not in global.interfaces",
+    );
+}
+
+#[test]
+fn attach_value_not_a_string() {
+    let text = format!("{GLOBAL}attach = {{ eth0 = 1 }}\n");
+    one_error(&text, 3, "global.attach.eth0", "");
+}
+
+#[test]
 fn service_port_zero() {
     let text = WEB.replace("port = 80\n", "port = 0\n");
     one_error(&text, 6, "service[0].port", "port must not be 0");

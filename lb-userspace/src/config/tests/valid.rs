@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::super::{
-    Admin, Backend, BuiltinRegistry, Config, Conntrack, DEFAULT_PIN_PATH, Global, Mode, Protocol,
-    RateLimit, Service, XdpMode, load, parse,
+    Admin, AttachPoint, Backend, BuiltinRegistry, Config, Conntrack, DEFAULT_PIN_PATH, Global,
+    Mode, Protocol, RateLimit, Service, XdpMode, load, parse,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -18,6 +18,7 @@ fn full_config_with_defaults() {
 [global]
 interfaces = ["eth0", "eth1"]
 xdp_mode = "generic"
+attach = { eth1 = "tc" }
 maglev_table_size = 251
 snat_ports = [20000, 29999]
 
@@ -61,6 +62,7 @@ backend = [
         global: Global {
             interfaces: vec!["eth0".into(), "eth1".into()],
             xdp_mode: XdpMode::Generic,
+            attach: [("eth1".to_string(), AttachPoint::Tc)].into(),
             maglev_table_size: 251,
             snat_port_min: 20000,
             snat_port_max: 29999,
