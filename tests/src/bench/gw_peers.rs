@@ -77,7 +77,7 @@ pub enum Auth {
 
 impl GwPeer {
     /// All of them, in the order they run within a round.
-    pub const ALL: [GwPeer; 9] = [
+    pub const ALL: [GwPeer; 11] = [
         GwPeer::Gateway,
         GwPeer::GatewayJwt,
         GwPeer::GatewayApiKey,
