@@ -3,28 +3,10 @@
 
 use std::net::SocketAddr;
 
-use super::{GLOBAL, errors, one_error};
+use super::{GLOBAL, GW, errors, gw, one_error};
 use crate::config::{
     AuthKind, HeaderMatch, JwtKeys, LimitKey, Mode, PathMatch, Rewrite, RouteLimit, parse,
 };
-
-/// Lines 3-5: a backend set; 6-12: a gateway with one route to it; a test appends.
-const GW: &str = r#"[[service]]
-name = "users"
-backend = [{ address = "10.0.2.1", port = 8080 }]
-[[service]]
-name = "api"
-vip = "10.0.0.2"
-port = 80
-protocol = "tcp"
-mode = "http"
-[[service.route]]
-service = "users"
-"#;
-
-fn gw(extra: &str) -> String {
-    format!("{GLOBAL}{GW}{extra}")
-}
 
 #[test]
 fn full_gateway_parses() {

@@ -54,3 +54,23 @@ protocol = "tcp"
 address = "10.0.1.1"
 port = 8080
 "#;
+
+/// Lines 3-13 after `GLOBAL`: a backend set `users` and a gateway `api` with one route to
+/// it; the gateway tests append to the route (from line 14) or add tables.
+const GW: &str = r#"[[service]]
+name = "users"
+backend = [{ address = "10.0.2.1", port = 8080 }]
+[[service]]
+name = "api"
+vip = "10.0.0.2"
+port = 80
+protocol = "tcp"
+mode = "http"
+[[service.route]]
+service = "users"
+"#;
+
+/// `GLOBAL`, `GW`, then `extra`.
+fn gw(extra: &str) -> String {
+    format!("{GLOBAL}{GW}{extra}")
+}

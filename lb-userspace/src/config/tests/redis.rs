@@ -3,29 +3,10 @@
 
 use std::time::Duration;
 
-use super::{GLOBAL, one_error};
+use super::{gw, one_error};
 use crate::config::{ApiKeyStore, AuthKind, OnRedisError, SharedLimit, default_lease, parse};
 
-/// Lines 3-13 (as in `gateway.rs`): a backend set and a gateway with one route; the test
-/// appends to the route (from line 14).
-const GW: &str = r#"[[service]]
-name = "users"
-backend = [{ address = "10.0.2.1", port = 8080 }]
-[[service]]
-name = "api"
-vip = "10.0.0.2"
-port = 80
-protocol = "tcp"
-mode = "http"
-[[service.route]]
-service = "users"
-"#;
-
 const REDIS: &str = "[gateway.redis]\nurl = \"redis://127.0.0.1:6379\"\n";
-
-fn gw(extra: &str) -> String {
-    format!("{GLOBAL}{GW}{extra}")
-}
 
 #[test]
 fn redis_settings_shared_limits_and_keys_parse() {

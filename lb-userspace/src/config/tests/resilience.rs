@@ -3,27 +3,8 @@
 
 use std::time::Duration;
 
-use super::{GLOBAL, one_error};
+use super::{gw, one_error};
 use crate::config::{BreakerLimits, RetryBudget, UpstreamPolicy, parse};
-
-/// A backend set `users` and a gateway with one route to it; the route's keys (line 14 on)
-/// or more tables follow.
-const GW: &str = r#"[[service]]
-name = "users"
-backend = [{ address = "10.0.2.1", port = 8080 }]
-[[service]]
-name = "api"
-vip = "10.0.0.2"
-port = 80
-protocol = "tcp"
-mode = "http"
-[[service.route]]
-service = "users"
-"#;
-
-fn gw(extra: &str) -> String {
-    format!("{GLOBAL}{GW}{extra}")
-}
 
 #[test]
 fn full_failure_handling_parses() {
