@@ -20,13 +20,23 @@ pub fn pick(svc: &ServiceValue, key: &FlowKey) -> Result<(u32, &'static BackendV
     } else {
         flow_hash(key, MAGLEV_SEED)
     };
-    let slot = hash % svc.maglev_size;
+    at_slot(svc, hash % svc.maglev_size, key.family)
+}
+
+/// The backend in slot `slot` of `svc`'s table (`slot < svc.maglev_size`), if it is of
+/// `family`. Also the socket LB's pick, whose slot comes from the socket instead of a flow.
+#[inline(always)]
+pub fn at_slot(
+    svc: &ServiceValue,
+    slot: u32,
+    family: u8,
+) -> Result<(u32, &'static BackendValue), Reason> {
     let backend_id = *MAGLEV.get_value(svc.id, &slot).ok_or(Reason::NoBackend)?;
     if backend_id == 0 {
         return Err(Reason::NoBackend);
     }
     let backend = BACKENDS.get(backend_id).ok_or(Reason::NoBackend)?;
-    if backend.family != key.family {
+    if backend.family != family {
         return Err(Reason::FamilyMismatch);
     }
     Ok((backend_id, backend))

@@ -22,8 +22,7 @@ use lb_common::{
 };
 
 use crate::maps::{
-    BACKEND_STATS, BACKENDS, MAGLEV, SERVICE_STATS, SERVICES, SOCK_EVENTS, SOCK_REVERSE,
-    SOCKLB_SETTINGS,
+    BACKEND_STATS, SERVICE_STATS, SERVICES, SOCK_EVENTS, SOCK_REVERSE, SOCKLB_SETTINGS,
 };
 
 const ALLOW: i32 = 1;
@@ -154,12 +153,7 @@ fn pick(
         return None;
     }
     let slot = slot_for_socket(cookie, MAGLEV_SEED, svc.maglev_size);
-    let backend_id = *MAGLEV.get_value(svc.id, &slot)?;
-    if backend_id == 0 {
-        return None;
-    }
-    let backend = BACKENDS.get(backend_id)?;
-    (backend.family == family).then_some((backend_id, backend))
+    crate::maglev::at_slot(svc, slot, family).ok()
 }
 
 /// A connection opened through the socket LB counts as a new flow of its service and
