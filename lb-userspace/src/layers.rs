@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("sysctls", 6),
     ("l4", 7),
     ("proxy", 7),
+    ("mesh", 7),
     ("status", 8),
     ("metrics", 9),
     ("admin", 10),

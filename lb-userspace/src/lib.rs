@@ -11,7 +11,8 @@
 //!  4 control                 control plane part: generations, sources, health, merge, publish
 //!  5 dataplane, neighbour    the XDP object and its maps; backends' next hops
 //!  6 reconcile, sysctls      snapshot -> ordered map writes; interface sysctls
-//!  7 l4, proxy               L4 data plane part: one consumer of the snapshot; L7 API gateway
+//!  7 l4, proxy, mesh         L4 data plane part: one consumer of the snapshot; L7 API gateway;
+//!                           the mTLS mesh between nodes
 //!  8 status                  the status document, from the parts' views
 //!  9 metrics                 Prometheus rendering of the status
 //! 10 admin                   admin part: HTTP API (status, metrics, built-in registry)
@@ -25,6 +26,7 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod l4;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod neighbour;
