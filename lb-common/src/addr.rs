@@ -62,4 +62,22 @@ mod tests {
         // Wire order: first octet is the first byte in memory.
         assert_eq!(Addr::from(v4).words[0].to_ne_bytes(), [10, 0, 1, 2]);
     }
+
+    #[test]
+    fn v4_mapped_round_trips_and_other_v6_is_not_mapped() {
+        let v4 = Addr::from("10.96.0.10".parse::<IpAddr>().unwrap()).words[0];
+        let mapped = Addr::v4_mapped(v4);
+        let std: IpAddr = "::ffff:10.96.0.10".parse().unwrap();
+        assert_eq!(mapped, Addr::from(std));
+        assert_eq!(mapped.unmapped_v4(), Some(v4));
+        assert_eq!(
+            Addr::from("fd00:96::10".parse::<IpAddr>().unwrap()).unmapped_v4(),
+            None
+        );
+        // IPv4-compatible (the deprecated `::a.b.c.d`) is not mapped.
+        assert_eq!(
+            Addr::from("::10.96.0.10".parse::<IpAddr>().unwrap()).unmapped_v4(),
+            None
+        );
+    }
 }

@@ -47,7 +47,26 @@ impl Addr {
     pub const fn v6(words: [u32; 4]) -> Self {
         Self { words }
     }
+
+    /// `::ffff:a.b.c.d` (RFC 4291 2.5.5.2): how a dual-stack IPv6 socket names an IPv4 peer.
+    pub const fn v4_mapped(wire: u32) -> Self {
+        Self {
+            words: [0, 0, MAPPED_PREFIX_WORD, wire],
+        }
+    }
+
+    /// The IPv4 address (wire order) inside an IPv4-mapped IPv6 address, if this is one.
+    pub const fn unmapped_v4(&self) -> Option<u32> {
+        if self.words[0] == 0 && self.words[1] == 0 && self.words[2] == MAPPED_PREFIX_WORD {
+            Some(self.words[3])
+        } else {
+            None
+        }
+    }
 }
+
+/// The third word of an IPv4-mapped IPv6 address: bytes `00 00 ff ff` in memory.
+const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Key of the `SERVICES` map: which packets belong to a service.
 #[repr(C)]

@@ -94,16 +94,41 @@ fn set_user_addr(sa: *mut bpf_sock_addr, family: u8, addr: &Addr, port: u16) {
     }
 }
 
+/// A dual-stack IPv6 socket names an IPv4 peer `::ffff:a.b.c.d`; the maps (services,
+/// backends, reverse entries) know it as IPv4. Returns the address and family to look up,
+/// and whether to map answers back. (An unconnected IPv6 UDP socket sending to a mapped
+/// address runs the `sendmsg4` hook, with the IPv4 address, so keys agree across hooks.)
+#[inline(always)]
+fn unmap(addr: Addr, family: u8) -> (Addr, u8, bool) {
+    if family == FAMILY_V6
+        && let Some(v4) = addr.unmapped_v4()
+    {
+        return (Addr::v4(v4), FAMILY_V4, true);
+    }
+    (addr, family, false)
+}
+
+/// An IPv4 address from the maps, as the socket's own family writes it.
+#[inline(always)]
+fn remap(addr: Addr, mapped: bool) -> Addr {
+    if mapped {
+        Addr::v4_mapped(addr.words[0])
+    } else {
+        addr
+    }
+}
+
 /// connect() (TCP or UDP) or an unconnected sendmsg() (`event` says which): a service
 /// address becomes one of its backends.
 #[inline(always)]
 pub fn to_backend(ctx: &SockAddrContext, family: u8, event: SockEvent) -> i32 {
     let sa = ctx.sock_addr;
-    let (addr, port, proto) = user_addr(sa, family);
+    let (user, port, proto) = user_addr(sa, family);
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return ALLOW;
     }
-    let key = ServiceKey::new(addr, port, proto, family);
+    let (addr, map_family, mapped) = unmap(user, family);
+    let key = ServiceKey::new(addr, port, proto, map_family);
     // SAFETY: copied out at once.
     let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
         return ALLOW;
@@ -114,14 +139,14 @@ pub fn to_backend(ctx: &SockAddrContext, family: u8, event: SockEvent) -> i32 {
     }
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some((backend_id, backend)) = pick(&svc, cookie, family) else {
+    let Some((backend_id, backend)) = pick(&svc, cookie, map_family) else {
         count(SockEvent::NoBackend);
         // SAFETY: sets this call's error; valid in cgroup programs.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REFUSE;
     };
-    set_user_addr(sa, family, &backend.addr, backend.port);
-    let rev = SockRevKey::new(cookie, backend.addr, backend.port, family);
+    set_user_addr(sa, family, &remap(backend.addr, mapped), backend.port);
+    let rev = SockRevKey::new(cookie, backend.addr, backend.port, map_family);
     // A socket sending many datagrams to one service writes its entry once.
     // SAFETY: only checked for presence.
     if unsafe { SOCK_REVERSE.get(&rev) }.is_none() {
@@ -177,17 +202,18 @@ fn opened(svc: u32, backend: u32) {
 #[inline(always)]
 pub fn to_service(ctx: &SockAddrContext, family: u8) -> i32 {
     let sa = ctx.sock_addr;
-    let (addr, port, _) = user_addr(sa, family);
+    let (user, port, _) = user_addr(sa, family);
     match SOCKLB_SETTINGS.get(0) {
         Some(s) if s.enabled != 0 => {}
         _ => return ALLOW,
     }
+    let (addr, map_family, mapped) = unmap(user, family);
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let rev = SockRevKey::new(cookie, addr, port, family);
+    let rev = SockRevKey::new(cookie, addr, port, map_family);
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { SOCK_REVERSE.get(&rev) }.copied() {
-        set_user_addr(sa, family, &v.vip, v.port);
+        set_user_addr(sa, family, &remap(v.vip, mapped), v.port);
         count(SockEvent::Reverse);
     }
     ALLOW
@@ -215,9 +241,9 @@ pub fn release(ctx: &SockContext) -> i32 {
     if port == 0 {
         return ALLOW;
     }
-    let (addr, fam) = match family {
-        2 => (Addr::v4(ip4), FAMILY_V4),
-        10 => (Addr::v6(ip6), FAMILY_V6),
+    let (addr, fam, _) = match family {
+        2 => (Addr::v4(ip4), FAMILY_V4, false),
+        10 => unmap(Addr::v6(ip6), FAMILY_V6),
         _ => return ALLOW,
     };
     // SAFETY: the helper takes the program's own context.

@@ -267,6 +267,23 @@ fn cluster_services_are_reached_through_the_socket_lb_only() {
         "{udp6:?}"
     );
 
+    // IPv4-mapped IPv6 (a dual-stack IPv6 socket to `::ffff:10.96.0.10`): the IPv4 service,
+    // and the application sees the mapped service address back.
+    let mapped = exchanges(&lab.probe(&["tcp", "[::ffff:10.96.0.10]:80", "30"]));
+    assert!(
+        mapped.iter().all(|(p, _)| p == "[::ffff:10.96.0.10]:80"),
+        "{mapped:?}"
+    );
+    assert!(by_name(&mapped).len() >= 2, "{mapped:?}");
+    let mapped_udp = exchanges(&lab.probe(&["udp", "[::ffff:10.96.0.10]:53", "5"]));
+    assert!(
+        mapped_udp
+            .iter()
+            .all(|(p, _)| p == "[::ffff:10.96.0.10]:53"),
+        "{mapped_udp:?}"
+    );
+    assert_eq!(by_name(&mapped_udp).len(), 1, "{mapped_udp:?}");
+
     // Outside the cgroup: not translated (the LB namespace has no route to the address).
     let outside = lab.probe_in(&lab.lab.topo.lb, false, &["tcp", "10.96.0.10:80", "1"]);
     assert!(
