@@ -178,7 +178,7 @@ pub fn run(
                 }
             };
             for mode in Mode::BOTH {
-                let sample = one_run(lab, peer, mode, round, &opts.load, gate)
+                let sample = one_run(lab, &active, mode, round, &opts.load, gate)
                     .with_context(|| format!("{} {}", peer.key(), mode.key()))?;
                 eprintln!(
                     "lb-bench: round {} {:<13} {:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>6.1} us/req  SYN retransmits {} (idle before: {:.0}% busy{})",
@@ -208,17 +208,19 @@ pub fn run(
 
 fn one_run(
     lab: &BenchLab,
-    peer: Peer,
+    active: &peers::Active,
     mode: Mode,
     round: usize,
     load: &Load,
     gate: &IdleGate,
 ) -> Result<Sample> {
+    let peer = active.peer;
     let idle = gate.wait()?;
     let url = format!("http://{}:{HTTP_PORT}/", peer.target(lab));
     let syn_before = syn_retransmits(&lab.topo.client.ns)?;
     let before = CpuTimes::now()?;
-    let report = wrk::run(&lab.topo.client.ns, &url, mode == Mode::Close, load)?;
+    let wrk_cmd = active.client_command("wrk");
+    let report = wrk::run_command(wrk_cmd, &url, mode == Mode::Close, &[], load)?;
     let (busy, total) = CpuTimes::now()?.since(&before);
     let syn_retrans = syn_retransmits(&lab.topo.client.ns)?.saturating_sub(syn_before);
     Ok(Sample {
