@@ -275,6 +275,26 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
             ka.errors + cl.errors
         );
     }
+    let _ = writeln!(
+        md,
+        "\nRetransmitted segments (client + backends) and interface drops (all namespaces) per run, median, keep-alive / new connections:\n"
+    );
+    let losses = e2e.losses();
+    for ((p, m), (retrans, drops)) in &losses {
+        if *m == Mode::Close {
+            let ka = losses
+                .get(&(*p, Mode::KeepAlive))
+                .copied()
+                .unwrap_or((f64::NAN, f64::NAN));
+            let _ = writeln!(
+                md,
+                "- {}: retransmits {:.0} / {retrans:.0}, drops {:.0} / {drops:.0}",
+                p.label(),
+                ka.0,
+                ka.1
+            );
+        }
+    }
     for (p, why) in &e2e.failures {
         let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
     }
@@ -330,7 +350,7 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         .iter()
         .map(|x| {
             format!(
-                "{{{},\"idle_tries\":{},\"syn_retransmits\":{}}}",
+                "{{{},\"idle_tries\":{},\"syn_retransmits\":{},\"retransmitted_segments\":{},\"interface_drops\":{}}}",
                 run_fields(
                     x.round,
                     x.peer.key(),
@@ -341,7 +361,9 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
                     &x.idle
                 ),
                 x.idle.tries,
-                x.syn_retrans
+                x.syn_retrans,
+                x.retrans_segs,
+                x.drops
             )
         })
         .collect();

@@ -147,6 +147,8 @@ mod tests {
                 waited: std::time::Duration::ZERO,
             },
             syn_retrans: 0,
+            retrans_segs: 0,
+            drops: 0,
         }
     }
 
