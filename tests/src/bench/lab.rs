@@ -135,24 +135,12 @@ fn tune(topo: &Topology) -> Result<()> {
 
 /// Experiments on how veth delivers (`LB_BENCH_VETH`, comma-separated; see "Native XDP on
 /// veth" in the README's bench section): `xdp-pass-peers` (an `XDP_PASS` program on every
-/// peer of the LB's veths instead of GRO, handled in `BenchLab::start`), `threaded` (NAPI in
-/// kernel threads on every veth), `no-gro` (GRO off on the LB's own veths).
+/// peer of the LB's veths instead of GRO, handled in `BenchLab::start`), `no-gro` (GRO off on
+/// the LB's own veths).
 fn veth_tweaks(topo: &Topology, tweaks: &str) -> Result<()> {
     for t in tweaks.split(',').filter(|t| !t.is_empty()) {
         match t {
             "xdp-pass-peers" => {}
-            "threaded" => {
-                let all = std::iter::once((&topo.lb, topo.lb_interfaces()))
-                    .chain(topo.lb_peers().into_iter().map(|(ns, d)| (ns, vec![d])));
-                for (ns, devs) in all {
-                    for d in devs {
-                        ns.run(
-                            "sh",
-                            ["-c", &format!("echo 1 > /sys/class/net/{d}/threaded")],
-                        )?;
-                    }
-                }
-            }
             "no-gro" => {
                 for d in topo.lb_interfaces() {
                     topo.lb.run("ethtool", ["-K", &d, "gro", "off"])?;
