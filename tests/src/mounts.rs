@@ -68,6 +68,7 @@ impl Drop for Bpffs {
 /// A child cgroup of the cgroup v2 hierarchy, reached through a mount of its own (the same
 /// hierarchy as the host's): processes started with [`TestCgroup::command`] run in it.
 /// Dropping kills whatever is left in it, removes it and unmounts.
+#[derive(Debug)]
 pub struct TestCgroup {
     mount: PathBuf,
     dir: PathBuf,

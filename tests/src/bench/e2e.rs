@@ -56,6 +56,11 @@ pub struct Sample {
     pub idle: IdleCheck,
     /// SYNs the client had to send again (a connection setup that waited for a timeout).
     pub syn_retrans: u64,
+    /// Segments the client and the backends sent again (`TcpRetransSegs`, SYNs included):
+    /// requests that waited for a retransmission timer.
+    pub retrans_segs: u64,
+    /// Packets every interface of the lab counted as dropped (rx + tx, all namespaces).
+    pub drops: u64,
 }
 
 /// Medians over the rounds of one configuration in one mode.
@@ -124,6 +129,20 @@ impl E2eResults {
             .collect()
     }
 
+    /// Medians per (configuration, mode) of retransmitted segments and interface drops per run.
+    pub fn losses(&self) -> BTreeMap<(Peer, Mode), (f64, f64)> {
+        let mut groups: BTreeMap<(Peer, Mode), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        for s in &self.samples {
+            let g = groups.entry((s.peer, s.mode)).or_default();
+            g.0.push(s.retrans_segs as f64);
+            g.1.push(s.drops as f64);
+        }
+        groups
+            .into_iter()
+            .map(|(k, (mut r, mut d))| (k, (median(&mut r), median(&mut d))))
+            .collect()
+    }
+
     /// Runs that started on an idle machine, out of all.
     pub fn idle_runs(&self) -> (usize, usize) {
         (
@@ -178,10 +197,10 @@ pub fn run(
                 }
             };
             for mode in Mode::BOTH {
-                let sample = one_run(lab, peer, mode, round, &opts.load, gate)
+                let sample = one_run(lab, &active, mode, round, &opts.load, gate)
                     .with_context(|| format!("{} {}", peer.key(), mode.key()))?;
                 eprintln!(
-                    "lb-bench: round {} {:<13} {:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>6.1} us/req  SYN retransmits {} (idle before: {:.0}% busy{})",
+                    "lb-bench: round {} {:<13} {:<9} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  cpu {:>6.1} us/req  SYN retransmits {}, all {}, drops {} (idle before: {:.0}% busy{})",
                     round + 1,
                     peer.key(),
                     mode.key(),
@@ -190,6 +209,8 @@ pub fn run(
                     sample.wrk.p99_us,
                     sample.cpu_us_per_req,
                     sample.syn_retrans,
+                    sample.retrans_segs,
+                    sample.drops,
                     sample.idle.busy_share * 100.0,
                     if sample.idle.idle { "" } else { ", NOT idle" }
                 );
@@ -208,20 +229,27 @@ pub fn run(
 
 fn one_run(
     lab: &BenchLab,
-    peer: Peer,
+    active: &peers::Active,
     mode: Mode,
     round: usize,
     load: &Load,
     gate: &IdleGate,
 ) -> Result<Sample> {
+    let peer = active.peer;
     let idle = gate.wait()?;
     let url = format!("http://{}:{HTTP_PORT}/", peer.target(lab));
     let syn_before = syn_retransmits(&lab.topo.client.ns)?;
+    let (retrans_before, drops_before) = (retransmits(lab)?, drops(lab)?);
     let before = CpuTimes::now()?;
-    let report = wrk::run(&lab.topo.client.ns, &url, mode == Mode::Close, load)?;
+    let wrk_cmd = active.client_command("wrk");
+    let report = wrk::run_command(wrk_cmd, &url, mode == Mode::Close, &[], load)?;
     let (busy, total) = CpuTimes::now()?.since(&before);
     let syn_retrans = syn_retransmits(&lab.topo.client.ns)?.saturating_sub(syn_before);
+    let retrans_segs = retransmits(lab)?.saturating_sub(retrans_before);
+    let drops = drops(lab)?.saturating_sub(drops_before);
     Ok(Sample {
+        retrans_segs,
+        drops,
         syn_retrans,
         round,
         peer,
@@ -235,15 +263,44 @@ fn one_run(
 
 /// The client namespace's count of retransmitted SYNs (`TcpExtTCPSynRetrans`).
 fn syn_retransmits(ns: &crate::netns::Netns) -> Result<u64> {
+    nstat(ns, "TcpExtTCPSynRetrans")
+}
+
+/// One absolute `nstat` counter of `ns`.
+fn nstat(ns: &crate::netns::Netns, name: &str) -> Result<u64> {
     // -a: absolute values, -s: leave nstat's history file alone, -z: print zeros too.
-    let out = ns.run("nstat", ["-asz", "TcpExtTCPSynRetrans"])?;
+    let out = ns.run("nstat", ["-asz", name])?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
-        .find(|l| l.starts_with("TcpExtTCPSynRetrans"))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0))
+}
+
+/// Retransmitted segments of the client and the backends (`TcpRetransSegs`).
+fn retransmits(lab: &BenchLab) -> Result<u64> {
+    let mut n = nstat(&lab.topo.client.ns, "TcpRetransSegs")?;
+    for b in &lab.topo.backends {
+        n += nstat(&b.ns, "TcpRetransSegs")?;
+    }
+    Ok(n)
+}
+
+/// rx + tx drops of every interface in every namespace of the lab (`ip -s -j link`).
+fn drops(lab: &BenchLab) -> Result<u64> {
+    let mut n = 0;
+    for ns in lab.topo.namespaces() {
+        let out = ns.ip(["-s", "-j", "link", "show"])?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        for l in links.as_array().into_iter().flatten() {
+            for dir in ["rx", "tx"] {
+                n += l["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The counters of the agent's `verdicts:` line (its status table, printed at exit), or a

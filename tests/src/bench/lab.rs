@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::netns::{Netns, NsChild, unique_name};
-use crate::topology::{Topology, VIP4};
+use crate::topology::{PeerMode, Topology, VIP4};
 
 /// HTTP port of the backends and of the VIP.
 pub const HTTP_PORT: u16 = 80;
@@ -72,9 +72,16 @@ impl BenchLab {
     /// a connection the backend closed is gone at once, so a later SYN on the same 4-tuple
     /// is never refused by PAWS (see "TIME_WAIT" in tests/src/bin/lb-bench.rs).
     pub fn start(backend_time_wait: bool) -> Result<BenchLab> {
-        let topo = Topology::two_arm(3).context("build the topology")?;
+        let tweaks = std::env::var("LB_BENCH_VETH").unwrap_or_default();
+        let peer_mode = if tweaks.split(',').any(|t| t == "xdp-pass-peers") {
+            PeerMode::XdpPass
+        } else {
+            PeerMode::Gro
+        };
+        let topo = Topology::two_arm_with(3, peer_mode).context("build the topology")?;
         let dir = ScratchDir::new()?;
         tune(&topo)?;
+        veth_tweaks(&topo, &tweaks)?;
         if !backend_time_wait {
             for b in &topo.backends {
                 b.ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
@@ -122,6 +129,26 @@ fn tune(topo: &Topology) -> Result<()> {
         .ip(["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
     for b in &topo.backends {
         b.ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    Ok(())
+}
+
+/// Experiments on how veth delivers (`LB_BENCH_VETH`, comma-separated; see "Native XDP on
+/// veth" in the README's bench section): `xdp-pass-peers` (an `XDP_PASS` program on every
+/// peer of the LB's veths instead of GRO, handled in `BenchLab::start`), `no-gro` (GRO off on
+/// the LB's own veths).
+fn veth_tweaks(topo: &Topology, tweaks: &str) -> Result<()> {
+    for t in tweaks.split(',').filter(|t| !t.is_empty()) {
+        match t {
+            "xdp-pass-peers" => {}
+            "no-gro" => {
+                for d in topo.lb_interfaces() {
+                    topo.lb.run("ethtool", ["-K", &d, "gro", "off"])?;
+                }
+            }
+            other => bail!("LB_BENCH_VETH: unknown tweak {other:?}"),
+        }
+        eprintln!("lb-bench: veth tweak {t}");
     }
     Ok(())
 }

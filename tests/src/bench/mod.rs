@@ -4,12 +4,15 @@
 //! - [`cpu`]: whole-machine CPU from `/proc/stat`, and the "is the machine idle?" gate.
 //! - [`wrk`]: runs `wrk` in a namespace and parses its report.
 //! - [`lab`]: the bench network (client, LB, three nginx backends) and its sysctls.
-//! - [`peers`]: each configuration compared (direct, this LB, iptables, nftables, nginx
+//! - [`peers`]: each configuration compared (direct, this LB in native XDP, tc, generic XDP
+//!   and socket LB, iptables, nftables, nginx
 //!   stream, HAProxy, Envoy): how to start it on the lab and take it down again.
 //! - [`e2e`]: interleaved HTTP runs over those configurations, medians per configuration.
 //! - [`pktgen`]: an XDP live-frames UDP generator (`BPF_F_TEST_XDP_LIVE_FRAMES`).
 //! - [`pktrate`]: packets per second forwarded to the backends, this LB vs nftables.
 //! - [`report`]: Markdown, JSON and SVG for the results.
+//! - [`samenode`]: the same-node rows of the end-to-end runs (socket LB vs NAT paths vs
+//!   direct) and their goals.
 //! - [`gateway`]: the L7 gateway against nginx and Envoy (routing, JWT, API keys), with
 //!   [`gw_peers`] (the configurations), [`gw_auth`] (key, JWKS, token, API key),
 //!   [`gw_conns`] (checks and idle-connection memory) and [`gw_report`].
@@ -27,6 +30,7 @@ pub mod peers;
 pub mod pktgen;
 pub mod pktrate;
 pub mod report;
+pub mod samenode;
 pub mod wrk;
 
 /// Median of `v` (NaN if empty); sorts `v`.

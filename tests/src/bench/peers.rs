@@ -9,13 +9,14 @@
 //! NAT like this load balancer.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use super::lab::{BenchLab, FLOOD_PORT, HTTP_PORT, SNAT_PORTS, spawn_nginx, wait_http_ok};
+use crate::mounts::TestCgroup;
 use crate::netns::{NsChild, run_checked};
 use crate::topology::VIP4;
 
@@ -24,12 +25,19 @@ use crate::topology::VIP4;
 pub enum Peer {
     /// No load balancer: the client talks to backend 1, routed by the LB namespace.
     Direct,
-    /// This load balancer: the `lb` agent, native XDP on the LB's veths (the default).
+    /// This load balancer: the `lb` agent, native XDP on the LB's veths (`attach = "xdp"`,
+    /// `xdp_mode = "native"`: named explicitly, since veths default to tc).
     Lb,
+    /// The same agent with `attach = "tc"` (tcx) on every veth: the agent's default on veth.
+    LbTc,
     /// The same agent with `xdp_mode = "generic"`: on veth, native XDP must copy every
     /// cloned skb (all TCP a local socket sends) into a page and rebuild an skb after the
     /// redirect; generic XDP runs on the skb itself.
     LbGeneric,
+    /// The agent's socket LB: the client's `connect()` to the service (`scope = "cluster"`) is
+    /// rewritten to a backend in the client's cgroup (`namespaces = "all"`), then routed by
+    /// the LB namespace like `Direct` (tc on the veths, passing it).
+    SockLb,
     /// kube-proxy's iptables mode: KUBE-SERVICES / KUBE-SVC / KUBE-SEP chains with
     /// `statistic --mode random`.
     Iptables,
@@ -44,16 +52,18 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// This load balancer, in either XDP mode.
+    /// This load balancer, in any attachment.
     pub fn is_ours(self) -> bool {
-        matches!(self, Peer::Lb | Peer::LbGeneric)
+        matches!(self, Peer::Lb | Peer::LbTc | Peer::LbGeneric | Peer::SockLb)
     }
 
     /// All of them, in the order they run within a round.
-    pub const ALL: [Peer; 8] = [
+    pub const ALL: [Peer; 10] = [
         Peer::Direct,
         Peer::Lb,
+        Peer::LbTc,
         Peer::LbGeneric,
+        Peer::SockLb,
         Peer::Iptables,
         Peer::Nftables,
         Peer::NginxStream,
@@ -66,6 +76,8 @@ impl Peer {
         match self {
             Peer::Direct => "direct",
             Peer::Lb => "lb",
+            Peer::LbTc => "lb-tc",
+            Peer::SockLb => "socket-lb",
             Peer::LbGeneric => "lb-generic",
             Peer::Iptables => "iptables",
             Peer::Nftables => "nftables",
@@ -80,6 +92,8 @@ impl Peer {
         match self {
             Peer::Direct => "direct (no LB)",
             Peer::Lb => "this LB (native XDP)",
+            Peer::LbTc => "this LB (tc)",
+            Peer::SockLb => "this LB (socket LB)",
             Peer::LbGeneric => "this LB (generic XDP)",
             Peer::Iptables => "iptables DNAT",
             Peer::Nftables => "nftables DNAT",
@@ -131,9 +145,21 @@ pub struct Active<'a> {
     lab: &'a BenchLab,
     child: Option<NsChild>,
     undo: Vec<Undo>,
+    /// The client's cgroup, where the socket LB is attached (`SockLb` only). Declared after
+    /// `child`: the agent stops before the cgroup goes.
+    cgroup: Option<TestCgroup>,
 }
 
 impl Active<'_> {
+    /// `PROGRAM` started in the client namespace (and, for the socket LB, in its cgroup).
+    pub fn client_command(&self, program: &str) -> Command {
+        let client = &self.lab.topo.client.ns;
+        match &self.cgroup {
+            Some(cg) => cg.command(client, program, std::iter::empty::<&str>()),
+            None => client.command(program),
+        }
+    }
+
     /// The process it runs (agent or proxy), if any.
     pub fn child(&mut self) -> Option<&mut NsChild> {
         self.child.as_mut()
@@ -190,12 +216,26 @@ pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<
         lab,
         child: None,
         undo: Vec::new(),
+        cgroup: None,
     };
     let lb = &lab.topo.lb;
     match peer {
         Peer::Direct => forwarding_on(&mut active)?,
-        Peer::Lb => active.child = Some(start_agent(lab, tools, "native")?),
-        Peer::LbGeneric => active.child = Some(start_agent(lab, tools, "generic")?),
+        Peer::Lb => active.child = Some(start_agent(lab, tools, Attach::Xdp("native"))?),
+        Peer::LbGeneric => active.child = Some(start_agent(lab, tools, Attach::Xdp("generic"))?),
+        Peer::LbTc => active.child = Some(start_agent(lab, tools, Attach::Tc)?),
+        Peer::SockLb => {
+            // Routed like `Direct` once the connect is rewritten.
+            forwarding_on(&mut active)?;
+            let cg = std::panic::catch_unwind(TestCgroup::new)
+                .map_err(|_| anyhow::anyhow!("cannot mount cgroup2 for the client's cgroup"))?;
+            let agent = start_agent(lab, tools, Attach::SocketLb(cg.path()))?;
+            active.cgroup = Some(cg);
+            active.child = Some(agent);
+            // Only processes in the cgroup are translated (the wire drops `cluster` VIPs).
+            wait_in_cgroup(&mut active)?;
+            return Ok(active);
+        }
         Peer::Iptables => {
             forwarding_on(&mut active)?;
             let path = lab.file("iptables.rules");
@@ -264,6 +304,33 @@ pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<
     Ok(active)
 }
 
+/// Waits until a one-second `wrk` from inside the client's cgroup gets answers (the readiness
+/// check for the socket LB, whose translation only processes in the cgroup see).
+fn wait_in_cgroup(active: &mut Active) -> Result<()> {
+    let url = format!("http://{}:{HTTP_PORT}/", active.peer.target(active.lab));
+    let load = super::wrk::Load {
+        threads: 1,
+        connections: 1,
+        duration: Duration::from_secs(1),
+    };
+    let mut last = String::new();
+    for _ in 0..10 {
+        if let Some(c) = active.child.as_mut()
+            && let Some(st) = c.try_wait()?
+        {
+            bail!("the agent exited ({st}):\n{}", c.output());
+        }
+        match super::wrk::run_command(active.client_command("wrk"), &url, true, &[], &load) {
+            Ok(r) if r.requests > 0 && r.socket_errors == 0 && r.bad_status == 0 => return Ok(()),
+            Ok(r) => last = format!("{r:?}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let said = active.stop().unwrap_or_default();
+    bail!("the socket LB never served {url} in the cgroup: {last}\nagent output:\n{said}")
+}
+
 fn forwarding_on(active: &mut Active) -> Result<()> {
     active.undo.push(Undo::Forwarding);
     active.lab.topo.lb.sysctl("net.ipv4.ip_forward", "1")
@@ -273,17 +340,42 @@ fn backend_ips(lab: &BenchLab) -> Vec<Ipv4Addr> {
     lab.topo.backends.iter().map(|b| b.ip4()).collect()
 }
 
+/// How a configuration attaches the agent.
+#[derive(Debug, Clone, Copy)]
+enum Attach<'p> {
+    /// `attach = "xdp"` on every veth, in this `xdp_mode`.
+    Xdp(&'static str),
+    /// `attach = "tc"` on every veth.
+    Tc,
+    /// tc on every veth, the socket LB on this cgroup, the web service `scope = "cluster"`.
+    SocketLb(&'p Path),
+}
+
 /// The agent's config: TCP VIP:80 and UDP VIP:9 over the three backends.
 ///
 /// `pin_path = ""` and an admin socket in the scratch directory are added only if this agent
 /// version knows those keys (`lb check-config` decides): a bench run must neither pin under
 /// the host's bpffs nor take the default admin port.
-fn agent_config(lab: &BenchLab, extra_keys: bool, xdp_mode: &str) -> String {
+fn agent_config(lab: &BenchLab, extra_keys: bool, attach: Attach) -> String {
+    let (ifaces, xdp_mode) = match attach {
+        Attach::Xdp(mode) => (crate::lab::interfaces_line(&lab.topo), mode),
+        Attach::Tc | Attach::SocketLb(_) => {
+            let tc: Vec<String> = lab
+                .topo
+                .lb_interfaces()
+                .iter()
+                .map(|i| format!("\"{i}\" = \"tc\""))
+                .collect();
+            let line = crate::lab::interfaces_only_line(&lab.topo);
+            (
+                format!("{line}\nattach = {{ {} }}", tc.join(", ")),
+                "native",
+            )
+        }
+    };
     let mut s = format!(
-        "[global]\n{}\nxdp_mode = \"{xdp_mode}\"\nsnat_ports = [{}, {}]\n",
-        crate::lab::interfaces_line(&lab.topo),
-        SNAT_PORTS.0,
-        SNAT_PORTS.1
+        "[global]\n{ifaces}\nxdp_mode = \"{xdp_mode}\"\nsnat_ports = [{}, {}]\n",
+        SNAT_PORTS.0, SNAT_PORTS.1
     );
     if extra_keys {
         s += "pin_path = \"\"\n";
@@ -298,25 +390,35 @@ fn agent_config(lab: &BenchLab, extra_keys: bool, xdp_mode: &str) -> String {
         s += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP4}\"\nport = {port}\nprotocol = \"{proto}\"\n"
         );
+        if matches!(attach, Attach::SocketLb(_)) {
+            s += "scope = \"cluster\"\n";
+        }
         for ip in backend_ips(lab) {
             s += &format!("[[service.backend]]\naddress = \"{ip}\"\nport = {port}\n");
         }
+    }
+    if let Attach::SocketLb(cg) = attach {
+        // "all": the client is in its own namespace (a pod on this node).
+        s += &format!(
+            "\n[socket_lb]\nenabled = true\ncgroup = \"{}\"\nnamespaces = \"all\"\n",
+            cg.display()
+        );
     }
     s
 }
 
 /// Writes the agent config (with the optional keys if `lb check-config` accepts them) and
 /// starts `lb run` in the LB namespace.
-fn start_agent(lab: &BenchLab, tools: &Tools, xdp_mode: &str) -> Result<NsChild> {
+fn start_agent(lab: &BenchLab, tools: &Tools, attach: Attach) -> Result<NsChild> {
     let path = lab.file("lb.toml");
-    std::fs::write(&path, agent_config(lab, true, xdp_mode))?;
+    std::fs::write(&path, agent_config(lab, true, attach))?;
     let accepted = Command::new(&tools.lb)
         .arg("check-config")
         .arg(&path)
         .output()
         .with_context(|| format!("run {}", tools.lb.display()))?;
     if !accepted.status.success() {
-        std::fs::write(&path, agent_config(lab, false, xdp_mode))?;
+        std::fs::write(&path, agent_config(lab, false, attach))?;
         run_checked(Command::new(&tools.lb).arg("check-config").arg(&path))
             .context("the bench's agent config is refused")?;
     }
@@ -336,7 +438,7 @@ fn start_agent(lab: &BenchLab, tools: &Tools, xdp_mode: &str) -> Result<NsChild>
 /// Whether the agent config with `pin_path`/`[admin]` is accepted (for the report).
 pub fn agent_takes_extra_keys(lab: &BenchLab, tools: &Tools) -> bool {
     let path = lab.file("lb-probe.toml");
-    std::fs::write(&path, agent_config(lab, true, "native")).is_ok()
+    std::fs::write(&path, agent_config(lab, true, Attach::Xdp("native"))).is_ok()
         && Command::new(&tools.lb)
             .arg("check-config")
             .arg(&path)
@@ -572,7 +674,8 @@ pub fn check_tools(peers: &[Peer], tools: &Tools) -> Result<()> {
     for p in peers {
         let bins: &[&str] = match p {
             Peer::Direct => &[],
-            Peer::Lb | Peer::LbGeneric => &[],
+            Peer::Lb | Peer::LbTc | Peer::LbGeneric => &[],
+            Peer::SockLb => &["nsenter", "mount"],
             Peer::Iptables => &["iptables-restore", "nft"],
             Peer::Nftables => &["nft"],
             Peer::NginxStream => &["nginx"],

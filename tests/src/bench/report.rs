@@ -91,22 +91,42 @@ fn ratio_target(
     }
 }
 
-/// How a target row names the XDP mode it was measured in (the default, native, unnamed).
+/// How a target row names the attachment it was measured in (native XDP, the headline,
+/// unnamed).
 fn mode_suffix(ours: Peer) -> &'static str {
-    if ours == Peer::LbGeneric {
-        ", generic XDP"
-    } else {
-        ""
+    match ours {
+        Peer::LbGeneric => ", generic XDP",
+        Peer::LbTc => ", tc",
+        _ => "",
     }
 }
 
-/// The end-to-end targets of issue 4, from this run's medians: for the default (native
-/// XDP) and, when it ran, for generic XDP.
+/// A latency target: `ours`' new-connection p99 no worse than `other`'s.
+fn p99_target(s: &BTreeMap<(Peer, Mode), Summary>, ours: Peer, other: Peer) -> Target {
+    let a = summary(s, ours, Mode::Close).map(|x| x.p99_us);
+    let b = summary(s, other, Mode::Close).map(|x| x.p99_us);
+    let (measured, met) = match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => (
+            format!("{:.2}x ({:.2} vs {:.2} ms)", a / b, a / 1e3, b / 1e3),
+            Some(a <= b),
+        ),
+        _ => ("-".into(), None),
+    };
+    Target {
+        what: format!("new-connection p99 latency{}", mode_suffix(ours)),
+        goal: format!("<= {}", other.label()),
+        measured,
+        met,
+    }
+}
+
+/// The end-to-end targets of issues 4 and 10, from this run's medians: for native XDP (the
+/// headline) and, when they ran, for tc and generic XDP.
 pub fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
     let s = e2e.summaries();
     let mut t = Vec::new();
-    for ours in [Peer::Lb, Peer::LbGeneric] {
-        if ours == Peer::LbGeneric && !s.keys().any(|(p, _)| *p == ours) {
+    for ours in [Peer::Lb, Peer::LbTc, Peer::LbGeneric] {
+        if ours != Peer::Lb && !s.keys().any(|(p, _)| *p == ours) {
             continue;
         }
         for (other, goal) in [
@@ -131,6 +151,7 @@ pub fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
             1.05,
             "keep-alive req/s",
         ));
+        t.push(p99_target(&s, ours, Peer::Iptables));
         let ours_cpu = summary(&s, ours, Mode::Close).map(|x| x.cpu_us);
         let direct = summary(&s, Peer::Direct, Mode::Close).map(|x| x.cpu_us);
         let (measured, met) = match (ours_cpu, direct) {
@@ -209,23 +230,24 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
     let _ = writeln!(
         md,
         "Runs started on an idle machine (busy <= 10 % over 1 s): {idle}/{all}; highest busy share before a run: {:.0} %. \
-         Backends {} TIME_WAIT sockets. CPU is whole-machine busy time over the run / requests.\n",
+         Backends {}. Senders without TX checksum offload (as on a wire). CPU is whole-machine busy time over the run / requests.\n",
         max_busy * 100.0,
         if e2e.backend_time_wait {
-            "kept"
+            "keep Linux's default TIME_WAIT handling"
         } else {
-            "kept no"
+            "kept no TIME_WAIT sockets (`--backend-no-time-wait`: `tcp_max_tw_buckets = 0`)"
         }
     );
     let base = |p: Peer, m: Mode| summary(&s, p, m).map(|x| x.rps);
     let _ = writeln!(
         md,
-        "| configuration | keep-alive req/s | vs iptables | p50 / p99 ms | CPU us/req | new-conn req/s | vs nftables | vs iptables | vs HAProxy | p50 / p99 ms | CPU us/req | errors |"
+        "| configuration | keep-alive req/s | vs iptables | p50 / p99 ms | CPU us/req | new-conn req/s | vs nftables | vs iptables | vs HAProxy | p50 / p99 ms | p99 vs iptables | CPU us/req | errors |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let ipt_p99 = summary(&s, Peer::Iptables, Mode::Close).map(|x| x.p99_us);
     let peers: Vec<Peer> = Peer::ALL
         .into_iter()
         .filter(|p| s.keys().any(|(q, _)| q == p))
@@ -235,7 +257,7 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
         let cl = summary(&s, p, Mode::Close).unwrap_or_default();
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {:.2} / {:.2} | {:.1} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {:.1} | {} |",
+            "| {} | {:.0} | {} | {:.2} / {:.2} | {:.1} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {} | {:.1} | {} |",
             p.label(),
             ka.rps,
             ratio_text(ka.rps, base(Peer::Iptables, Mode::KeepAlive)),
@@ -248,9 +270,30 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
             ratio_text(cl.rps, base(Peer::Haproxy, Mode::Close)),
             cl.p50_us / 1e3,
             cl.p99_us / 1e3,
+            ratio_text(cl.p99_us, ipt_p99),
             cl.cpu_us,
             ka.errors + cl.errors
         );
+    }
+    let _ = writeln!(
+        md,
+        "\nRetransmitted segments (client + backends) and interface drops (all namespaces) per run, median, keep-alive / new connections:\n"
+    );
+    let losses = e2e.losses();
+    for ((p, m), (retrans, drops)) in &losses {
+        if *m == Mode::Close {
+            let ka = losses
+                .get(&(*p, Mode::KeepAlive))
+                .copied()
+                .unwrap_or((f64::NAN, f64::NAN));
+            let _ = writeln!(
+                md,
+                "- {}: retransmits {:.0} / {retrans:.0}, drops {:.0} / {drops:.0}",
+                p.label(),
+                ka.0,
+                ka.1
+            );
+        }
     }
     for (p, why) in &e2e.failures {
         let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
@@ -307,7 +350,7 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         .iter()
         .map(|x| {
             format!(
-                "{{{},\"idle_tries\":{},\"syn_retransmits\":{}}}",
+                "{{{},\"idle_tries\":{},\"syn_retransmits\":{},\"retransmitted_segments\":{},\"interface_drops\":{}}}",
                 run_fields(
                     x.round,
                     x.peer.key(),
@@ -318,7 +361,9 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
                     &x.idle
                 ),
                 x.idle.tries,
-                x.syn_retrans
+                x.syn_retrans,
+                x.retrans_segs,
+                x.drops
             )
         })
         .collect();

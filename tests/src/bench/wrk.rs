@@ -1,5 +1,6 @@
 //! `wrk` as the HTTP load generator: one run in a namespace, and its report parsed.
 
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -50,7 +51,17 @@ pub fn run_with_headers(
     headers: &[String],
     load: &Load,
 ) -> Result<WrkReport> {
-    let mut cmd = ns.command("wrk");
+    run_command(ns.command("wrk"), url, close, headers, load)
+}
+
+/// [`run_with_headers`] with `cmd` as the `wrk` to run (e.g. started inside a cgroup).
+pub fn run_command(
+    mut cmd: Command,
+    url: &str,
+    close: bool,
+    headers: &[String],
+    load: &Load,
+) -> Result<WrkReport> {
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", load.duration.as_secs().max(1)))

@@ -6,7 +6,8 @@
 //!   `jwt_authn`): prefix routing to the backends, keep-alive and new-connection requests/s,
 //!   latency, CPU per request, memory per idle keep-alive connection; interleaved rounds,
 //!   medians, on the end-to-end lab.
-//! - End to end (`lb_tests::bench::e2e`): HTTP through this LB, iptables and nftables DNAT
+//! - End to end (`lb_tests::bench::e2e`): HTTP through this LB (native XDP, tc, generic XDP,
+//!   and the socket LB for the same-node rows of `lb_tests::bench::samenode`), iptables and nftables DNAT
 //!   (as kube-proxy writes them), nginx stream, HAProxy and Envoy, and straight to a backend;
 //!   keep-alive and new-connection requests/s, latency, whole-machine CPU per request; runs
 //!   interleaved, each after an idle check, medians of the rounds.
@@ -23,15 +24,15 @@
 //!
 //! Results go to `bench/results/<timestamp>.{md,json,svg}` and the tables to stdout.
 //!
-//! TIME_WAIT. One client address opening ~10^4 connections a second makes the kernel hand
-//! out the same client port again within a second or so. Behind any NAT the backend then
-//! sees SYNs for 4-tuples it still holds in TIME_WAIT, and since Linux randomises TCP
-//! timestamps per connection, PAWS refuses many of them (the client waits a 1 s SYN
-//! retransmission): with Linux's default TIME_WAIT on the backends, kube-proxy-style
-//! `masquerade --random-fully` loses ~1500 SYNs per 5 s run here. That measures this one
-//! client's port reuse more than the NAT, so by default the backends keep no TIME_WAIT
-//! (`tcp_max_tw_buckets = 0`, the same for every configuration); `--backend-time-wait`
-//! measures with it. Every run records the client's SYN retransmits either way.
+//! TIME_WAIT. The backends keep Linux's default TIME_WAIT handling, as real servers do: that
+//! is the headline. One client address opening ~10^4 connections a second makes the kernel
+//! hand out the same client port again within a second or so; behind any NAT the backend
+//! then sees SYNs for 4-tuples it still holds in TIME_WAIT, and since Linux randomises TCP
+//! timestamps per connection, PAWS may refuse some (the client waits a 1 s SYN
+//! retransmission). Every run records the client's SYN retransmits.
+//! `--backend-no-time-wait` is the variant without it (`tcp_max_tw_buckets = 0` on the
+//! backends, the same for every configuration), which measures the NAT without this one
+//! client's port reuse.
 //!
 //! `LB_BENCH_DEBUG=1` prints each configuration's process output when it stops and, after
 //! each flood, the counters of every interface on the path.
@@ -53,6 +54,7 @@ use lb_tests::bench::lab::BenchLab;
 use lb_tests::bench::peers::{self, Peer, Tools};
 use lb_tests::bench::pktrate::{self, RateResults};
 use lb_tests::bench::report::{self, Bar, Target};
+use lb_tests::bench::samenode;
 use lb_tests::bench::wrk::Load;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -75,11 +77,12 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// End-to-end configurations, in run order within a round (comma-separated):
-    /// direct, lb, lb-generic, iptables, nftables, nginx-stream, haproxy, envoy.
+    /// direct, lb (native XDP), lb-tc, lb-generic, socket-lb, iptables, nftables,
+    /// nginx-stream, haproxy, envoy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,lb,lb-generic,iptables,nftables,nginx-stream,haproxy,envoy"
+        default_value = "direct,lb,lb-tc,lb-generic,socket-lb,iptables,nftables,nginx-stream,haproxy,envoy"
     )]
     configs: Vec<String>,
     /// Gateway-part configurations, in run order within a round (comma-separated): gateway,
@@ -120,10 +123,11 @@ struct Args {
     /// Seconds of idle-waiting allowed over the whole bench.
     #[arg(long, default_value_t = 240)]
     idle_budget: u64,
-    /// Let the backends keep TIME_WAIT sockets (Linux's default). Off by default: see
-    /// "TIME_WAIT" in `lb-bench --help`'s source docs (tests/src/bin/lb-bench.rs).
+    /// The variant where the backends keep no TIME_WAIT sockets (`tcp_max_tw_buckets = 0`).
+    /// Off by default (backends keep Linux's default): see "TIME_WAIT" in the source docs
+    /// (tests/src/bin/lb-bench.rs).
     #[arg(long)]
-    backend_time_wait: bool,
+    backend_no_time_wait: bool,
     /// Add/remove cycles per source in the control-plane part.
     #[arg(long, default_value_t = 9)]
     control_rounds: usize,
@@ -440,7 +444,7 @@ fn network_benches(args: &Args) -> anyhow::Result<NetworkResults> {
         args.idle_tries,
         Duration::from_secs(args.idle_budget),
     );
-    let lab = BenchLab::start(args.backend_time_wait)?;
+    let lab = BenchLab::start(!args.backend_no_time_wait)?;
     // A copy of the agent: builds in the shared target directory during the bench must not
     // swap the binary between rounds.
     let stable_lb = lab.file("lb");
@@ -558,6 +562,7 @@ fn main() -> anyhow::Result<()> {
 
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut targets = e2e.as_ref().map(report::e2e_targets).unwrap_or_default();
+    targets.extend(e2e.as_ref().map(samenode::targets).unwrap_or_default());
     if let Some(g) = &gw {
         targets.extend(gw_report::gateway_targets(g));
     }
@@ -587,6 +592,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(e) = &e2e {
         let _ = writeln!(md, "{}", report::e2e_markdown(e));
+        let _ = writeln!(md, "{}", samenode::markdown(e));
     }
     if let Some(g) = &gw {
         let _ = writeln!(md, "{}", gw_report::gateway_markdown(g));
