@@ -29,8 +29,8 @@ pub enum IssueError {
 pub struct Ca {
     /// Re-made from the file's parameters and key: rcgen signs with a certificate object;
     /// subject and key are the file's, so what it signs chains to the file's certificate.
-    cert: rcgen::Certificate,
-    key: KeyPair,
+    pub(super) cert: rcgen::Certificate,
+    pub(super) key: KeyPair,
     /// The certificates of the CA file as written (the first is the CA), trust anchors of
     /// the own trust domain.
     pub file_certs: Vec<CertificateDer<'static>>,

@@ -88,7 +88,10 @@ impl TrustStore {
             webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
                 VerifyFailure::Expired
             }
-            webpki::Error::UnknownIssuer => VerifyFailure::UnknownIssuer,
+            // A CA of the same name but another key signed it: still not our CA.
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                VerifyFailure::UnknownIssuer
+            }
             other => VerifyFailure::BadCertificate(other.to_string()),
         })?;
         Ok(id)
