@@ -62,7 +62,8 @@ pub enum IdentityError {
 /// Where certificates come from.
 enum Source {
     Ca {
-        ca: Ca,
+        /// Boxed: much larger than the other variant.
+        ca: Box<Ca>,
         ttl: Duration,
         rotate_at_percent: u8,
     },
@@ -113,7 +114,7 @@ impl Identities {
                 let ca = Ca::from_pem(&read(cert_file)?, &read(key_file)?)?;
                 let bundle = ca.file_certs.clone();
                 let source = Source::Ca {
-                    ca,
+                    ca: Box::new(ca),
                     ttl: *ttl,
                     rotate_at_percent: *rotate_at_percent,
                 };

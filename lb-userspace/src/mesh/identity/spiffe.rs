@@ -60,6 +60,12 @@ impl SpiffeId {
         }
         one.parse().ok()
     }
+
+    /// [`Self::from_cert`] of the first certificate of a PEM text.
+    pub fn from_cert_pem(pem: &str) -> Option<SpiffeId> {
+        use rustls::pki_types::pem::PemObject;
+        Self::from_cert(&CertificateDer::from_pem_slice(pem.as_bytes()).ok()?)
+    }
 }
 
 impl fmt::Display for SpiffeId {
