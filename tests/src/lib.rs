@@ -13,6 +13,7 @@
 //! - [`gateway_lab`]: the L7 gateway on the VIP, `lb-echo` HTTP backends, curl from the client.
 //! - [`corpus`]: hostile frames to a VIP, the policy's reference model, checks of forwarded frames.
 //! - [`rawsock`]: `AF_PACKET` sockets to inject and capture frames.
+//! - [`mesh_ca`]: a mesh CA and workload certificates (also expired or foreign) in files.
 //! - [`mounts`]: a bpffs and a cgroup v2 mount that outlive one agent process.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod fake_k8s;
 pub mod fixture;
 pub mod gateway_lab;
 pub mod lab;
+pub mod mesh_ca;
 pub mod mounts;
 pub mod netns;
 pub mod ns_server;

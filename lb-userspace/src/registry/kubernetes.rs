@@ -77,6 +77,7 @@ use follow::follow;
 
 mod discover;
 mod follow;
+pub mod pods;
 pub mod translate;
 
 /// The service-account token the kubelet mounts into every pod.
