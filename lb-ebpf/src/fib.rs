@@ -136,7 +136,10 @@ fn lookup(
     // SAFETY: the helper filled the union member matching `family`.
     unsafe {
         if family == FAMILY_V4 {
-            copy_words(&raw mut out.src.words, &[p.__bindgen_anon_3.ipv4_src, 0, 0, 0]);
+            copy_words(
+                &raw mut out.src.words,
+                &[p.__bindgen_anon_3.ipv4_src, 0, 0, 0],
+            );
         } else {
             copy_words(&raw mut out.src.words, &p.__bindgen_anon_3.ipv6_src);
         }

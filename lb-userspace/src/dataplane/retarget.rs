@@ -84,12 +84,12 @@ impl Dataplane {
     /// Bumps `NEXT_HOP_GEN`: each CPU's cached next hops (`lb-ebpf/src/fib.rs`) go stale.
     pub fn next_hops_changed(&mut self) -> Result<()> {
         const NAME: &str = "NEXT_HOP_GEN";
-        let map = self
-            .ebpf
-            .map_mut(NAME)
-            .ok_or(map_err(NAME)(aya::maps::MapError::InvalidName {
-                name: NAME.into(),
-            }))?;
+        let map =
+            self.ebpf
+                .map_mut(NAME)
+                .ok_or(map_err(NAME)(aya::maps::MapError::InvalidName {
+                    name: NAME.into(),
+                }))?;
         let mut table: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_err(NAME))?;
         let next = table.get(&0, 0).map_err(map_err(NAME))?.wrapping_add(1);
         table.set(0, next, 0).map_err(map_err(NAME))
