@@ -124,6 +124,16 @@ fn zero_pad<const N: usize>(pad: &mut [u8; N]) {
     }
 }
 
+/// As `zero_pad`, for a MAC copied between map values (a plain assignment compiles to a
+/// `memmove` call).
+#[inline(always)]
+fn copy_mac(dst: &mut Mac, src: &Mac) {
+    for (d, s) in dst.iter_mut().zip(src.iter()) {
+        // SAFETY: a valid byte.
+        unsafe { core::ptr::write_volatile(d, *s) };
+    }
+}
+
 /// What the new flow's client side looks like, for the reverse entry.
 pub struct ClientSide {
     pub ifindex: u32,
@@ -148,7 +158,7 @@ pub fn create(
         return Err(Reason::NoFlow);
     }
     let (backend_id, backend) = maglev::pick(svc, key)?;
-    let hop = fib::lookup(ctx, key.family, key.proto, &backend.addr)?;
+    let hop = fib::next_hop(ctx, key.family, key.proto, backend_id, &backend.addr, now)?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtInsertFailed)?;
     // SAFETY: this CPU's slot; XDP runs to completion without migrating.
     let Scratch { ct, nat, rev } = unsafe { &mut *scratch };
@@ -186,8 +196,8 @@ pub fn create(
     ct.backend_port = backend.port;
     ct.snat_port = snat_port;
     ct.egress_ifindex = hop.ifindex;
-    ct.egress_dmac = hop.dmac;
-    ct.egress_smac = hop.smac;
+    copy_mac(&mut ct.egress_dmac, &hop.dmac);
+    copy_mac(&mut ct.egress_smac, &hop.smac);
     ct.service_id = svc.id;
     ct.backend_id = backend_id;
     ct.state = state;

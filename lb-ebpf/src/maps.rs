@@ -14,7 +14,10 @@ use lb_common::{
     sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
 };
 
-use crate::clock::ClockCache;
+use crate::{
+    clock::ClockCache,
+    fib::{NEXT_HOP_SLOTS, NextHop},
+};
 
 /// Inner Maglev arrays: `BPF_F_INNER_MAP` lets them differ in size (each service has its own
 /// table size); `BPF_F_MMAPABLE` lets the agent fill one with a single copy. Must match
@@ -95,6 +98,15 @@ pub struct Scratch {
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU cache of each backend's next hop (see `fib`). Not pinned: a new program fills
+/// its own.
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+/// Bumped by the agent when a next hop may have changed: every CPU's cache goes stale.
+#[map]
+pub static NEXT_HOP_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU copy of the coarse clock (see `clock`). Not pinned: a new program fills its own.
 #[map]

@@ -925,3 +925,50 @@ fn client_ip_affinity_hashes_the_source_only() {
         "without affinity one client's flows spread: {spread:?}"
     );
 }
+
+/// New flows reuse each CPU's cached next hop of a backend (no FIB lookup per flow), and a
+/// changed neighbour reaches them once the agent says the next hops changed (it does on every
+/// neighbour or route event).
+#[test]
+fn next_hop_cache_follows_a_new_mac() {
+    // The cache is per CPU: every run on the same one.
+    // SAFETY: a zeroed cpu_set_t is valid; 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+    let mut fx = Fx::start();
+    let new_mac = [2, 0, 0, 0, 0xb, 0x99];
+    let dmac_of = |fx: &mut Fx, sport: u16| {
+        let syn = Pkt::from_client("10.200.1.2", sport, "10.200.100.1", 80, SYN);
+        let (verdict, out) = fx.run(fx.lb_c, &syn.bytes());
+        assert_eq!(verdict, XDP_REDIRECT, "SYN from port {sport}");
+        assert_eq!(fx.ct(&syn).egress_dmac, out[..6], "entry and frame agree");
+        <[u8; 6]>::try_from(&out[..6]).unwrap()
+    };
+    assert_eq!(dmac_of(&mut fx, 33600), BACKEND_MAC);
+    fx.ns
+        .ip([
+            "neigh",
+            "replace",
+            "10.200.11.2",
+            "lladdr",
+            &mac_str(new_mac),
+            "dev",
+            "lb-b",
+            "nud",
+            "permanent",
+        ])
+        .expect("ip neigh replace");
+    assert_eq!(
+        dmac_of(&mut fx, 33601),
+        BACKEND_MAC,
+        "cached: no FIB lookup for this flow"
+    );
+    fx.dp.next_hops_changed().expect("bump");
+    assert_eq!(dmac_of(&mut fx, 33602), new_mac, "looked up again");
+}

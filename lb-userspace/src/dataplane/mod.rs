@@ -381,6 +381,18 @@ impl Dataplane {
         self.program("xdp_pass")
     }
 
+    /// Every loaded program by name, with what the kernel reports about it (sizes, the
+    /// verifier's processed-instruction count), for benchmarks that record program growth.
+    pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
+        let mut v: Vec<_> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_string(), p.info().ok()?)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     fn program(&mut self, name: &str) -> &mut Xdp {
         self.ebpf
             .program_mut(name)

@@ -8,6 +8,7 @@ use std::{
     net::IpAddr,
 };
 
+use aya::maps::{Array, MapData};
 use lb_common::{Addr, CtEntry, FlowKey, Mac};
 
 use super::{Dataplane, DataplaneError, Result, iface, map_err};
@@ -29,7 +30,11 @@ impl Dataplane {
     ///
     /// A packet of the flow may update the entry (state, last seen) between the read and the
     /// write here; that update is lost, which costs at most an early state change or timeout.
+    ///
+    /// Every call also makes the programs' per-CPU next-hop caches stale, so new flows look
+    /// the route up again (this runs on every batch of neighbour and route events).
     pub fn retarget_flows(&mut self, to: &BTreeMap<IpAddr, Egress>) -> Result<usize> {
+        self.next_hops_changed()?;
         if to.is_empty() {
             return Ok(0);
         }
@@ -74,5 +79,19 @@ impl Dataplane {
             }
         }
         Ok(changed)
+    }
+
+    /// Bumps `NEXT_HOP_GEN`: each CPU's cached next hops (`lb-ebpf/src/fib.rs`) go stale.
+    pub fn next_hops_changed(&mut self) -> Result<()> {
+        const NAME: &str = "NEXT_HOP_GEN";
+        let map =
+            self.ebpf
+                .map_mut(NAME)
+                .ok_or(map_err(NAME)(aya::maps::MapError::InvalidName {
+                    name: NAME.into(),
+                }))?;
+        let mut table: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_err(NAME))?;
+        let next = table.get(&0, 0).map_err(map_err(NAME))?.wrapping_add(1);
+        table.set(0, next, 0).map_err(map_err(NAME))
     }
 }

@@ -204,7 +204,7 @@ fn time_runs(
 /// The size of a loaded program: what the verifier's budget and the JIT see. Recorded so
 /// growth is visible run to run.
 struct ProgramSize {
-    name: &'static str,
+    name: String,
     /// Instructions after the verifier's rewrites (xlated length / 8).
     xlated_insns: u32,
     /// Instructions the verifier processed (its complexity budget is 1M).
@@ -212,24 +212,23 @@ struct ProgramSize {
     jited_bytes: u32,
 }
 
-fn program_sizes(fx: &mut Fx) -> Vec<ProgramSize> {
-    let size = |name: &'static str, prog: &Xdp| {
-        let info = prog.info().expect("program info");
-        ProgramSize {
+/// Every program the agent loads (XDP and tc paths, socket LB, sk_lookup), by name.
+fn program_sizes(fx: &Fx) -> Vec<ProgramSize> {
+    fx.dp
+        .program_infos()
+        .into_iter()
+        .map(|(name, info)| ProgramSize {
             name,
             xlated_insns: info.size_translated().unwrap_or(0) / 8,
             verified_insns: info.verified_instruction_count().unwrap_or(0),
             jited_bytes: info.size_jitted(),
-        }
-    };
-    let lb = size("xdp_lb", fx.dp.lb_program());
-    let pass = size("xdp_pass", fx.dp.pass_program());
-    vec![lb, pass]
+        })
+        .collect()
 }
 
 fn packet_paths(runs: usize) -> (f64, Vec<PathResult>, Vec<ProgramSize>) {
     let mut fx = Fx::start();
-    let sizes = program_sizes(&mut fx);
+    let sizes = program_sizes(&fx);
     let (lb_c, lb_b) = (fx.lb_c, fx.lb_b);
     // Flows the established, reply, UDP and IPv6 paths will hit.
     let est = Pkt::from_client("10.200.1.2", 30000, "10.200.100.1", 80, SYN);
@@ -518,6 +517,17 @@ fn local_targets(paths: &[PathResult], mg: &[MaglevResult]) -> Vec<Target> {
             goal: "<= 80 ns net of the floor".into(),
             measured: format!("{:.0} ns", p.net_ns),
             met: Some(p.net_ns <= 80.0),
+        });
+    }
+    let net = |name: &str| paths.iter().find(|p| p.name == name).map(|p| p.net_ns);
+    if let (Some(new), Some(est)) = (net("new TCP flow (SYN)"), net("established TCP")) {
+        // Issue 10: a NAT new flow at most 3x the established flow of the same run.
+        let ratio = new / est.max(1.0);
+        t.push(Target {
+            what: "new-flow cost vs established (BPF_PROG_TEST_RUN)".into(),
+            goal: "<= 3x the established flow".into(),
+            measured: format!("{new:.0} ns ({ratio:.1}x)"),
+            met: Some(ratio <= 3.0),
         });
     }
     if let Some(m) = mg.iter().find(|m| m.backends == 1000) {
