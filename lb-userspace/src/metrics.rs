@@ -447,6 +447,24 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
         "Size of the conntrack table (max entries) as the data plane has it",
         s.conntrack_capacity,
     );
+    gauge(
+        &mut reg,
+        "lb_syn_flood_cpus",
+        "CPUs on which the SYN-flood guard is in flood mode (challenging unverified sources)",
+        s.syn_guard.flood_cpus.into(),
+    );
+    gauge(
+        &mut reg,
+        "lb_syn_verified_sources",
+        "Sources that answered a SYN-guard challenge within verified_secs",
+        s.syn_guard.verified_sources,
+    );
+    counter(
+        &mut reg,
+        "lb_syn_challenges_total",
+        "Challenge SYN-ACKs the SYN-flood guard sent",
+        s.syn_guard.challenges,
+    );
 
     let mut out = String::new();
     // Writing into a String cannot fail.

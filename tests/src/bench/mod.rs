@@ -10,6 +10,7 @@
 //! - [`pktgen`]: an XDP live-frames UDP generator (`BPF_F_TEST_XDP_LIVE_FRAMES`).
 //! - [`pktrate`]: packets per second forwarded to the backends, this LB vs nftables.
 //! - [`report`]: Markdown, JSON and SVG for the results.
+//! - [`synflood`]: a spoofed SYN flood with legitimate clients, the SYN guard off and on.
 //! - [`gateway`]: the L7 gateway against nginx and Envoy (routing, JWT, API keys), with
 //!   [`gw_peers`] (the configurations), [`gw_auth`] (key, JWKS, token, API key),
 //!   [`gw_conns`] (checks and idle-connection memory) and [`gw_report`].
@@ -27,6 +28,7 @@ pub mod peers;
 pub mod pktgen;
 pub mod pktrate;
 pub mod report;
+pub mod synflood;
 pub mod wrk;
 
 /// Median of `v` (NaN if empty); sorts `v`.

@@ -185,6 +185,16 @@ impl Drop for Active<'_> {
 
 /// Starts `peer` on `lab` and waits until `GET /` through it answers 200.
 pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<'a>> {
+    start_with(peer, lab, tools, "")
+}
+
+/// Starts this LB (native XDP) with `extra` appended to its config (a table such as
+/// `[global.syn_guard]`).
+pub fn start_lb_with<'a>(lab: &'a BenchLab, tools: &Tools, extra: &str) -> Result<Active<'a>> {
+    start_with(Peer::Lb, lab, tools, extra)
+}
+
+fn start_with<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools, extra: &str) -> Result<Active<'a>> {
     let mut active = Active {
         peer,
         lab,
@@ -194,8 +204,8 @@ pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<
     let lb = &lab.topo.lb;
     match peer {
         Peer::Direct => forwarding_on(&mut active)?,
-        Peer::Lb => active.child = Some(start_agent(lab, tools, "native")?),
-        Peer::LbGeneric => active.child = Some(start_agent(lab, tools, "generic")?),
+        Peer::Lb => active.child = Some(start_agent(lab, tools, "native", extra)?),
+        Peer::LbGeneric => active.child = Some(start_agent(lab, tools, "generic", extra)?),
         Peer::Iptables => {
             forwarding_on(&mut active)?;
             let path = lab.file("iptables.rules");
@@ -307,9 +317,9 @@ fn agent_config(lab: &BenchLab, extra_keys: bool, xdp_mode: &str) -> String {
 
 /// Writes the agent config (with the optional keys if `lb check-config` accepts them) and
 /// starts `lb run` in the LB namespace.
-fn start_agent(lab: &BenchLab, tools: &Tools, xdp_mode: &str) -> Result<NsChild> {
+fn start_agent(lab: &BenchLab, tools: &Tools, xdp_mode: &str, extra: &str) -> Result<NsChild> {
     let path = lab.file("lb.toml");
-    std::fs::write(&path, agent_config(lab, true, xdp_mode))?;
+    std::fs::write(&path, agent_config(lab, true, xdp_mode) + extra)?;
     let accepted = Command::new(&tools.lb)
         .arg("check-config")
         .arg(&path)
