@@ -53,7 +53,11 @@ fn check_challenge(syn: &Pkt, out: &[u8]) -> u32 {
     let (tcp_len, payload_sum_ok) = match p.net.as_ref().expect("IP") {
         NetSlice::Ipv4(v4) => {
             let h = v4.header();
-            assert_eq!(out.len(), 14 + 20 + 20, "no options, no payload, no trailer");
+            assert_eq!(
+                out.len(),
+                14 + 20 + 20,
+                "no options, no payload, no trailer"
+            );
             assert_eq!(IpAddr::V4(h.source_addr()), syn.dst, "from the VIP");
             assert_eq!(IpAddr::V4(h.destination_addr()), syn.src, "to the client");
             assert_eq!(h.ihl(), 5);
@@ -80,7 +84,11 @@ fn check_challenge(syn: &Pkt, out: &[u8]) -> u32 {
         }
         NetSlice::Ipv6(v6) => {
             let h = v6.header();
-            assert_eq!(out.len(), 14 + 40 + 20, "no options, no payload, no trailer");
+            assert_eq!(
+                out.len(),
+                14 + 40 + 20,
+                "no options, no payload, no trailer"
+            );
             assert_eq!(IpAddr::V6(h.source_addr()), syn.dst, "from the VIP");
             assert_eq!(IpAddr::V6(h.destination_addr()), syn.src, "to the client");
             assert_eq!(h.payload_length(), 20);
@@ -97,7 +105,6 @@ fn check_challenge(syn: &Pkt, out: &[u8]) -> u32 {
                 .unwrap();
             (20, tcp.checksum == want)
         }
-        _ => panic!("not IP"),
     };
     let tcp = match p.transport.expect("TCP") {
         TransportSlice::Tcp(t) => t,
@@ -131,14 +138,24 @@ fn story(fam: &str, client: &str, other: &str, vip: &str) {
     // Below the rate: SYNs open flows as without the guard.
     guard(&mut fx, 1_000_000);
     let early = Pkt::from_client(client, 2000, vip, 80, SYN);
-    let (v, _) = run(&mut fx, &early.bytes(), "SYN below the rate", Reason::Forwarded);
+    let (v, _) = run(
+        &mut fx,
+        &early.bytes(),
+        "SYN below the rate",
+        Reason::Forwarded,
+    );
     assert_eq!(v, XDP_REDIRECT, "{fam}: below the rate a SYN is forwarded");
     assert_eq!(fx.dp.syn_guard_state().flood_cpus, 0, "{fam}: no flood yet");
 
     // Above the rate: an unverified source's SYN gets the challenge, and no flow.
     guard(&mut fx, 1);
     let syn = Pkt::from_client(client, 2001, vip, 80, SYN);
-    let (v, out) = run(&mut fx, &syn.bytes(), "unverified SYN", Reason::SynChallenged);
+    let (v, out) = run(
+        &mut fx,
+        &syn.bytes(),
+        "unverified SYN",
+        Reason::SynChallenged,
+    );
     assert_eq!(v, XDP_TX, "{fam}: the challenge goes back out");
     let cookie = check_challenge(&syn, &out);
     assert!(
@@ -150,11 +167,29 @@ fn story(fam: &str, client: &str, other: &str, vip: &str) {
     assert_eq!(st.challenges, 1);
     assert_eq!(st.verified_sources, 0);
     // The same SYN again gets the same cookie (stateless); another port another one.
-    let (_, again) = run(&mut fx, &syn.bytes(), "retransmitted SYN", Reason::SynChallenged);
-    assert_eq!(check_challenge(&syn, &again), cookie, "{fam}: cookie is per flow");
+    let (_, again) = run(
+        &mut fx,
+        &syn.bytes(),
+        "retransmitted SYN",
+        Reason::SynChallenged,
+    );
+    assert_eq!(
+        check_challenge(&syn, &again),
+        cookie,
+        "{fam}: cookie is per flow"
+    );
     let syn2 = Pkt::from_client(client, 2002, vip, 80, SYN);
-    let (_, out2) = run(&mut fx, &syn2.bytes(), "SYN, other port", Reason::SynChallenged);
-    assert_ne!(check_challenge(&syn2, &out2), cookie, "{fam}: cookie differs per flow");
+    let (_, out2) = run(
+        &mut fx,
+        &syn2.bytes(),
+        "SYN, other port",
+        Reason::SynChallenged,
+    );
+    assert_ne!(
+        check_challenge(&syn2, &out2),
+        cookie,
+        "{fam}: cookie differs per flow"
+    );
 
     // A wrong RST (off by one; another source with this cookie) verifies nothing: it is a
     // segment without a flow, dropped as before.
@@ -172,31 +207,57 @@ fn story(fam: &str, client: &str, other: &str, vip: &str) {
         Reason::NoFlow,
     );
     assert_eq!(v, XDP_DROP);
-    let (v, _) = run(&mut fx, &syn.bytes(), "still unverified", Reason::SynChallenged);
+    let (v, _) = run(
+        &mut fx,
+        &syn.bytes(),
+        "still unverified",
+        Reason::SynChallenged,
+    );
     assert_eq!(v, XDP_TX, "{fam}: a wrong RST does not verify");
     assert_eq!(fx.dp.syn_guard_state().verified_sources, 0);
 
     // The right RST verifies the source and is consumed.
-    let (v, _) = run(&mut fx, &rst(client, 2001, vip, cookie), "right RST", Reason::SynVerified);
+    let (v, _) = run(
+        &mut fx,
+        &rst(client, 2001, vip, cookie),
+        "right RST",
+        Reason::SynVerified,
+    );
     assert_eq!(v, XDP_DROP, "{fam}: the proving RST goes no further");
     assert_eq!(fx.dp.syn_guard_state().verified_sources, 1);
 
     // The client's retransmitted SYN, and any other of its SYNs, now open flows.
     let (v, _) = run(&mut fx, &syn.bytes(), "verified SYN", Reason::Forwarded);
-    assert_eq!(v, XDP_REDIRECT, "{fam}: a verified source's SYN is forwarded");
+    assert_eq!(
+        v, XDP_REDIRECT,
+        "{fam}: a verified source's SYN is forwarded"
+    );
     fx.ct(&syn);
-    let (v, _) = run(&mut fx, &syn2.bytes(), "verified, other port", Reason::Forwarded);
+    let (v, _) = run(
+        &mut fx,
+        &syn2.bytes(),
+        "verified, other port",
+        Reason::Forwarded,
+    );
     assert_eq!(v, XDP_REDIRECT);
     // Another source is still challenged.
     let stranger = Pkt::from_client(other, 2001, vip, 80, SYN);
-    let (v, _) = run(&mut fx, &stranger.bytes(), "other source", Reason::SynChallenged);
+    let (v, _) = run(
+        &mut fx,
+        &stranger.bytes(),
+        "other source",
+        Reason::SynChallenged,
+    );
     assert_eq!(v, XDP_TX);
 
     // The flow opened below the rate is untouched: its ACK and even a SYN retransmit of it
     // find their conntrack entry and never meet the guard.
     let ack = Pkt::from_client(client, 2000, vip, 80, ACK);
     let (v, _) = run(&mut fx, &ack.bytes(), "established ACK", Reason::Forwarded);
-    assert_eq!(v, XDP_REDIRECT, "{fam}: established flow forwarded during a flood");
+    assert_eq!(
+        v, XDP_REDIRECT,
+        "{fam}: established flow forwarded during a flood"
+    );
 
     // tc cannot reflect frames: its SYNs go on to open flows.
     let tc_syn = Pkt::from_client(other, 2003, vip, 80, SYN);
@@ -205,7 +266,12 @@ fn story(fam: &str, client: &str, other: &str, vip: &str) {
 
     // Guard off again: the stranger's SYNs pass.
     guard(&mut fx, 0);
-    let (v, _) = run(&mut fx, &Pkt::from_client(other, 2004, vip, 80, SYN).bytes(), "guard off", Reason::Forwarded);
+    let (v, _) = run(
+        &mut fx,
+        &Pkt::from_client(other, 2004, vip, 80, SYN).bytes(),
+        "guard off",
+        Reason::Forwarded,
+    );
     assert_eq!(v, XDP_REDIRECT);
 }
 

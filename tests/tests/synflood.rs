@@ -36,8 +36,14 @@ fn legitimate_clients_get_through_a_spoofed_syn_flood() {
         run.offered_pps > 10.0 * f64::from(synflood::GUARD_RATE),
         "the generator did not flood: {run:?}"
     );
-    assert!(run.challenges > 1000, "the guard challenged nothing: {run:?}");
-    assert!(run.verified_sources >= 1, "the client was never verified: {run:?}");
+    assert!(
+        run.challenges > 1000,
+        "the guard challenged nothing: {run:?}"
+    );
+    assert!(
+        run.verified_sources >= 1,
+        "the client was never verified: {run:?}"
+    );
     // What reaches the backends is the legitimate traffic (a few packets per connection),
     // not the flood.
     assert!(

@@ -217,27 +217,27 @@ fn spoof_insns(frame: &[u8]) -> Vec<u64> {
     let le = |o: usize| u32::from(u16::from_le_bytes([frame[o], frame[o + 1]]));
     let src_lo = le(SRC_LO_OFF);
     let mut p = vec![
-        insn(0xbf, 6, 2, 0, 0),       // r6 = r2 (callee-saved across the helper call)
-        insn(0x85, 0, 0, 0, 7),       // call bpf_get_prandom_u32
-        insn(0x57, 0, 0, 0, 0xffff),  // r0 &= 0xffff: k
+        insn(0xbf, 6, 2, 0, 0),      // r6 = r2 (callee-saved across the helper call)
+        insn(0x85, 0, 0, 0, 7),      // call bpf_get_prandom_u32
+        insn(0x57, 0, 0, 0, 0xffff), // r0 &= 0xffff: k
         insn(0x6b, 6, 0, SRC_LO_OFF as i16, 0), // *(u16 *)(r6 + src_lo) = k
-        insn(0xbf, 7, 0, 0, 0),       // r7 = k
-        insn(0xa7, 7, 0, 0, 0xffff),  // r7 ^= 0xffff: -k in ones' complement
+        insn(0xbf, 7, 0, 0, 0),      // r7 = k
+        insn(0xa7, 7, 0, 0, 0xffff), // r7 ^= 0xffff: -k in ones' complement
     ];
     for off in [IP_ID_OFF, SPORT_OFF] {
         p.extend([
-            insn(0xbf, 8, 7, 0, 0),                           // r8 = -k
-            insn(0x07, 8, 0, 0, (le(off) + src_lo) as i32),   // r8 += old + src_lo
+            insn(0xbf, 8, 7, 0, 0),                         // r8 = -k
+            insn(0x07, 8, 0, 0, (le(off) + src_lo) as i32), // r8 += old + src_lo
             // Fold twice (at most 0x2fffd before, 0x10001 after one fold).
-            insn(0xbf, 9, 8, 0, 0),                           // r9 = r8
-            insn(0x77, 9, 0, 0, 16),                          // r9 >>= 16
-            insn(0x57, 8, 0, 0, 0xffff),                      // r8 &= 0xffff
-            insn(0x0f, 8, 9, 0, 0),                           // r8 += r9
+            insn(0xbf, 9, 8, 0, 0),      // r9 = r8
+            insn(0x77, 9, 0, 0, 16),     // r9 >>= 16
+            insn(0x57, 8, 0, 0, 0xffff), // r8 &= 0xffff
+            insn(0x0f, 8, 9, 0, 0),      // r8 += r9
             insn(0xbf, 9, 8, 0, 0),
             insn(0x77, 9, 0, 0, 16),
             insn(0x57, 8, 0, 0, 0xffff),
             insn(0x0f, 8, 9, 0, 0),
-            insn(0x6b, 6, 8, off as i16, 0),                  // *(u16 *)(r6 + off) = r8
+            insn(0x6b, 6, 8, off as i16, 0), // *(u16 *)(r6 + off) = r8
         ]);
     }
     p
@@ -253,7 +253,11 @@ fn program(frame: &[u8], spoof: bool) -> Result<Vec<u64>> {
         );
     }
     let words = frame.len() / 4;
-    let spoofing = if spoof { spoof_insns(frame) } else { Vec::new() };
+    let spoofing = if spoof {
+        spoof_insns(frame)
+    } else {
+        Vec::new()
+    };
     let mut p = vec![
         insn(0x61, 2, 1, 0, 0),                  // r2 = ctx->data (LDX W)
         insn(0x61, 3, 1, 4, 0),                  // r3 = ctx->data_end

@@ -107,12 +107,13 @@ fn legit_clients(ns: &Netns, stop: &AtomicBool) -> (u64, Vec<Duration>) {
                 })
             })
             .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .fold((0, Vec::new()), |(n, mut v), (m, w)| {
+        hs.into_iter().map(|h| h.join().unwrap_or_default()).fold(
+            (0, Vec::new()),
+            |(n, mut v), (m, w)| {
                 v.extend(w);
                 (n + m, v)
-            })
+            },
+        )
     })
 }
 
@@ -169,7 +170,12 @@ fn status_u64(v: &serde_json::Value, path: &[&str]) -> u64 {
 
 /// One run: the agent (guard on or off), a warm-up, `duration` of flood with legitimate
 /// clients, then the figures.
-pub fn run_once(lab: &BenchLab, tools: &Tools, guard: bool, duration: Duration) -> Result<FloodRun> {
+pub fn run_once(
+    lab: &BenchLab,
+    tools: &Tools,
+    guard: bool,
+    duration: Duration,
+) -> Result<FloodRun> {
     let extra = if guard { guard_config() } else { String::new() };
     let mut active = peers::start_lb_with(lab, tools, &extra)?;
     let pid = active.child().map(|c| c.id()).context("agent process")?;

@@ -52,8 +52,8 @@ use lb_tests::bench::gw_report;
 use lb_tests::bench::lab::BenchLab;
 use lb_tests::bench::peers::{self, Peer, Tools};
 use lb_tests::bench::pktrate::{self, RateResults};
-use lb_tests::bench::synflood;
 use lb_tests::bench::report::{self, Bar, Target};
+use lb_tests::bench::synflood;
 use lb_tests::bench::wrk::Load;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
