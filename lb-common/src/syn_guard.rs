@@ -84,7 +84,10 @@ fn mix(h: u32, v: u32) -> u32 {
     let mut k = v.wrapping_mul(0xcc9e_2d51);
     k = k.rotate_left(15);
     k = k.wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 /// The cookie of flow `k` (the client's SYN as it arrived) in cookie slot `slot`.
@@ -235,7 +238,12 @@ mod tests {
     fn checksums_match_the_generic_ones() {
         let src = Addr::v4(u32::from_ne_bytes([192, 0, 2, 1]));
         let dst = Addr::v4(u32::from_ne_bytes([198, 51, 100, 7]));
-        let w = tcp_words(80u16.to_be(), 40000u16.to_be(), 0x1234_5678u32.to_be(), 0xdead_beefu32.to_be());
+        let w = tcp_words(
+            80u16.to_be(),
+            40000u16.to_be(),
+            0x1234_5678u32.to_be(),
+            0xdead_beefu32.to_be(),
+        );
         let mut bytes = [0u8; 20];
         for (i, x) in w.iter().enumerate() {
             bytes[2 * i..2 * i + 2].copy_from_slice(&x.to_ne_bytes());
@@ -249,7 +257,18 @@ mod tests {
         all.extend_from_slice(&bytes);
         assert_eq!(tcp_csum(&src, &dst, &w), checksum(&all, 0));
         // A header with its checksum in place sums to zero.
-        let ip: [u16; 10] = [0x4500u16.to_be(), 40u16.to_be(), 0, 0, 0x4006u16.to_be(), 0, 0x1234, 0x5678, 0x9abc, 0xdef0];
+        let ip: [u16; 10] = [
+            0x4500u16.to_be(),
+            40u16.to_be(),
+            0,
+            0,
+            0x4006u16.to_be(),
+            0,
+            0x1234,
+            0x5678,
+            0x9abc,
+            0xdef0,
+        ];
         let c = ipv4_csum(&ip);
         let mut with = ip;
         with[5] = c;

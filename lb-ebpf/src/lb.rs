@@ -15,8 +15,7 @@ use crate::{
     parse::{self, Packet},
     ratelimit, service,
     stats::{self, count, service_drop},
-    syn_guard,
-    validate,
+    syn_guard, validate,
 };
 
 #[inline(always)]

@@ -621,7 +621,11 @@ impl Status {
             let _ = writeln!(
                 out,
                 "syn guard: {} (rate {}/s per CPU)  verified sources {}  challenges sent {}",
-                if g.flood_cpus > 0 { "FLOOD MODE" } else { "armed" },
+                if g.flood_cpus > 0 {
+                    "FLOOD MODE"
+                } else {
+                    "armed"
+                },
                 g.rate,
                 g.verified_sources,
                 g.challenges

@@ -422,11 +422,20 @@ fn syn_guard(raw: &RawSynGuard, d: &mut Diag) -> SynGuard {
         d.error(
             &v.span,
             &format!("global.syn_guard.{key}"),
-            format!("{key} {} is out of range {min}..={max} (default {default})", v.val),
+            format!(
+                "{key} {} is out of range {min}..={max} (default {default})",
+                v.val
+            ),
         );
         default
     };
-    let rate = ranged(&raw.rate, "rate", MAX_SYN_GUARD_RATE, 0, defaults.rate.into());
+    let rate = ranged(
+        &raw.rate,
+        "rate",
+        MAX_SYN_GUARD_RATE,
+        0,
+        defaults.rate.into(),
+    );
     let verified = ranged(
         &raw.verified_secs,
         "verified_secs",

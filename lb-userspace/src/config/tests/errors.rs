@@ -663,7 +663,11 @@ fn syn_guard_reaches_the_data_plane() {
     assert_eq!(c.global.settings().syn_guard_pps, 5000);
     assert_eq!(c.global.settings().syn_verified_secs, 60);
     let off = crate::config::parse(GLOBAL, "t.toml").expect("valid");
-    assert_eq!(off.global.settings().syn_guard_pps, 0, "the guard is off by default");
+    assert_eq!(
+        off.global.settings().syn_guard_pps,
+        0,
+        "the guard is off by default"
+    );
 }
 
 #[test]
