@@ -569,6 +569,12 @@ mod tests {
                     count: 2,
                 }],
             }),
+            syn_guard: crate::status::SynGuardStatus {
+                rate: 2000,
+                flood_cpus: 1,
+                verified_sources: 4,
+                challenges: 99,
+            },
             upstream_guards: vec![crate::status::UpstreamGuard {
                 service: "users".into(),
                 requests: 7,
@@ -667,5 +673,8 @@ mod tests {
         );
         assert!(text.contains("lb_config_generation 3\n"), "{text}");
         assert!(text.contains("lb_conntrack_capacity 262144\n"), "{text}");
+        assert!(text.contains("lb_syn_flood_cpus 1\n"), "{text}");
+        assert!(text.contains("lb_syn_verified_sources 4\n"), "{text}");
+        assert!(text.contains("lb_syn_challenges_total 99\n"), "{text}");
     }
 }
