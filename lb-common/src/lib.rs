@@ -25,6 +25,7 @@ pub mod reason;
 pub mod sanity;
 pub mod service_slot;
 pub mod sock_lb;
+pub mod syn_guard;
 pub mod token_bucket;
 pub mod types;
 

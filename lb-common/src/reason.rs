@@ -85,10 +85,16 @@ pub enum Reason {
     /// To a `scope = "cluster"` service from the wire: drop (such a service is reachable only
     /// through the socket LB, from processes on this node).
     ClusterOnly = 32,
+    /// SYN of a new flow from a source not verified, while the SYN-flood guard is on: answered
+    /// with a challenge SYN-ACK (XDP_TX; see `syn_guard`), not forwarded.
+    SynChallenged = 33,
+    /// RST carrying the challenge's cookie: its source is verified (its next SYNs open flows);
+    /// the RST itself is dropped.
+    SynVerified = 34,
 }
 
 /// Number of reasons (size of `REASONS`).
-pub const REASON_COUNT: u32 = 33;
+pub const REASON_COUNT: u32 = 35;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -125,6 +131,8 @@ impl Reason {
         Reason::MartianSource,
         Reason::ToGateway,
         Reason::ClusterOnly,
+        Reason::SynChallenged,
+        Reason::SynVerified,
     ];
 
     /// Stable snake_case name, used in metrics labels and `lb status`.
@@ -163,6 +171,8 @@ impl Reason {
             Reason::MartianSource => "martian_source",
             Reason::ToGateway => "to_gateway",
             Reason::ClusterOnly => "cluster_only",
+            Reason::SynChallenged => "syn_challenged",
+            Reason::SynVerified => "syn_verified",
         }
     }
 }

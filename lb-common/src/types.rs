@@ -337,8 +337,13 @@ pub struct Settings {
     pub tcp_established_timeout_ns: u64,
     pub tcp_closing_timeout_ns: u64,
     pub udp_timeout_ns: u64,
+    /// SYN-flood guard: SYNs of new flows per second on one CPU above which unverified
+    /// sources are challenged (see `syn_guard`). 0 disables.
+    pub syn_guard_pps: u32,
+    /// How long a source stays verified after answering a challenge, in seconds.
+    pub syn_verified_secs: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 
 const SEC: u64 = 1_000_000_000;
 
@@ -352,6 +357,8 @@ impl Default for Settings {
             tcp_established_timeout_ns: 3600 * SEC,
             tcp_closing_timeout_ns: 10 * SEC,
             udp_timeout_ns: 60 * SEC,
+            syn_guard_pps: 0,
+            syn_verified_secs: 300,
         }
     }
 }
@@ -408,6 +415,8 @@ mod pod {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for IfaceSlot {}
+    unsafe impl aya::Pod for crate::syn_guard::SynRate {}
+    unsafe impl aya::Pod for crate::syn_guard::SynSecret {}
 }
 
 // Every field of every shared type, in order: no hidden padding anywhere.
@@ -506,5 +515,7 @@ crate::packed_fields!(Settings {
     tcp_established_timeout_ns,
     tcp_closing_timeout_ns,
     udp_timeout_ns,
+    syn_guard_pps,
+    syn_verified_secs,
 });
 crate::packed_fields!(IfaceSlot { ifindex, mac, _pad });

@@ -47,6 +47,13 @@ pub trait PacketCtx {
     /// Starts sending the frame out of `ifindex`: the verdict to return (`XDP_TX` or
     /// `XDP_REDIRECT`), or `None` if it cannot be sent there.
     fn redirect(&self, ifindex: u32) -> Option<u32>;
+    /// True if a frame rewritten whole in place may be sent back with `XDP_TX` (the SYN
+    /// guard's challenge). tc's skbs carry checksum-offload state a whole rewrite would
+    /// have to reset: not there.
+    #[inline(always)]
+    fn can_reflect(&self) -> bool {
+        false
+    }
 
     /// Frame length in bytes.
     #[inline(always)]
@@ -93,6 +100,10 @@ impl PacketCtx for XdpContext {
                 },
             );
         }
+        true
+    }
+    #[inline(always)]
+    fn can_reflect(&self) -> bool {
         true
     }
     /// Out the way it came (one-arm) or through the devmap to another interface (two-arm).

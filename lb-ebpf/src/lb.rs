@@ -15,7 +15,7 @@ use crate::{
     parse::{self, Packet},
     ratelimit, service,
     stats::{self, count, service_drop},
-    validate,
+    syn_guard, validate,
 };
 
 #[inline(always)]
@@ -82,6 +82,9 @@ fn to_backend(ctx: &impl PacketCtx, pkt: &Packet, svc: &ServiceValue, settings: 
             if let Err(reason) = validate::new_flow_source(&pkt.key) {
                 service_drop(svc.id, reason);
                 return xdp_action::XDP_DROP;
+            }
+            if let Some(v) = syn_guard::check(ctx, pkt, svc.id, settings, now) {
+                return v;
             }
             let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
                 return xdp_action::XDP_DROP;

@@ -30,6 +30,7 @@ mod skb;
 mod snat;
 mod socket_lb;
 mod stats;
+mod syn_guard;
 mod validate;
 mod wire;
 

@@ -12,6 +12,7 @@ use lb_common::{
     reason::REASON_COUNT,
     service_slot::SERVICE_SLOTS as SERVICE_SLOTS_LEN,
     sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
+    syn_guard::{SynRate, SynSecret},
 };
 
 use crate::{
@@ -127,3 +128,16 @@ pub static SOCKLB_SETTINGS: Array<SockLbSettings> = Array::with_max_entries(1, 0
 /// Socket LB counters by `SockEvent`.
 #[map]
 pub static SOCK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_EVENT_COUNT, 0);
+
+/// SYN-flood guard: this CPU's SYN rate window and flood state (see `syn_guard`).
+#[map]
+pub static SYN_RATE: PerCpuArray<SynRate> = PerCpuArray::with_max_entries(1, 0);
+
+/// SYN-flood guard: the cookie secret (one entry, chosen by the first challenge).
+#[map]
+pub static SYN_SECRET: Array<SynSecret> = Array::with_max_entries(1, 0);
+
+/// SYN-flood guard: source address -> when it answered a challenge (coarse ns). LRU: a
+/// flood of real sources cannot fill it for good.
+#[map]
+pub static SYN_VERIFIED: LruHashMap<VipAddrKey, u64> = LruHashMap::with_max_entries(65_536, 0);

@@ -116,6 +116,8 @@ pub struct L4View {
     pub reasons: Vec<(&'static str, u64)>,
     /// The socket LB, when attached.
     pub socket_lb: Option<SocketLbView>,
+    /// The SYN-flood guard.
+    pub syn_guard: crate::dataplane::SynGuardState,
 }
 
 /// The socket LB as status shows it.
@@ -532,6 +534,7 @@ impl L4Dataplane {
             backend_stats,
             conntrack_per_service,
             conntrack_capacity: self.dp.conntrack_capacity().into(),
+            syn_guard: self.dp.syn_guard_state(),
             reasons: counters
                 .reasons()
                 .iter()

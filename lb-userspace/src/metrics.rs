@@ -447,6 +447,24 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
         "Size of the conntrack table (max entries) as the data plane has it",
         s.conntrack_capacity,
     );
+    gauge(
+        &mut reg,
+        "lb_syn_flood_cpus",
+        "CPUs on which the SYN-flood guard is in flood mode (challenging unverified sources)",
+        s.syn_guard.flood_cpus.into(),
+    );
+    gauge(
+        &mut reg,
+        "lb_syn_verified_sources",
+        "Sources that answered a SYN-guard challenge within verified_secs",
+        s.syn_guard.verified_sources,
+    );
+    counter(
+        &mut reg,
+        "lb_syn_challenges_total",
+        "Challenge SYN-ACKs the SYN-flood guard sent",
+        s.syn_guard.challenges,
+    );
 
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -551,6 +569,12 @@ mod tests {
                     count: 2,
                 }],
             }),
+            syn_guard: crate::status::SynGuardStatus {
+                rate: 2000,
+                flood_cpus: 1,
+                verified_sources: 4,
+                challenges: 99,
+            },
             upstream_guards: vec![crate::status::UpstreamGuard {
                 service: "users".into(),
                 requests: 7,
@@ -649,5 +673,8 @@ mod tests {
         );
         assert!(text.contains("lb_config_generation 3\n"), "{text}");
         assert!(text.contains("lb_conntrack_capacity 262144\n"), "{text}");
+        assert!(text.contains("lb_syn_flood_cpus 1\n"), "{text}");
+        assert!(text.contains("lb_syn_verified_sources 4\n"), "{text}");
+        assert!(text.contains("lb_syn_challenges_total 99\n"), "{text}");
     }
 }

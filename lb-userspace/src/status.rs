@@ -54,6 +54,22 @@ pub struct Status {
     /// The gateway's circuit breakers, retry budgets and outlier ejections per upstream.
     #[serde(default)]
     pub upstream_guards: Vec<UpstreamGuard>,
+    /// The SYN-flood guard of the L4 data plane.
+    #[serde(default)]
+    pub syn_guard: SynGuardStatus,
+}
+
+/// The SYN-flood guard (`[global.syn_guard]`) now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SynGuardStatus {
+    /// SYNs per second per CPU that turn flood mode on (0: the guard is off).
+    pub rate: u32,
+    /// CPUs in flood mode now (challenging unverified sources); 0 when no flood.
+    pub flood_cpus: u32,
+    /// Sources that answered a challenge within `verified_secs`.
+    pub verified_sources: u64,
+    /// Challenge SYN-ACKs sent since the program loaded.
+    pub challenges: u64,
 }
 
 /// The socket LB: where it is attached and what it did.
@@ -503,6 +519,12 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
         }),
         redis: None,
         upstream_guards: Vec::new(),
+        syn_guard: SynGuardStatus {
+            rate: l4.syn_guard.threshold_pps,
+            flood_cpus: l4.syn_guard.flood_cpus,
+            verified_sources: l4.syn_guard.verified_sources,
+            challenges: l4.syn_guard.challenges,
+        },
         reasons: l4
             .reasons
             .iter()
@@ -594,6 +616,21 @@ impl Status {
             "generation {}  table checksum {}  syncs {}  conntrack entries {}",
             self.generation, self.table_checksum, self.syncs, self.conntrack_entries
         );
+        let g = &self.syn_guard;
+        if g.rate > 0 {
+            let _ = writeln!(
+                out,
+                "syn guard: {} (rate {}/s per CPU)  verified sources {}  challenges sent {}",
+                if g.flood_cpus > 0 {
+                    "FLOOD MODE"
+                } else {
+                    "armed"
+                },
+                g.rate,
+                g.verified_sources,
+                g.challenges
+            );
+        }
         let _ = writeln!(
             out,
             "\n{:<16} {:<26} {:<8} {:>7} {:<6} {:>11} {:>13} {:>9} {:>8}",

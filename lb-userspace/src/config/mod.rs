@@ -319,6 +319,7 @@ pub struct Global {
     /// Default per-source rate limit of every service.
     pub rate_limit: RateLimit,
     pub conntrack: Conntrack,
+    pub syn_guard: SynGuard,
     /// bpffs directory where maps and XDP links are pinned, so forwarding survives the
     /// agent and the next start adopts them. `None` (`pin_path = ""`): nothing pinned.
     /// Absolute; default [`DEFAULT_PIN_PATH`].
@@ -338,6 +339,31 @@ impl Global {
             tcp_established_timeout_ns: ns(self.conntrack.tcp_established_timeout),
             tcp_closing_timeout_ns: ns(self.conntrack.tcp_closing_timeout),
             udp_timeout_ns: ns(self.conntrack.udp_timeout),
+            syn_guard_pps: self.syn_guard.rate,
+            // Validated to fit (at most MAX_SYN_VERIFIED_SECS).
+            syn_verified_secs: self.syn_guard.verified.as_secs() as u32,
+        }
+    }
+}
+
+/// The SYN-flood guard (`[global.syn_guard]`): above `rate` new-flow SYNs per second on one
+/// CPU, SYNs from sources not verified within `verified` are answered with a challenge
+/// instead of opening a flow (see `lb_common::syn_guard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynGuard {
+    /// SYNs per second per CPU; 0 turns the guard off.
+    pub rate: u32,
+    /// How long a source that answered a challenge stays verified (whole seconds).
+    pub verified: Duration,
+}
+
+impl Default for SynGuard {
+    /// The data plane's own defaults (`lb_common::Settings`).
+    fn default() -> Self {
+        let s = Settings::default();
+        Self {
+            rate: s.syn_guard_pps,
+            verified: Duration::from_secs(s.syn_verified_secs.into()),
         }
     }
 }

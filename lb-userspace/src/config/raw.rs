@@ -37,7 +37,13 @@ pub(super) struct RawGlobal {
     pub snat_ports: Option<Sp<Vec<Option<Sp<i64>>>>>,
     pub rate_limit: Option<RawRateLimit>,
     pub conntrack: Option<RawConntrack>,
+    pub syn_guard: Option<RawSynGuard>,
     pub pin_path: Option<Sp<String>>,
+}
+
+pub(super) struct RawSynGuard {
+    pub rate: Option<Sp<i64>>,
+    pub verified_secs: Option<Sp<i64>>,
 }
 
 pub(super) struct RawRateLimit {
@@ -269,6 +275,7 @@ fn global(t: &Table, d: &mut Diag) -> RawGlobal {
             "snat_ports",
             "rate_limit",
             "conntrack",
+            "syn_guard",
             "pin_path",
         ],
         d,
@@ -300,6 +307,13 @@ fn global(t: &Table, d: &mut Diag) -> RawGlobal {
             .get("conntrack")
             .and_then(|n| n.table(d))
             .map(|t| conntrack(&t, d)),
+        syn_guard: t.get("syn_guard").and_then(|n| n.table(d)).map(|t| {
+            t.deny_unknown(&["rate", "verified_secs"], d);
+            RawSynGuard {
+                rate: int(&t, "rate", d),
+                verified_secs: int(&t, "verified_secs", d),
+            }
+        }),
         pin_path: string(t, "pin_path", d),
     }
 }

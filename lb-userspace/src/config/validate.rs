@@ -7,10 +7,10 @@
 
 use super::diag::Diag;
 use super::doc::Sp;
-use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings};
+use super::raw::{RawConfig, RawConntrack, RawGlobal, RawRateLimit, RawStrings, RawSynGuard};
 use super::{
     AttachPoint, Config, Conntrack, DEFAULT_PIN_PATH, Global, MIN_CT_MAX_ENTRIES, MIN_MAGLEV_SIZE,
-    MIN_SNAT_PORT, RateLimit, XdpMode, control, gateway, services, socket_lb, sources,
+    MIN_SNAT_PORT, RateLimit, SynGuard, XdpMode, control, gateway, services, socket_lb, sources,
 };
 use lb_common::maglev::{is_prime, next_prime};
 use lb_common::{DEFAULT_MAGLEV_SIZE, MAX_MAGLEV_SIZE, Settings};
@@ -27,6 +27,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         snat_port_max: Settings::default().snat_port_max,
         rate_limit: RateLimit::UNLIMITED,
         conntrack: Conntrack::default(),
+        syn_guard: SynGuard::default(),
         pin_path: Some(DEFAULT_PIN_PATH.into()),
     });
     let services = services::services(&raw.services, &global, d);
@@ -102,6 +103,11 @@ fn global(raw: &RawGlobal, d: &mut Diag) -> Global {
             .conntrack
             .as_ref()
             .map(|c| conntrack(c, d))
+            .unwrap_or_default(),
+        syn_guard: raw
+            .syn_guard
+            .as_ref()
+            .map(|g| syn_guard(g, d))
             .unwrap_or_default(),
         pin_path: control::pin_path(raw.pin_path.as_ref(), d),
     }
@@ -407,6 +413,48 @@ fn conntrack(raw: &RawConntrack, d: &mut Diag) -> Conntrack {
         },
     }
 }
+
+fn syn_guard(raw: &RawSynGuard, d: &mut Diag) -> SynGuard {
+    let defaults = SynGuard::default();
+    let mut ranged = |v: &Option<Sp<i64>>, key: &str, max: i64, min: i64, default: i64| {
+        let Some(v) = v else { return default };
+        if (min..=max).contains(&v.val) {
+            return v.val;
+        }
+        d.error(
+            &v.span,
+            &format!("global.syn_guard.{key}"),
+            format!(
+                "{key} {} is out of range {min}..={max} (default {default})",
+                v.val
+            ),
+        );
+        default
+    };
+    let rate = ranged(
+        &raw.rate,
+        "rate",
+        MAX_SYN_GUARD_RATE,
+        0,
+        defaults.rate.into(),
+    );
+    let verified = ranged(
+        &raw.verified_secs,
+        "verified_secs",
+        MAX_SYN_VERIFIED_SECS,
+        1,
+        defaults.verified.as_secs() as i64,
+    );
+    SynGuard {
+        rate: rate as u32,
+        verified: Duration::from_secs(verified as u64),
+    }
+}
+
+/// Highest `syn_guard.rate` (SYNs per second per CPU): beyond any NIC queue.
+const MAX_SYN_GUARD_RATE: i64 = 100_000_000;
+/// Longest `syn_guard.verified_secs`: a day.
+const MAX_SYN_VERIFIED_SECS: i64 = 86_400;
 
 /// Longest `tcp_syn_reclaim_ms`: an hour (past that, `tcp_syn_timeout` frees ports anyway).
 const MAX_SYN_RECLAIM_MS: i64 = 3_600_000;

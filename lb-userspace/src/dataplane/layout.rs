@@ -22,6 +22,7 @@ use lb_common::{
     reason::REASON_COUNT,
     service_slot::SERVICE_SLOTS,
     sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
+    syn_guard::SynSecret,
 };
 use tracing::warn;
 
@@ -58,9 +59,9 @@ const fn size<T>() -> u32 {
     std::mem::size_of::<T>() as u32
 }
 
-/// Every map the agent pins. `SCRATCH` and `CLOCK` are not here: they hold nothing a new
-/// program needs (per-CPU scratch space, a per-CPU clock copy), so it is better off with its
-/// own.
+/// Every map the agent pins. `SCRATCH`, `CLOCK` and `SYN_RATE` are not here: they hold nothing
+/// a new program needs (per-CPU scratch space, a per-CPU clock copy, the SYN guard's rate
+/// window), so it is better off with its own.
 pub const PINNED: &[MapSpec] = &[
     MapSpec {
         name: "SERVICES",
@@ -235,6 +236,26 @@ pub const PINNED: &[MapSpec] = &[
         flags: 0,
         version: 1,
         on_replace: "socket LB counters restart from zero",
+    },
+    MapSpec {
+        name: "SYN_SECRET",
+        map_type: MapType::Array,
+        key_size: 4,
+        value_size: size::<SynSecret>(),
+        entries: Entries::Fixed(1),
+        flags: 0,
+        version: 1,
+        on_replace: "SYN-guard challenges in flight fail (their clients are challenged again)",
+    },
+    MapSpec {
+        name: "SYN_VERIFIED",
+        map_type: MapType::LruHash,
+        key_size: size::<VipAddrKey>(),
+        value_size: 8,
+        entries: Entries::Fixed(65_536),
+        flags: 0,
+        version: 1,
+        on_replace: "sources verified by the SYN guard are challenged again during a flood",
     },
 ];
 

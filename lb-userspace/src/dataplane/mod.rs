@@ -18,6 +18,7 @@ mod retarget;
 mod scan;
 mod slots;
 mod socket_lb;
+mod syn_guard;
 mod table;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -38,6 +39,7 @@ pub use layout::MapsFound;
 pub use pin::{PinDir, PinError, mount_bpffs};
 pub use retarget::Egress;
 pub use socket_lb::{SocketLbAttach, SocketLbOptions, is_cgroup2, own_netns_cookie};
+pub use syn_guard::SynGuardState;
 
 pub use iface::is_veth;
 pub use links::Attach;
@@ -227,6 +229,7 @@ pub struct Dataplane {
     socket_lb: socket_lb::SocketLbMaps,
     /// Attached by this agent (see `socket_lb`).
     socket_lb_links: Option<socket_lb::SocketLbLinks>,
+    syn_guard: syn_guard::SynGuardMaps,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -321,6 +324,7 @@ impl Dataplane {
             gateway_attached: false,
             socket_lb,
             socket_lb_links: None,
+            syn_guard: syn_guard::SynGuardMaps::take(&mut ebpf)?,
             attached: BTreeMap::new(),
             pins,
             adoption: Adoption {

@@ -34,7 +34,7 @@ impl Dataplane {
 }
 
 /// The clock `bpf_ktime_get_coarse_ns` reads (CLOCK_MONOTONIC, coarse).
-fn coarse_monotonic_ns() -> u64 {
+pub(super) fn coarse_monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

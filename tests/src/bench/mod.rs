@@ -13,6 +13,7 @@
 //! - [`report`]: Markdown, JSON and SVG for the results.
 //! - [`samenode`]: the same-node rows of the end-to-end runs (socket LB vs NAT paths vs
 //!   direct) and their goals.
+//! - [`synflood`]: a spoofed SYN flood with legitimate clients, the SYN guard off and on.
 //! - [`gateway`]: the L7 gateway against nginx and Envoy (routing, JWT, API keys), with
 //!   [`gw_peers`] (the configurations), [`gw_auth`] (key, JWKS, token, API key),
 //!   [`gw_conns`] (checks and idle-connection memory) and [`gw_report`].
@@ -31,6 +32,7 @@ pub mod pktgen;
 pub mod pktrate;
 pub mod report;
 pub mod samenode;
+pub mod synflood;
 pub mod wrk;
 
 /// Median of `v` (NaN if empty); sorts `v`.

@@ -211,6 +211,16 @@ impl Drop for Active<'_> {
 
 /// Starts `peer` on `lab` and waits until `GET /` through it answers 200.
 pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<'a>> {
+    start_with(peer, lab, tools, "")
+}
+
+/// Starts this LB (native XDP) with `extra` appended to its config (a table such as
+/// `[global.syn_guard]`).
+pub fn start_lb_with<'a>(lab: &'a BenchLab, tools: &Tools, extra: &str) -> Result<Active<'a>> {
+    start_with(Peer::Lb, lab, tools, extra)
+}
+
+fn start_with<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools, extra: &str) -> Result<Active<'a>> {
     let mut active = Active {
         peer,
         lab,
@@ -221,15 +231,17 @@ pub fn start<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools) -> Result<Active<
     let lb = &lab.topo.lb;
     match peer {
         Peer::Direct => forwarding_on(&mut active)?,
-        Peer::Lb => active.child = Some(start_agent(lab, tools, Attach::Xdp("native"))?),
-        Peer::LbGeneric => active.child = Some(start_agent(lab, tools, Attach::Xdp("generic"))?),
-        Peer::LbTc => active.child = Some(start_agent(lab, tools, Attach::Tc)?),
+        Peer::Lb => active.child = Some(start_agent(lab, tools, Attach::Xdp("native"), extra)?),
+        Peer::LbGeneric => {
+            active.child = Some(start_agent(lab, tools, Attach::Xdp("generic"), extra)?)
+        }
+        Peer::LbTc => active.child = Some(start_agent(lab, tools, Attach::Tc, extra)?),
         Peer::SockLb => {
             // Routed like `Direct` once the connect is rewritten.
             forwarding_on(&mut active)?;
             let cg = std::panic::catch_unwind(TestCgroup::new)
                 .map_err(|_| anyhow::anyhow!("cannot mount cgroup2 for the client's cgroup"))?;
-            let agent = start_agent(lab, tools, Attach::SocketLb(cg.path()))?;
+            let agent = start_agent(lab, tools, Attach::SocketLb(cg.path()), extra)?;
             active.cgroup = Some(cg);
             active.child = Some(agent);
             // Only processes in the cgroup are translated (the wire drops `cluster` VIPs).
@@ -409,9 +421,9 @@ fn agent_config(lab: &BenchLab, extra_keys: bool, attach: Attach) -> String {
 
 /// Writes the agent config (with the optional keys if `lb check-config` accepts them) and
 /// starts `lb run` in the LB namespace.
-fn start_agent(lab: &BenchLab, tools: &Tools, attach: Attach) -> Result<NsChild> {
+fn start_agent(lab: &BenchLab, tools: &Tools, attach: Attach, extra: &str) -> Result<NsChild> {
     let path = lab.file("lb.toml");
-    std::fs::write(&path, agent_config(lab, true, attach))?;
+    std::fs::write(&path, agent_config(lab, true, attach) + extra)?;
     let accepted = Command::new(&tools.lb)
         .arg("check-config")
         .arg(&path)

@@ -66,7 +66,15 @@ pub struct Flood {
 impl Generator {
     /// Loads the program that writes `frame` into every packet and returns `XDP_TX`.
     pub fn load(frame: &[u8]) -> Result<Generator> {
-        let prog = load_xdp(&program(frame)?, *b"lbb_gen\0").context("XDP_TX generator")?;
+        let prog = load_xdp(&program(frame, false)?, *b"lbb_gen\0").context("XDP_TX generator")?;
+        Ok(Generator { prog })
+    }
+
+    /// Like [`Generator::load`] for a [`syn_frame`], but every copy gets a random source
+    /// address in the frame's /16 (65536 sources) and a source port that keeps both
+    /// checksums right (see [`spoof_insns`]): a spoofed SYN flood.
+    pub fn load_spoofing(frame: &[u8]) -> Result<Generator> {
+        let prog = load_xdp(&program(frame, true)?, *b"lbb_syn\0").context("SYN generator")?;
         Ok(Generator { prog })
     }
 
@@ -194,9 +202,50 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
         | (u64::from(imm as u32) << 32)
 }
 
+/// Offsets in an untagged IPv4 frame: IP id, the source address's last two bytes, the
+/// TCP/UDP source port.
+const IP_ID_OFF: usize = 18;
+const SRC_LO_OFF: usize = 28;
+const SPORT_OFF: usize = 34;
+
+/// Instructions that give the frame at `r6` a random source `k` in place of the last two
+/// bytes of the source address, and keep both checksums right without recomputing them: the
+/// IP id and the source port take `old + src_lo - k` (ones' complement), so the IP header's
+/// sum and the TCP pseudo-header + header sum do not change. Words are as loads read them
+/// (little-endian of the wire bytes): ones' complement sums do not depend on byte order.
+fn spoof_insns(frame: &[u8]) -> Vec<u64> {
+    let le = |o: usize| u32::from(u16::from_le_bytes([frame[o], frame[o + 1]]));
+    let src_lo = le(SRC_LO_OFF);
+    let mut p = vec![
+        insn(0xbf, 6, 2, 0, 0),      // r6 = r2 (callee-saved across the helper call)
+        insn(0x85, 0, 0, 0, 7),      // call bpf_get_prandom_u32
+        insn(0x57, 0, 0, 0, 0xffff), // r0 &= 0xffff: k
+        insn(0x6b, 6, 0, SRC_LO_OFF as i16, 0), // *(u16 *)(r6 + src_lo) = k
+        insn(0xbf, 7, 0, 0, 0),      // r7 = k
+        insn(0xa7, 7, 0, 0, 0xffff), // r7 ^= 0xffff: -k in ones' complement
+    ];
+    for off in [IP_ID_OFF, SPORT_OFF] {
+        p.extend([
+            insn(0xbf, 8, 7, 0, 0),                         // r8 = -k
+            insn(0x07, 8, 0, 0, (le(off) + src_lo) as i32), // r8 += old + src_lo
+            // Fold twice (at most 0x2fffd before, 0x10001 after one fold).
+            insn(0xbf, 9, 8, 0, 0),      // r9 = r8
+            insn(0x77, 9, 0, 0, 16),     // r9 >>= 16
+            insn(0x57, 8, 0, 0, 0xffff), // r8 &= 0xffff
+            insn(0x0f, 8, 9, 0, 0),      // r8 += r9
+            insn(0xbf, 9, 8, 0, 0),
+            insn(0x77, 9, 0, 0, 16),
+            insn(0x57, 8, 0, 0, 0xffff),
+            insn(0x0f, 8, 9, 0, 0),
+            insn(0x6b, 6, 8, off as i16, 0), // *(u16 *)(r6 + off) = r8
+        ]);
+    }
+    p
+}
+
 /// `r2 = data; r3 = data_end; if r2 + len > r3 drop; *(u32 *)(r2 + i) = frame[i..i+4]...;
-/// return XDP_TX`.
-fn program(frame: &[u8]) -> Result<Vec<u64>> {
+/// [spoof_insns]; return XDP_TX`.
+fn program(frame: &[u8], spoof: bool) -> Result<Vec<u64>> {
     if frame.is_empty() || !frame.len().is_multiple_of(4) || frame.len() > 512 {
         bail!(
             "frame length {} is not a multiple of 4 up to 512",
@@ -204,18 +253,24 @@ fn program(frame: &[u8]) -> Result<Vec<u64>> {
         );
     }
     let words = frame.len() / 4;
+    let spoofing = if spoof {
+        spoof_insns(frame)
+    } else {
+        Vec::new()
+    };
     let mut p = vec![
         insn(0x61, 2, 1, 0, 0),                  // r2 = ctx->data (LDX W)
         insn(0x61, 3, 1, 4, 0),                  // r3 = ctx->data_end
         insn(0xbf, 4, 2, 0, 0),                  // r4 = r2
         insn(0x07, 4, 0, 0, frame.len() as i32), // r4 += len
         // if r4 > r3: skip the stores and the XDP_TX return
-        insn(0x2d, 4, 3, (words + 2) as i16, 0),
+        insn(0x2d, 4, 3, (words + spoofing.len() + 2) as i16, 0),
     ];
     for (i, w) in frame.chunks(4).enumerate() {
         let imm = i32::from_le_bytes([w[0], w[1], w[2], w[3]]);
         p.push(insn(0x62, 2, 0, (i * 4) as i16, imm)); // *(u32 *)(r2 + 4i) = imm (ST W)
     }
+    p.extend(spoofing);
     p.push(insn(0xb7, 0, 0, 0, XDP_TX as i32)); // r0 = XDP_TX
     p.push(insn(0x95, 0, 0, 0, 0)); // exit
     p.push(insn(0xb7, 0, 0, 0, XDP_DROP as i32)); // r0 = XDP_DROP
@@ -269,9 +324,93 @@ pub fn udp_frame(
     f
 }
 
+/// A 60-byte Ethernet/IPv4/TCP SYN (no options; 6 bytes of Ethernet padding after the
+/// datagram) with both checksums right: the spoofed flood's template.
+pub fn syn_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64; // TTL
+    ip[9] = 6; // TCP
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x0101_0101u32.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&tcp);
+    f.extend_from_slice(&[0; 6]);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `spoof_insns` computes, on the host: the frame with source `k`.
+    fn spoofed(f: &[u8], k: u16) -> Vec<u8> {
+        let le = |o: usize| u32::from(u16::from_le_bytes([f[o], f[o + 1]]));
+        let src_lo = le(SRC_LO_OFF);
+        let mut out = f.to_vec();
+        out[SRC_LO_OFF..SRC_LO_OFF + 2].copy_from_slice(&k.to_le_bytes());
+        for off in [IP_ID_OFF, SPORT_OFF] {
+            let mut s = (u32::from(k) ^ 0xffff) + le(off) + src_lo;
+            s = (s & 0xffff) + (s >> 16);
+            s = (s & 0xffff) + (s >> 16);
+            out[off..off + 2].copy_from_slice(&(s as u16).to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn spoofing_keeps_both_checksums() {
+        let f = syn_frame(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            Ipv4Addr::new(10, 99, 0, 1),
+            Ipv4Addr::new(10, 200, 100, 1),
+            40000,
+            80,
+        );
+        assert_eq!(f.len(), 60);
+        for k in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+            let g = spoofed(&f, k);
+            assert_eq!(checksum(&g[14..34]), 0, "IP checksum, k {k}");
+            let mut pseudo = g[26..34].to_vec();
+            pseudo.extend_from_slice(&[0, 6, 0, 20]);
+            pseudo.extend_from_slice(&g[34..54]);
+            assert_eq!(checksum(&pseudo), 0, "TCP checksum, k {k}");
+        }
+        let p = program(&f, true).unwrap();
+        // The bounds check jumps over the stores, the spoofing and the XDP_TX return.
+        assert_eq!((p[4] >> 16) as u16 as usize, 15 + spoof_insns(&f).len() + 2);
+    }
 
     #[test]
     fn frame_is_well_formed() {
@@ -292,13 +431,13 @@ mod tests {
     #[test]
     fn program_stores_every_word_and_jumps_past_them() {
         let f = [1u8, 2, 3, 4, 5, 6, 7, 8];
-        let p = program(&f).unwrap();
+        let p = program(&f, false).unwrap();
         assert_eq!(p.len(), 5 + 2 + 4);
         // The bounds check jumps over 2 stores and the 2-instruction XDP_TX return.
         assert_eq!((p[4] >> 16) as u16, 4);
         assert_eq!((p[5] >> 32) as u32, u32::from_le_bytes([1, 2, 3, 4]));
         assert_eq!((p[6] >> 16) as u16, 4, "second store at offset 4");
-        assert!(program(&[0u8; 6]).is_err());
+        assert!(program(&[0u8; 6], false).is_err());
     }
 
     #[test]

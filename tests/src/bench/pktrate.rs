@@ -57,6 +57,11 @@ pub struct RateResults {
     pub failures: Vec<(Peer, String)>,
     /// Frame length on the wire (no FCS).
     pub frame_len: usize,
+    /// The spoofed SYN flood, guard off then on (see [`super::synflood`]); empty if it did
+    /// not run.
+    pub synflood: Vec<super::synflood::FloodRun>,
+    /// Why the SYN flood did not run, if it failed.
+    pub synflood_error: Option<String>,
 }
 
 impl RateResults {
@@ -90,7 +95,7 @@ fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
     digits.parse().context("rx packets")
 }
 
-fn backends_rx(lab: &BenchLab) -> Result<u64> {
+pub(super) fn backends_rx(lab: &BenchLab) -> Result<u64> {
     lab.topo
         .backends
         .iter()

@@ -449,6 +449,53 @@ pub fn rate_markdown(rate: &RateResults, seconds: u64) -> String {
     for (p, why) in &rate.failures {
         let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
     }
+    md += &synflood_markdown(&rate.synflood, rate.synflood_error.as_deref());
+    md
+}
+
+/// The SYN-flood section: guard off and on side by side, and on/off ratios.
+pub fn synflood_markdown(runs: &[super::synflood::FloodRun], error: Option<&str>) -> String {
+    let mut md = String::from(
+        "\n## SYN flood (spoofed SYNs from 65536 addresses at the generator's full rate, legitimate clients connecting meanwhile)\n\n",
+    );
+    if let Some(e) = error {
+        let _ = writeln!(md, "Not measured: {e}");
+        return md;
+    }
+    md += "| SYN guard | flood offered, pps | reached backends, pps | legitimate success | connect p50, ms | connect p99, ms | conntrack peak / capacity | challenges | verified sources | agent RSS, KiB | BPF maps, KiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for r in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {}/{} ({:.1} %) | {:.2} | {:.2} | {} / {} | {} | {} | {} | {} |",
+            if r.guard { "on" } else { "off" },
+            r.offered_pps,
+            r.backend_pps,
+            r.legit_ok,
+            r.legit_attempts,
+            r.success_rate() * 100.0,
+            r.connect_p50_ms,
+            r.connect_p99_ms,
+            r.conntrack_peak,
+            r.conntrack_capacity,
+            r.challenges,
+            r.verified_sources,
+            r.agent_rss_kib,
+            r.bpf_map_kib
+        );
+    }
+    if let (Some(off), Some(on)) = (
+        runs.iter().find(|r| !r.guard),
+        runs.iter().find(|r| r.guard),
+    ) {
+        let _ = writeln!(
+            md,
+            "\nGuard on vs off: legitimate success {}, reached backends {}, conntrack peak {}, connect p99 {}.",
+            ratio_text(on.success_rate(), Some(off.success_rate())),
+            ratio_text(on.backend_pps, Some(off.backend_pps)),
+            ratio_text(on.conntrack_peak as f64, Some(off.conntrack_peak as f64)),
+            ratio_text(on.connect_p99_ms, Some(off.connect_p99_ms)),
+        );
+    }
     md
 }
 
@@ -757,6 +804,35 @@ mod tests {
     fn json_strings_are_escaped() {
         assert_eq!(json_str("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
         assert_eq!(json_num(f64::NAN), "null");
+    }
+
+    #[test]
+    fn synflood_section_has_both_runs_and_ratios() {
+        use crate::bench::synflood::FloodRun;
+        let off = FloodRun {
+            guard: false,
+            legit_attempts: 100,
+            legit_ok: 40,
+            backend_pps: 1000.0,
+            conntrack_peak: 50_000,
+            connect_p99_ms: 3000.0,
+            ..Default::default()
+        };
+        let on = FloodRun {
+            guard: true,
+            legit_attempts: 100,
+            legit_ok: 100,
+            backend_pps: 10.0,
+            conntrack_peak: 500,
+            connect_p99_ms: 30.0,
+            ..Default::default()
+        };
+        let md = synflood_markdown(&[off, on], None);
+        assert!(md.contains("| off |") && md.contains("| on |"), "{md}");
+        assert!(md.contains("40/100 (40.0 %)"), "{md}");
+        assert!(md.contains("legitimate success 2.50x"), "{md}");
+        assert!(md.contains("reached backends 0.01x"), "{md}");
+        assert!(synflood_markdown(&[], Some("boom")).contains("Not measured: boom"));
     }
 
     #[test]

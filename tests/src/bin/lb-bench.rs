@@ -55,6 +55,7 @@ use lb_tests::bench::peers::{self, Peer, Tools};
 use lb_tests::bench::pktrate::{self, RateResults};
 use lb_tests::bench::report::{self, Bar, Target};
 use lb_tests::bench::samenode;
+use lb_tests::bench::synflood;
 use lb_tests::bench::wrk::Load;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -482,14 +483,23 @@ fn network_benches(args: &Args) -> anyhow::Result<NetworkResults> {
         None
     };
     let rate = if want_rate {
-        Some(pktrate::run(
+        let mut r = pktrate::run(
             &lab,
             &tools,
             &rate_peers,
             args.rounds,
             Duration::from_secs(args.flood_duration),
             &gate,
-        )?)
+        )?;
+        // The SYN flood, guard off and on, in the same lab.
+        match synflood::run(&lab, &tools, Duration::from_secs(args.flood_duration)) {
+            Ok(runs) => r.synflood = runs,
+            Err(e) => {
+                eprintln!("lb-bench: SYN flood: {e:#}");
+                r.synflood_error = Some(format!("{e:#}"));
+            }
+        }
+        Some(r)
     } else {
         None
     };

@@ -635,6 +635,42 @@ fn syn_reclaim_reaches_the_data_plane() {
 }
 
 #[test]
+fn syn_guard_rate_negative() {
+    let text = format!("{GLOBAL}[global.syn_guard]\nrate = -1\n");
+    one_error(
+        &text,
+        4,
+        "global.syn_guard.rate",
+        "rate -1 is out of range 0..=100000000",
+    );
+}
+
+#[test]
+fn syn_guard_verified_zero() {
+    let text = format!("{GLOBAL}[global.syn_guard]\nrate = 100\nverified_secs = 0\n");
+    one_error(
+        &text,
+        5,
+        "global.syn_guard.verified_secs",
+        "verified_secs 0 is out of range 1..=86400",
+    );
+}
+
+#[test]
+fn syn_guard_reaches_the_data_plane() {
+    let text = format!("{GLOBAL}[global.syn_guard]\nrate = 5000\nverified_secs = 60\n");
+    let c = crate::config::parse(&text, "t.toml").expect("valid");
+    assert_eq!(c.global.settings().syn_guard_pps, 5000);
+    assert_eq!(c.global.settings().syn_verified_secs, 60);
+    let off = crate::config::parse(GLOBAL, "t.toml").expect("valid");
+    assert_eq!(
+        off.global.settings().syn_guard_pps,
+        0,
+        "the guard is off by default"
+    );
+}
+
+#[test]
 fn conntrack_max_entries_too_small() {
     let text = format!("{GLOBAL}[global.conntrack]\nmax_entries = 1000\n");
     one_error(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::super::{
     Admin, AttachPoint, Backend, BuiltinRegistry, Config, Conntrack, DEFAULT_PIN_PATH, Global,
-    Mode, Protocol, RateLimit, Service, XdpMode, load, parse,
+    Mode, Protocol, RateLimit, Service, SynGuard, XdpMode, load, parse,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -75,6 +75,7 @@ backend = [
                 tcp_established_timeout: Duration::from_secs(600),
                 ..ct
             },
+            syn_guard: SynGuard::default(),
             pin_path: Some(DEFAULT_PIN_PATH.into()),
         },
         admin: Admin::default(),
