@@ -14,10 +14,13 @@
 //! - [`corpus`]: hostile frames to a VIP, the policy's reference model, checks of forwarded frames.
 //! - [`rawsock`]: `AF_PACKET` sockets to inject and capture frames.
 //! - [`mounts`]: a bpffs and a cgroup v2 mount that outlive one agent process.
+//! - [`container`]: the agent's image run with podman as the DaemonSet runs it.
+//! - [`handover`]: held and new connections kept going while one agent hands over to the next.
 
 pub mod admin;
 pub mod bench;
 pub mod cleanup;
+pub mod container;
 pub mod control_lab;
 pub mod corpus;
 pub mod etcd;
@@ -25,6 +28,7 @@ pub mod fake_consul;
 pub mod fake_k8s;
 pub mod fixture;
 pub mod gateway_lab;
+pub mod handover;
 pub mod lab;
 pub mod mounts;
 pub mod netns;
