@@ -947,7 +947,7 @@ fn demo_runs_through_the_image_and_survives_a_rolling_update() {
         b"",
     );
 
-    let demo = lb_binary().with_file_name("lb-demo");
+    let demo = PathBuf::from(env!("CARGO_BIN_EXE_lb-demo"));
     let log = dir.join("demo.log");
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(&demo)
