@@ -953,6 +953,8 @@ fn demo_runs_through_the_image_and_survives_a_rolling_update() {
     let mut child = Command::new(&demo)
         .args(["--image", &guard.tag, "--rolling-update"])
         .args(["--connections", "150", "--queries", "150"])
+        // Starting a container takes seconds, more on a busy machine.
+        .args(["--wait", "60"])
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file)

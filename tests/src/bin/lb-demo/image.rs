@@ -209,7 +209,7 @@ fn rolling_update(
             std::thread::sleep(GAP);
             let mut b = AgentContainer::start(b_name, image, &pod.mounts, agent_args)?;
             b.wait_for_output("adopted the pinned data plane", Duration::from_secs(30))?;
-            b.wait_ready(Duration::from_secs(10))?;
+            b.wait_ready(Duration::from_secs(30))?;
             println!("container {b_name} started: adopted the pinned data plane");
             std::thread::sleep(Duration::from_millis(500));
             Ok(b)
