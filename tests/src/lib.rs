@@ -15,10 +15,13 @@
 //! - [`rawsock`]: `AF_PACKET` sockets to inject and capture frames.
 //! - [`mesh_ca`]: a mesh CA and workload certificates (also expired or foreign) in files.
 //! - [`mounts`]: a bpffs and a cgroup v2 mount that outlive one agent process.
+//! - [`container`]: the agent's image run with podman as the DaemonSet runs it.
+//! - [`handover`]: held and new connections kept going while one agent hands over to the next.
 
 pub mod admin;
 pub mod bench;
 pub mod cleanup;
+pub mod container;
 pub mod control_lab;
 pub mod corpus;
 pub mod etcd;
@@ -26,6 +29,7 @@ pub mod fake_consul;
 pub mod fake_k8s;
 pub mod fixture;
 pub mod gateway_lab;
+pub mod handover;
 pub mod lab;
 pub mod mesh_ca;
 pub mod mounts;

@@ -862,3 +862,193 @@ fn container_image_runs_the_agent_with_the_daemonsets_privileges() {
         logs()
     );
 }
+
+/// What the demo-through-the-image test made, removed even when it fails: the demo's
+/// containers (named after its pid), the image and the build context.
+struct DemoGuard {
+    tag: String,
+    demo_pid: Option<u32>,
+    dir: PathBuf,
+}
+
+impl Drop for DemoGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.demo_pid {
+            for s in ["a", "b"] {
+                lb_tests::container::remove(&format!("lb-demo-{pid}-{s}"));
+            }
+        }
+        let _ = podman()
+            .args(["rmi", "-f", &self.tag])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Per backend, from a `Spread` table the demo printed after `header`: (name, count) rows
+/// up to `total`, and the error count.
+fn spread_after(out: &str, header: &str) -> (BTreeSet<(String, usize)>, usize) {
+    let start = out
+        .find(header)
+        .unwrap_or_else(|| panic!("no {header:?} in:\n{out}"));
+    let mut rows = BTreeSet::new();
+    let mut errors = 0;
+    for line in out[start..].lines().skip(2) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["total", ..] => break,
+            ["(errors)", n, ..] => errors = n.parse().unwrap(),
+            [name, n, _share] => {
+                rows.insert(((*name).to_owned(), n.parse().unwrap()));
+            }
+            _ => {}
+        }
+    }
+    (rows, errors)
+}
+
+/// `cargo xtask demo --image --rolling-update` without cargo: the image built from the agent
+/// under test, then `lb-demo --image TAG --rolling-update`, bounded in time. The agent
+/// container (the DaemonSet's privileges, init container, mounts) balances the demo's TCP and
+/// UDP traffic over the three backends; a second container adopts the pinned data plane while
+/// held connections echo and new ones are made, none lost; the containers, pins and
+/// namespaces are gone afterwards.
+#[test]
+fn demo_runs_through_the_image_and_survives_a_rolling_update() {
+    tool("runc", "Debian: runc");
+    // The demo runs the containers with these; they must be the DaemonSet's.
+    let caps: Vec<String> = daemonset_caps()
+        .iter()
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    assert_eq!(caps, lb_tests::container::DAEMONSET_CAPS);
+    // ... and the init script it runs is the DaemonSet's.
+    let docs = rendered();
+    let init = &object(&docs, "DaemonSet", "lb")["spec"]["template"]["spec"]["initContainers"][0];
+    let manifest = std::fs::read_to_string(config("kubernetes/daemonset.yaml")).unwrap();
+    assert_eq!(
+        lb_tests::container::init_script(&manifest).as_deref(),
+        init["command"][2].as_str()
+    );
+
+    let dir = tempdir("demo-image");
+    let mut guard = DemoGuard {
+        tag: format!("localhost/lb-demo-test:{}", std::process::id()),
+        demo_pid: None,
+        dir: dir.clone(),
+    };
+    run(
+        Command::new(config("container/build-image.sh"))
+            .arg(lb_binary())
+            .arg(&guard.tag)
+            .arg(dir.join("context")),
+        b"",
+    );
+
+    let demo = PathBuf::from(env!("CARGO_BIN_EXE_lb-demo"));
+    let log = dir.join("demo.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(&demo)
+        .args(["--image", &guard.tag, "--rolling-update"])
+        .args(["--connections", "150", "--queries", "150"])
+        // Starting a container takes seconds, more on a busy machine.
+        .args(["--wait", "60"])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", demo.display()));
+    let pid = child.id();
+    guard.demo_pid = Some(pid);
+    // Bounded: SIGTERM after 4 minutes (the demo cleans up on it), SIGKILL 30 s later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    let mut term_sent = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline + std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        if now >= deadline && !term_sent {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            term_sent = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        status.success() && !term_sent,
+        "lb-demo --image ({status}):\n{out}"
+    );
+
+    // The containerized agent did the balancing: no agent ran outside the container.
+    assert!(out.contains("== agent container lb-demo-"), "{out}");
+    assert!(!out.contains("== starting agent"), "{out}");
+    for proto in ["TCP", "UDP"] {
+        let (rows, errors) = spread_after(&out, &format!("== {proto} 10.200.100.1"));
+        assert_eq!(errors, 0, "{proto}:\n{out}");
+        let names: BTreeSet<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["b1", "b2", "b3"]), "{proto}:\n{out}");
+        assert_eq!(rows.iter().map(|(_, n)| n).sum::<usize>(), 150, "{proto}");
+        for (name, n) in &rows {
+            // Maglev over 3 equal backends: about 50 each; 20 is far outside chance.
+            assert!(*n >= 20, "{proto}: {name} got {n} of 150:\n{out}");
+        }
+    }
+    // The rolling update: the first container left its links pinned, the second adopted
+    // them, and traffic never noticed.
+    assert!(out.contains("pinned links left: [\"lb-b1\""), "{out}");
+    assert!(out.contains("adopted the pinned data plane"), "{out}");
+    let report = out
+        .lines()
+        .find(|l| l.contains("held connections: "))
+        .unwrap_or_else(|| panic!("no hand-over report:\n{out}"));
+    assert!(
+        report.contains("held connections: 30,") && report.ends_with("lost: 0"),
+        "{out}"
+    );
+    let echoes: u64 = report
+        .split("echoes on them: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .expect("echo count");
+    // At least a round before, during and after the hand-over.
+    assert!(echoes >= 30 * 10, "{report}");
+    assert!(out.contains("rolling update: no connection lost"), "{out}");
+
+    // Teardown: the demo says so, and it is so.
+    for s in ["a", "b"] {
+        let name = format!("lb-demo-{pid}-{s}");
+        assert!(
+            out.contains(&format!("container {name} removed: true")),
+            "{out}"
+        );
+        assert!(!lb_tests::container::exists(&name), "{name} left");
+    }
+    let ns_line = out
+        .lines()
+        .find(|l| l.starts_with("namespaces "))
+        .unwrap_or_else(|| panic!("no namespace line:\n{out}"));
+    assert!(ns_line.ends_with("removed: true"), "{ns_line}");
+    for ns in ns_line
+        .split_whitespace()
+        .skip(1)
+        .filter(|w| w.starts_with("lbt-"))
+    {
+        assert!(!Path::new("/run/netns").join(ns).exists(), "{ns} left");
+    }
+    let bpffs_line = out
+        .lines()
+        .find(|l| l.starts_with("pins removed, bpffs "))
+        .unwrap_or_else(|| panic!("no bpffs line:\n{out}"));
+    assert!(bpffs_line.ends_with("unmounted: true"), "{bpffs_line}");
+    let bpffs = bpffs_line.split_whitespace().nth(3).unwrap();
+    assert!(!Path::new(bpffs).exists(), "{bpffs} left");
+}

@@ -34,6 +34,10 @@ enum Cmd {
     },
     /// Setup, build, then run target/release/lb-demo with these arguments
     Demo {
+        /// Build the container image first (as `image` does) and run the agent from it, as
+        /// the DaemonSet runs it (lb-demo --image TAG; add --rolling-update for a hand-over)
+        #[arg(long)]
+        image: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -49,7 +53,7 @@ enum Cmd {
     /// first engine that runs here (podman here; buildah or docker elsewhere)
     Image {
         /// Name and tag of the image
-        #[arg(long, default_value = "localhost/lb:latest")]
+        #[arg(long, default_value = DEFAULT_IMAGE)]
         tag: String,
     },
     /// Clippy over the workspace with warnings as errors (AYA_BUILD_SKIP=1: no eBPF build)
@@ -61,6 +65,9 @@ enum Cmd {
         check: bool,
     },
 }
+
+/// The image `cargo xtask image` builds and `cargo xtask demo --image` runs.
+const DEFAULT_IMAGE: &str = "localhost/lb:latest";
 
 fn main() {
     let cli = Cli::parse();
@@ -91,9 +98,20 @@ fn run(cmd: Cmd) -> Result<i32> {
             build()?;
             test(&args)
         }
-        Cmd::Demo { args } => {
+        Cmd::Demo { image: false, args } => {
             setup::setup()?;
             run_tool("lb-demo", &args)
+        }
+        Cmd::Demo { image: true, args } => {
+            setup::setup()?;
+            build()?;
+            let code = image(DEFAULT_IMAGE)?;
+            if code != 0 {
+                return Ok(code);
+            }
+            let mut with_image = vec!["--image".to_owned(), DEFAULT_IMAGE.to_owned()];
+            with_image.extend(args);
+            run_tool("lb-demo", &with_image)
         }
         Cmd::Bench { args } => {
             // The peers (nginx, HAProxy, Envoy, netfilter), wrk, and openssl (the gateway
@@ -165,7 +183,7 @@ fn cargo<I: IntoIterator<Item = &'static str>>(args: I) -> Result<()> {
 fn run_tool(bin: &'static str, args: &[String]) -> Result<i32> {
     build()?;
     cargo(["build", "--release", "-p", "lb-tests", "--bin", bin])?;
-    let path = root().join("target/release").join(bin);
+    let path = target_dir().join("release").join(bin);
     println!("xtask: running {} {}", path.display(), args.join(" "));
     Ok(exit_code(
         Command::new(&path)

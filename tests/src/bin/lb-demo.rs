@@ -6,6 +6,10 @@
 //! how they spread over the backends, then prints the agent's log. Everything it made is
 //! removed on exit, on error and on Ctrl-C (the first Ctrl-C finishes cleanly, a second one
 //! aborts at once, still cleaning up). Needs root.
+//!
+//! `--image IMAGE` runs the agent from the container image instead (podman, as the DaemonSet
+//! runs it: see lb_tests::container and `image_demo`), and `--rolling-update` then hands the
+//! pinned data plane from that container to a new one while traffic flows.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,6 +22,9 @@ use lb_tests::cleanup::{self, interrupted};
 use lb_tests::servers::{tcp_name_spread_until, udp_name_spread_until, wait_for_tcp_while};
 use lb_tests::topology::Iface;
 use lb_tests::{NsChild, PeerMode, Spread, TcpNameServer, Topology, UdpNameServer, VIP4};
+
+#[path = "lb-demo/image.rs"]
+mod image;
 
 /// Ports of the demo service (must match config/demo.toml).
 const VIP_TCP_PORT: u16 = 80;
@@ -59,6 +66,16 @@ struct Args {
     /// namespace straight to the backend addresses)
     #[arg(long)]
     no_agent: bool,
+    /// Run the agent from this container image (`cargo xtask image` builds it) with podman,
+    /// as the DaemonSet runs it: init container, then the agent container in the LB
+    /// namespace with only the DaemonSet's capabilities and its mounts
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// With --image, afterwards: a rolling update. The agent container is stopped (SIGTERM,
+    /// --keep-dataplane), a new one adopts the pinned data plane, while held connections
+    /// echo and new ones are made all along
+    #[arg(long, requires = "image")]
+    rolling_update: bool,
     /// Extra arguments for the agent, after `run --config FILE`
     #[arg(last = true)]
     agent_args: Vec<String>,
@@ -95,10 +112,13 @@ fn run(args: &Args) -> Result<()> {
     };
     let topo = Topology::two_arm_with(3, mode).context("build the topology")?;
     print_topology(&topo);
-    let _servers = start_servers(&topo)?;
+    let servers = start_servers(&topo)?;
 
     if args.no_agent {
         return direct_traffic(&topo, args);
+    }
+    if let Some(image) = &args.image {
+        return image::image_demo(topo, servers, args, image);
     }
     let mut agent = start_agent(&topo, args)?;
     let result = wait_for_vip(&topo, &mut agent, Duration::from_secs(args.wait))
@@ -111,8 +131,10 @@ fn run(args: &Args) -> Result<()> {
         Ok(st) => println!("== agent exited: {st} =="),
         Err(e) => println!("== agent: {e:#} =="),
     }
+    drop(agent);
+    drop(servers);
     result
-    // Drop order: agent, servers, topology (namespaces deleted last).
+    // Topology dropped last: namespaces deleted.
 }
 
 fn print_topology(topo: &Topology) {
@@ -185,8 +207,12 @@ fn agent_path(args: &Args) -> Result<PathBuf> {
 /// The config as given if it exists, else relative to the workspace root (so the demo works
 /// from any directory when run from target/release).
 fn config_path(args: &Args) -> Result<PathBuf> {
-    let given = &args.config;
-    let mut candidates = vec![given.clone()];
+    workspace_file(&args.config)
+}
+
+/// `given` if it exists, else relative to the workspace root.
+fn workspace_file(given: &Path) -> Result<PathBuf> {
+    let mut candidates = vec![given.to_path_buf()];
     if given.is_relative() {
         if let Some(root) = std::env::current_exe()?.ancestors().nth(3) {
             candidates.push(root.join(given));
@@ -198,10 +224,7 @@ fn config_path(args: &Args) -> Result<PathBuf> {
             return Ok(c.canonicalize()?);
         }
     }
-    bail!(
-        "config {} not found (tried {candidates:?})",
-        given.display()
-    )
+    bail!("{} not found (tried {candidates:?})", given.display())
 }
 
 fn start_agent(topo: &Topology, args: &Args) -> Result<NsChild> {
