@@ -11,7 +11,7 @@ use lb_common::{
     NatEntry, RateKey, ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey,
     reason::REASON_COUNT,
     service_slot::SERVICE_SLOTS as SERVICE_SLOTS_LEN,
-    sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
+    sock_lb::{MeshOrig, MeshPeerKey, SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
 };
 
 use crate::clock::ClockCache;
@@ -115,3 +115,14 @@ pub static SOCKLB_SETTINGS: Array<SockLbSettings> = Array::with_max_entries(1, 0
 /// Socket LB counters by `SockEvent`.
 #[map]
 pub static SOCK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_EVENT_COUNT, 0);
+
+/// Mesh steering: client socket cookie -> where its connect() was going (written by connect4/6
+/// for `mtls` services, moved to `MESH_ORIGDST` by `sock_ops` once the local port is known).
+#[map]
+pub static MESH_SOCK_ORIG: LruHashMap<u64, MeshOrig> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Mesh steering: client (address, port) -> original destination; the agent reads and
+/// deletes the entry when it accepts the steered connection.
+#[map]
+pub static MESH_ORIGDST: LruHashMap<MeshPeerKey, MeshOrig> =
+    LruHashMap::with_max_entries(16_384, 0);

@@ -185,6 +185,9 @@ pub struct L4Dataplane {
     started: bool,
     /// `[socket_lb] namespaces` as attached.
     socket_lb_scope: config::NetnsScope,
+    /// The mesh outbound listener `mtls` services are steered to (set by the agent's mesh
+    /// part before the first sync); `None`: no mesh.
+    mesh_outbound: Option<std::net::SocketAddrV4>,
 }
 
 impl L4Dataplane {
@@ -209,6 +212,7 @@ impl L4Dataplane {
             conntrack_scan: None,
             started: false,
             socket_lb_scope: config::NetnsScope::Host,
+            mesh_outbound: None,
         };
         // Inherited links count as attached, so `prepare` will not enable forwarding on their
         // interfaces: the data plane needs it (bpf_fib_lookup), whoever turned it off since.
@@ -289,6 +293,7 @@ impl L4Dataplane {
         let outcome = self.dp.attach_socket_lb(&SocketLbOptions {
             cgroup: cgroup.clone(),
             netns_cookie,
+            mesh_outbound: self.mesh_outbound,
         })?;
         self.socket_lb_scope = s.namespaces;
         match outcome {
