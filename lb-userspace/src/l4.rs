@@ -225,6 +225,17 @@ impl L4Dataplane {
         Ok(l4)
     }
 
+    /// Where the socket LB steers connects to `mtls` services (the mesh outbound listener);
+    /// takes effect at the next socket LB sync (the first one, if called before `apply`).
+    pub fn set_mesh_outbound(&mut self, outbound: Option<std::net::SocketAddrV4>) {
+        self.mesh_outbound = outbound;
+    }
+
+    /// A handle on the steered sockets' original destinations, for the mesh tunnel.
+    pub fn mesh_origdst(&self) -> Result<crate::dataplane::MeshOrigDst, L4Error> {
+        Ok(self.dp.mesh_origdst()?)
+    }
+
     /// How `iface` is to be attached (see [`attach_for`]).
     fn attach_for(&self, c: &Config, iface: &str) -> Attach {
         attach_for(self.opts.force_generic, c, iface)

@@ -54,6 +54,9 @@ pub struct Status {
     /// The gateway's circuit breakers, retry budgets and outlier ejections per upstream.
     #[serde(default)]
     pub upstream_guards: Vec<UpstreamGuard>,
+    /// The mesh tunnel (`[mesh]`), when enabled.
+    #[serde(default)]
+    pub mesh: Option<crate::mesh::tunnel::TunnelView>,
 }
 
 /// The socket LB: where it is attached and what it did.
@@ -309,14 +312,22 @@ pub struct StatusSource {
     control: ControlHandle,
     l4: L4Handle,
     gateway: Option<GatewayView>,
+    mesh: Option<crate::mesh::tunnel::MeshView>,
 }
 
 impl StatusSource {
+    /// Adds the mesh tunnel's counters and certificate expiries to the document.
+    pub fn with_mesh(mut self, mesh: crate::mesh::tunnel::MeshView) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
     pub fn new(control: ControlHandle, l4: L4Handle, gateway: Option<GatewayView>) -> Self {
         Self {
             control,
             l4,
             gateway,
+            mesh: None,
         }
     }
 
@@ -325,6 +336,7 @@ impl StatusSource {
         let control = self.control.view().await?;
         let l4 = self.l4.view().await?;
         let mut status = build(&control, &l4);
+        status.mesh = self.mesh.as_ref().map(|m| m.view());
         if let Some(g) = &self.gateway {
             status.routes = g.routes();
             status.upstream_errors = g
@@ -503,6 +515,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
         }),
         redis: None,
         upstream_guards: Vec::new(),
+        mesh: None,
         reasons: l4
             .reasons
             .iter()

@@ -49,7 +49,7 @@ pub struct TunnelCounters {
 }
 
 /// Everything counted, as plain values.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TunnelView {
     /// Per side (`outbound`, `inbound`): connections opened, open, streams opened, open.
     pub connections: Vec<SideView>,
@@ -64,11 +64,15 @@ pub struct TunnelView {
     pub authz: Vec<(String, String, bool, u64)>,
     /// Verified peer SPIFFE IDs seen inbound, with their stream counts.
     pub peers: Vec<(String, u64)>,
+    /// Certificate expiry per identity, seconds since the epoch (filled by the status
+    /// source from the identities).
+    #[serde(default)]
+    pub cert_expiry: Vec<(String, u64)>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SideView {
-    pub side: &'static str,
+    pub side: String,
     pub opened: u64,
     pub active: u64,
     pub streams: u64,
@@ -138,7 +142,7 @@ impl TunnelCounters {
         let side = |s: Side| {
             let p = self.side(s);
             SideView {
-                side: s.name(),
+                side: s.name().to_string(),
                 opened: p.opened.load(Relaxed),
                 active: p.active.load(Relaxed),
                 streams: p.streams.load(Relaxed),
@@ -172,6 +176,7 @@ impl TunnelCounters {
                 .map(|((p, r, a), n)| (p.clone(), r.clone(), *a, *n))
                 .collect(),
             peers: lock(&self.peers),
+            cert_expiry: Vec::new(),
         }
     }
 }
@@ -196,5 +201,26 @@ pub fn handshake_reason(e: &std::io::Error) -> String {
         TlsError::NoApplicationProtocol => "no_alpn".into(),
         TlsError::PeerIncompatible(_) => "incompatible".into(),
         _ => "tls".into(),
+    }
+}
+
+/// What `status` reads of the running tunnel: its counters and the identities' expiries.
+#[derive(Clone)]
+pub struct MeshView {
+    pub counters: std::sync::Arc<TunnelCounters>,
+    pub auth: std::sync::Arc<dyn super::MeshAuth>,
+}
+
+impl std::fmt::Debug for MeshView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshView").finish_non_exhaustive()
+    }
+}
+
+impl MeshView {
+    pub fn view(&self) -> TunnelView {
+        let mut v = self.counters.view();
+        v.cert_expiry = self.auth.expiry();
+        v
     }
 }

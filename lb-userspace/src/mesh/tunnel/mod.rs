@@ -10,7 +10,9 @@
 mod connect;
 mod inbound;
 mod metrics;
+mod orig_dst;
 mod outbound;
+mod part;
 mod pool;
 mod splice;
 
@@ -23,8 +25,10 @@ use std::{
 };
 
 pub use inbound::serve_inbound;
-pub use metrics::{TunnelCounters, TunnelView};
+pub use metrics::{MeshView, SideView, TunnelCounters, TunnelView};
+pub use orig_dst::{KernelOrigDst, SnapshotServices};
 pub use outbound::serve_outbound;
+pub use part::TunnelPart;
 
 /// Port the destination node's agent accepts tunnels on, by default (Istio's HBONE port).
 pub const DEFAULT_INBOUND_PORT: u16 = 15008;
@@ -52,6 +56,8 @@ pub trait MeshAuth: Send + Sync + 'static {
     fn authorize(&self, service: &str, port: u16, peer: &str) -> Verdict;
     /// This node's own identity (for log lines).
     fn node_id(&self) -> String;
+    /// Each current certificate's identity and expiry (seconds since the epoch).
+    fn expiry(&self) -> Vec<(String, u64)>;
 }
 
 /// Where a steered connection was going (from the socket LB's `MESH_ORIGDST`).

@@ -125,6 +125,9 @@ impl MeshAuth for TestAuth {
     fn node_id(&self) -> String {
         NODE_ID.into()
     }
+    fn expiry(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// Every steered client goes to `backend`, from cgroup `cgroup`.
@@ -239,7 +242,7 @@ async fn bytes_cross_the_tunnel_both_ways_on_one_pooled_connection() {
     assert_eq!(round_trip(&m, &big).await, big);
     let v = m.counters.view();
     let out = &v.connections[0];
-    assert_eq!((out.side, out.opened, out.streams), ("outbound", 1, 2));
+    assert_eq!((out.side.as_str(), out.opened, out.streams), ("outbound", 1, 2));
     assert_eq!(v.connections[1].streams, 2);
     assert_eq!(v.peers, vec![(CLIENT_ID.to_string(), 2)]);
     assert_eq!(v.authz, vec![(String::new(), "no_policy".into(), true, 2)]);
