@@ -23,6 +23,7 @@ mod doc;
 mod error;
 mod gateway;
 mod health;
+mod mesh;
 mod raw;
 mod resilience;
 mod services;
@@ -46,6 +47,11 @@ pub use gateway::{
     DEFAULT_TENANT_CLAIM, JWT_ALGORITHMS,
 };
 pub use health::read_ca_file;
+pub use mesh::{
+    CertSource, DEFAULT_CERT_DIR_POLL, DEFAULT_CERT_TTL, DEFAULT_MESH_LISTEN,
+    DEFAULT_MESH_OUTBOUND, DEFAULT_ROTATE_AT_PERCENT, DEFAULT_TRUST_DOMAIN, MeshConfig, Policy,
+    PolicyAction, PolicySource, TrustBundle, Workload, WorkloadName, is_name, is_trust_domain,
+};
 pub use resilience::{
     BreakerLimits, FaultPolicy, OutlierPolicy, ResilienceSettings, RetryBudget, RetryPolicy,
     RouteResilience, UpstreamOverride, UpstreamPolicy,
@@ -124,6 +130,8 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// `[socket_lb]`: socket-level load balancing for processes on this node.
     pub socket_lb: SocketLbSettings,
+    /// `[mesh]`: workload identities, mTLS between nodes, L4 authorization.
+    pub mesh: MeshConfig,
 }
 
 impl Config {
@@ -425,6 +433,9 @@ pub struct Service {
     /// address alone, so one client's flows share a backend while the backends stay the
     /// same (the data plane's `SVC_FLAG_SRC_HASH`).
     pub client_affinity: bool,
+    /// `mtls = true`: local connects to it are carried to the backend's node over the mesh's
+    /// mTLS tunnel (needs `[socket_lb]` and `[mesh]` enabled).
+    pub mtls: bool,
     /// `mode = "http"`: its TLS certificates and routes (`None` otherwise).
     pub http: Option<HttpService>,
     /// A prime in `MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE`; the global one unless overridden.

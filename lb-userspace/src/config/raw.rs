@@ -15,6 +15,8 @@ pub(super) struct RawConfig {
     pub gateway: super::GatewaySettings,
     /// `[socket_lb]`, read and judged at once.
     pub socket_lb: super::SocketLbSettings,
+    /// `[mesh]`, read and judged at once.
+    pub mesh: super::mesh::RawMesh,
     pub admin: Option<RawAdmin>,
     pub registry: Option<RawRegistry>,
     pub sources: Vec<RawSource>,
@@ -63,6 +65,7 @@ pub(super) struct RawService {
     pub protocol: Option<Sp<String>>,
     pub mode: Option<Sp<String>>,
     pub scope: Option<Sp<String>>,
+    pub mtls: Option<Sp<bool>>,
     pub session_affinity: Option<Sp<String>>,
     pub maglev_table_size: Option<Sp<i64>>,
     pub rate_limit: Option<RawRateLimit>,
@@ -185,6 +188,7 @@ pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
             "auth",
             "gateway",
             "socket_lb",
+            "mesh",
         ],
         d,
     );
@@ -221,6 +225,7 @@ pub(super) fn read(root: &Table, d: &mut Diag) -> RawConfig {
         auth: super::gateway::auth(root, d),
         gateway: super::gateway::settings(root, d),
         socket_lb: super::socket_lb::settings(root, d),
+        mesh: super::mesh::settings(root, d),
         admin,
         registry,
         sources,
@@ -343,6 +348,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
             "protocol",
             "mode",
             "scope",
+            "mtls",
             "session_affinity",
             "maglev_table_size",
             "rate_limit",
@@ -385,6 +391,7 @@ fn service(index: usize, t: &Table, d: &mut Diag) -> RawService {
         protocol: string(t, "protocol", d),
         mode: string(t, "mode", d),
         scope: string(t, "scope", d),
+        mtls: t.get("mtls").and_then(|n| n.bool(d)),
         session_affinity: string(t, "session_affinity", d),
         maglev_table_size: int(t, "maglev_table_size", d),
         rate_limit: rate_limit(t, d),

@@ -206,6 +206,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             mode: mode?,
             scope: scope?,
             client_affinity: client_affinity?,
+            mtls: raw.mtls.as_ref().is_some_and(|m| m.val),
             http,
             maglev_table_size: maglev_table_size?,
             rate_limit,

@@ -49,6 +49,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
     );
     super::resilience::check_upstreams(&raw.gateway.resilience, &services, d);
     socket_lb::check_scopes(&raw.services, &services, &raw.socket_lb, d);
+    super::mesh::check_services(&raw.services, &services, &raw.socket_lb, &raw.mesh, d);
     let admin = control::admin(raw.admin.as_ref(), d);
     let registry = control::registry(raw.registry.as_ref(), d);
     let sources = sources::sources(&raw.sources, &service_names, &global.interfaces, d);
@@ -61,6 +62,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         auth: raw.auth.iter().filter_map(|a| a.provider.clone()).collect(),
         gateway: raw.gateway.clone(),
         socket_lb: raw.socket_lb.clone(),
+        mesh: raw.mesh.settings.clone(),
     }
 }
 

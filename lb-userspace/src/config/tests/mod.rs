@@ -6,6 +6,7 @@ mod control;
 mod errors;
 mod gateway;
 mod health;
+mod mesh;
 mod redis;
 mod resilience;
 mod socket_lb;

@@ -83,6 +83,7 @@ backend = [
         auth: Vec::new(),
         gateway: Default::default(),
         socket_lb: Default::default(),
+        mesh: Default::default(),
         services: vec![
             Service {
                 name: "web".into(),
@@ -91,6 +92,7 @@ backend = [
                 mode: Mode::Nat,
                 scope: Default::default(),
                 client_affinity: false,
+                mtls: false,
                 http: None,
                 maglev_table_size: 251,
                 rate_limit: RateLimit {
@@ -118,6 +120,7 @@ backend = [
                 mode: Mode::Nat,
                 scope: Default::default(),
                 client_affinity: false,
+                mtls: false,
                 http: None,
                 maglev_table_size: 65537,
                 rate_limit: RateLimit {

@@ -354,6 +354,8 @@ fn service(
         mode,
         scope,
         client_affinity,
+        // Kubernetes services join the mesh through the config file only (for now).
+        mtls: false,
         http,
         maglev_table_size: lb_common::DEFAULT_MAGLEV_SIZE,
         rate_limit: RateLimit::UNLIMITED,
