@@ -7,6 +7,7 @@
 //! destinations through [`OrigDstSource`] and the local `mtls` services through
 //! [`LocalServices`]: each side is testable alone.
 
+mod auth;
 mod connect;
 mod inbound;
 mod metrics;
@@ -24,6 +25,7 @@ use std::{
     sync::Arc,
 };
 
+pub use auth::IdentityAuth;
 pub use inbound::serve_inbound;
 pub use metrics::{MeshView, SideView, TunnelCounters, TunnelView};
 pub use orig_dst::{KernelOrigDst, SnapshotServices};

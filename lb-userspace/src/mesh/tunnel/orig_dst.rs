@@ -3,7 +3,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use lb_common::{Addr, FAMILY_V4, sock_lb::MeshOrig};
@@ -52,12 +52,12 @@ impl OrigDstSource for KernelOrigDst {
 /// The `mtls` services of the newest snapshot; `is_mtls` says which services are (from the
 /// config the snapshot carries).
 pub struct SnapshotServices {
-    rx: watch::Receiver<Snapshot>,
+    rx: watch::Receiver<Arc<Snapshot>>,
     is_mtls: fn(&Config, &str) -> bool,
 }
 
 impl SnapshotServices {
-    pub fn new(rx: watch::Receiver<Snapshot>, is_mtls: fn(&Config, &str) -> bool) -> Self {
+    pub fn new(rx: watch::Receiver<Arc<Snapshot>>, is_mtls: fn(&Config, &str) -> bool) -> Self {
         Self { rx, is_mtls }
     }
 }
