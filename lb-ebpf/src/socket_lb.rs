@@ -201,7 +201,11 @@ pub fn mesh_connected(ctx: &SockOpsContext) -> u32 {
     let Some(orig) = (unsafe { MESH_SOCK_ORIG.get(&cookie) }).copied() else {
         return 1;
     };
-    let key = MeshPeerKey::new(Addr::v4(ctx.local_ip4()), ctx.local_port() as u16, FAMILY_V4);
+    let key = MeshPeerKey::new(
+        Addr::v4(ctx.local_ip4()),
+        ctx.local_port() as u16,
+        FAMILY_V4,
+    );
     let _ = MESH_ORIGDST.insert(&key, &orig, 0);
     let _ = MESH_SOCK_ORIG.remove(&cookie);
     1

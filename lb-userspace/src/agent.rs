@@ -37,10 +37,9 @@ use crate::{
     control::{ControlHandle, ControlPlane},
     l4::{L4Dataplane, L4Error, L4Handle, L4Options},
     mesh::{
-        identity::{Authorizer, IdentityError, Identities},
+        identity::{Authorizer, Identities, IdentityError},
         tunnel::{
-            IdentityAuth, KernelOrigDst, SnapshotServices, TunnelError, TunnelPart,
-            TunnelSettings,
+            IdentityAuth, KernelOrigDst, SnapshotServices, TunnelError, TunnelPart, TunnelSettings,
         },
     },
     proxy::{
@@ -161,7 +160,10 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     let mesh_stop = CancellationToken::new();
     let mesh = if config.mesh.enabled {
         let ids = Identities::start(&config.mesh).await?;
-        let auth = Arc::new(IdentityAuth::new(ids, Authorizer::new(&config.mesh.policies)));
+        let auth = Arc::new(IdentityAuth::new(
+            ids,
+            Authorizer::new(&config.mesh.policies),
+        ));
         let origdst = Arc::new(KernelOrigDst::new(l4.mesh_origdst()?));
         let services = Arc::new(SnapshotServices::new(snapshots.clone(), |c, name| {
             c.services.iter().any(|s| s.name == name && s.mtls)

@@ -86,15 +86,29 @@ fn mesh(reg: &mut Registry, m: &crate::mesh::tunnel::TunnelView) {
         "lb_mesh_connections_total",
         "Mesh tunnel TLS+HTTP/2 connections opened, by side (outbound to peer nodes, inbound)",
     );
-    let active = gauges(reg, "lb_mesh_connections_active", "Mesh tunnel connections open now, by side");
-    let streams = counters(reg, "lb_mesh_streams_total", "Mesh CONNECT streams opened, by side");
-    let streams_active = gauges(reg, "lb_mesh_streams_active", "Mesh CONNECT streams open now, by side");
+    let active = gauges(
+        reg,
+        "lb_mesh_connections_active",
+        "Mesh tunnel connections open now, by side",
+    );
+    let streams = counters(
+        reg,
+        "lb_mesh_streams_total",
+        "Mesh CONNECT streams opened, by side",
+    );
+    let streams_active = gauges(
+        reg,
+        "lb_mesh_streams_active",
+        "Mesh CONNECT streams open now, by side",
+    );
     for c in &m.connections {
         let l = vec![("side", c.side.clone())];
         opened.get_or_create(&l).set(c.opened);
         active.get_or_create(&l).set(gauge_i64(c.active));
         streams.get_or_create(&l).set(c.streams);
-        streams_active.get_or_create(&l).set(gauge_i64(c.streams_active));
+        streams_active
+            .get_or_create(&l)
+            .set(gauge_i64(c.streams_active));
     }
     let bytes = counters(
         reg,
@@ -122,7 +136,9 @@ fn mesh(reg: &mut Registry, m: &crate::mesh::tunnel::TunnelView) {
         "Mesh connections or CONNECTs refused before authorization, by reason",
     );
     for (reason, n) in &m.refused {
-        refused.get_or_create(&vec![("reason", reason.clone())]).set(*n);
+        refused
+            .get_or_create(&vec![("reason", reason.clone())])
+            .set(*n);
     }
     let authz = counters(
         reg,
@@ -153,7 +169,9 @@ fn mesh(reg: &mut Registry, m: &crate::mesh::tunnel::TunnelView) {
         "Expiry of each identity's current certificate, seconds since the epoch",
     );
     for (id, t) in &m.cert_expiry {
-        expiry.get_or_create(&vec![("identity", id.clone())]).set(gauge_i64(*t));
+        expiry
+            .get_or_create(&vec![("identity", id.clone())])
+            .set(gauge_i64(*t));
     }
 }
 

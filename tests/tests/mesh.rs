@@ -115,14 +115,17 @@ impl MeshLab {
         // Node B: no XDP, the service (to know its local mtls backends) and the mesh.
         let b_config = lb_tests::lab::ConfigFile::new();
         b_config.write(&format!(
-            "[global]\n{}{}{}",
+            "[global]\ninterfaces = [\"eth0\"]\n{}{}{}",
             service(&b_ip),
             socket_lb(cg_b.path()),
             mesh(&ca, None, b_policy)
         ));
         let b_agent = topo.backends[0]
             .ns
-            .spawn(lb_binary(), ["run", "--config", b_config.0.to_str().unwrap()])
+            .spawn(
+                lb_binary(),
+                ["run", "--config", b_config.0.to_str().unwrap()],
+            )
             .expect("start node B's agent");
         wait_for_log(&b_agent, "mesh tunnel running");
 
@@ -215,16 +218,28 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
     let mut m = MeshLab::start("");
     let b = &m.lab.topo.backends[0];
-    let cap = b.ns.enter(|| PacketSocket::capture("eth0")).expect("capture");
+    let cap =
+        b.ns.enter(|| PacketSocket::capture("eth0"))
+            .expect("capture");
 
     let got = m.call();
-    assert!(got.contains(std::str::from_utf8(SECRET).unwrap()), "echo: {got:?}\nA:\n{}\nB:\n{}", m.lab.agent.output(), m.b_agent.output());
-    assert!(got.starts_with(&b.name), "the backend's name first: {got:?}");
+    assert!(
+        got.contains(std::str::from_utf8(SECRET).unwrap()),
+        "echo: {got:?}\nA:\n{}\nB:\n{}",
+        m.lab.agent.output(),
+        m.b_agent.output()
+    );
+    assert!(
+        got.starts_with(&b.name),
+        "the backend's name first: {got:?}"
+    );
 
     let frames = cap.drain(Duration::from_millis(300), Duration::from_secs(5), 10_000);
     assert!(!frames.is_empty());
     assert!(
-        frames.iter().all(|f| !contains(f, &SECRET[..SECRET.len() - 1])),
+        frames
+            .iter()
+            .all(|f| !contains(f, &SECRET[..SECRET.len() - 1])),
         "plaintext seen on the wire between the nodes"
     );
     // TLS application data records (type 23, version 3.3) went by, on port 15008.
@@ -246,9 +261,17 @@ fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
     );
     let a = m.lab.wait_for_status();
     assert_eq!(a["mesh"]["connections"][0]["side"], "outbound");
-    assert!(a["mesh"]["connections"][0]["opened"].as_u64() >= Some(1), "{}", a["mesh"]);
     assert!(
-        a["mesh"]["cert_expiry"].as_array().unwrap().iter().any(|e| e[0] == CLIENT_ID),
+        a["mesh"]["connections"][0]["opened"].as_u64() >= Some(1),
+        "{}",
+        a["mesh"]
+    );
+    assert!(
+        a["mesh"]["cert_expiry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[0] == CLIENT_ID),
         "{}",
         a["mesh"]
     );
@@ -286,9 +309,14 @@ fn a_deny_policy_on_the_server_node_refuses_and_counts() {
     let mut last = serde_json::Value::Null;
     eventually("the denial is counted on node B", || {
         last = m.b_status()["mesh"]["authz"].clone();
-        last.as_array()
-            .is_some_and(|a| a.iter().any(|d| d[0] == "no-app" && d[2] == false && d[3] == 1))
+        last.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|d| d[0] == "no-app" && d[2] == false && d[3] == 1)
+        })
     });
     wait_for_log(&m.b_agent, "mesh: connection denied by policy");
-    assert!(m.b_agent.output().contains(CLIENT_ID), "the log names the peer");
+    assert!(
+        m.b_agent.output().contains(CLIENT_ID),
+        "the log names the peer"
+    );
 }

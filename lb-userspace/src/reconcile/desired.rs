@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_MTLS, SVC_FLAG_NAT, SVC_FLAG_PASS, SVC_FLAG_SRC_HASH,
-    ServiceKey, ServiceValue,
+    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_MTLS, SVC_FLAG_NAT, SVC_FLAG_PASS,
+    SVC_FLAG_SRC_HASH, ServiceKey, ServiceValue,
     addr::family_of,
     maglev::{MaglevBackend, build_table},
 };

@@ -3,8 +3,8 @@
 
 use std::{sync::Arc, time::UNIX_EPOCH};
 
-use super::{MeshAuth, Verdict};
 use super::super::identity::{Authorizer, Identities, SpiffeId};
+use super::{MeshAuth, Verdict};
 
 pub struct IdentityAuth {
     ids: Arc<Identities>,

@@ -62,8 +62,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, stop: Cance
     let Ok(local) = tcp.local_addr() else { return };
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.auth.server_config());
-    let tls = match tokio::time::timeout(ctx.settings.connect_timeout, acceptor.accept(tcp)).await
-    {
+    let tls = match tokio::time::timeout(ctx.settings.connect_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = handshake_reason(&e);
@@ -164,7 +163,13 @@ async fn handle(
     tokio::spawn(async move {
         let Ok(up) = upgrade.await else { return };
         let _open = ctx.counters.stream(Side::Inbound);
-        splice(TokioIo::new(up), backend, ctx.settings.buffer, &ctx.counters).await;
+        splice(
+            TokioIo::new(up),
+            backend,
+            ctx.settings.buffer,
+            &ctx.counters,
+        )
+        .await;
     });
     status(StatusCode::OK)
 }

@@ -80,7 +80,10 @@ pub struct SideView {
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
-    *m.lock().unwrap_or_else(|e| e.into_inner()).entry(k).or_default() += 1;
+    *m.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(k)
+        .or_default() += 1;
 }
 
 /// Decrements its counter when dropped (an open connection or stream).
@@ -130,7 +133,11 @@ impl TunnelCounters {
     pub fn decided(&self, policy: Option<&str>, reason: &str, allowed: bool) {
         bump(
             &self.authz,
-            (policy.unwrap_or("").to_string(), reason.to_string(), allowed),
+            (
+                policy.unwrap_or("").to_string(),
+                reason.to_string(),
+                allowed,
+            ),
         );
     }
 

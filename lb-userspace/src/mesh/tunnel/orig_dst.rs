@@ -73,6 +73,11 @@ impl LocalServices for SnapshotServices {
                     .iter()
                     .any(|b| b.key.addr == backend.ip() && b.key.port == backend.port())
             })
-            .map(|s| (s.name.clone(), s.frontend.map_or(backend.port(), |f| f.port())))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.frontend.map_or(backend.port(), |f| f.port()),
+                )
+            })
     }
 }

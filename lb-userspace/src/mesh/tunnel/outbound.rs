@@ -89,7 +89,13 @@ async fn one(
     let mut stream = None;
     for attempt in 0..2 {
         let mut send = pool
-            .get(&source, node, tls.clone(), settings.connect_timeout, counters)
+            .get(
+                &source,
+                node,
+                tls.clone(),
+                settings.connect_timeout,
+                counters,
+            )
             .await?;
         match connect_stream(&mut send, node, orig.backend).await {
             Ok(s) => {

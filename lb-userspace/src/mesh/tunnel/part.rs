@@ -6,8 +6,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    LocalServices, MeshAuth, OrigDstSource, TunnelError, TunnelSettings, metrics::MeshView,
-    serve_inbound, serve_outbound, TunnelCounters,
+    LocalServices, MeshAuth, OrigDstSource, TunnelCounters, TunnelError, TunnelSettings,
+    metrics::MeshView, serve_inbound, serve_outbound,
 };
 
 /// The running tunnel.

@@ -11,7 +11,8 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, buffer, buffer).await;
+    let r =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, buffer, buffer).await;
     if let Ok((up, down)) = r {
         counters.bytes(up, down);
     }

@@ -76,9 +76,10 @@ struct TestAuth {
 impl TestAuth {
     fn new(ca: &Ca) -> Self {
         let (scert, skey) = leaf(ca, NODE_ID);
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca), provider())
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca), provider())
+                .build()
+                .unwrap();
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -242,7 +243,10 @@ async fn bytes_cross_the_tunnel_both_ways_on_one_pooled_connection() {
     assert_eq!(round_trip(&m, &big).await, big);
     let v = m.counters.view();
     let out = &v.connections[0];
-    assert_eq!((out.side.as_str(), out.opened, out.streams), ("outbound", 1, 2));
+    assert_eq!(
+        (out.side.as_str(), out.opened, out.streams),
+        ("outbound", 1, 2)
+    );
     assert_eq!(v.connections[1].streams, 2);
     assert_eq!(v.peers, vec![(CLIENT_ID.to_string(), 2)]);
     assert_eq!(v.authz, vec![(String::new(), "no_policy".into(), true, 2)]);
@@ -285,9 +289,10 @@ async fn ask(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)
@@ -304,7 +309,13 @@ async fn inbound_accepts_only_connect_to_local_mtls_backends() {
     let backend = echo().await;
     let m = mesh(&ca, backend, 7).await;
     let tls = m.auth.clients[&7].1.clone();
-    let get = ask(m.inbound, tls.clone(), Method::GET, &format!("http://{backend}/")).await;
+    let get = ask(
+        m.inbound,
+        tls.clone(),
+        Method::GET,
+        &format!("http://{backend}/"),
+    )
+    .await;
     assert_eq!(get, Ok(StatusCode::METHOD_NOT_ALLOWED));
     // Not a backend of an mtls service here: no open relay.
     let other = ask(m.inbound, tls.clone(), Method::CONNECT, "127.0.0.1:1").await;
