@@ -62,9 +62,67 @@ pub struct SockLbSettings {
     /// Non-zero: translate. Zero (also before the agent wrote anything): leave every socket
     /// alone.
     pub enabled: u32,
-    pub _pad: u32,
+    /// Port of the mesh outbound listener, network byte order; 0: no mesh (`mtls` services
+    /// are translated like any other).
+    pub mesh_port: u16,
+    pub _pad: u16,
+    /// Address of the mesh outbound listener (IPv4, wire order).
+    pub mesh_ip4: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockLbSettings>() == 16);
+const _: () = assert!(core::mem::size_of::<SockLbSettings>() == 24);
+
+/// Where a connect() steered to the mesh outbound listener was going: value of
+/// `MESH_SOCK_ORIG` (keyed by the client socket's cookie, written by connect4) and of
+/// `MESH_ORIGDST` (keyed by the client's address and port, copied there by the sock_ops
+/// program once the local port is bound; the agent reads and deletes it on accept).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshOrig {
+    /// Service address the application asked for, wire order.
+    pub vip: Addr,
+    /// Backend the socket LB picked (same Maglev table as unsteered sockets), wire order.
+    pub backend: Addr,
+    /// Service port, network byte order.
+    pub vip_port: u16,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// The service's id.
+    pub service_id: u32,
+    pub _pad2: u32,
+    /// The client's cgroup v2 id (`bpf_get_current_cgroup_id`): its identity.
+    pub cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<MeshOrig>() == 56);
+
+/// Key of `MESH_ORIGDST`: the steered client socket's own address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MeshPeerKey {
+    /// Client address, wire order.
+    pub addr: Addr,
+    /// Client port, host byte order.
+    pub port: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<MeshPeerKey>() == 24);
+
+impl MeshPeerKey {
+    #[inline(always)]
+    pub fn new(addr: Addr, port: u16, family: u8) -> Self {
+        // SAFETY: plain integers: all-zero is a valid value (padding is hashed).
+        let mut k: Self = unsafe { core::mem::zeroed() };
+        k.addr = addr;
+        k.port = port;
+        k.family = family;
+        k
+    }
+}
 
 /// What the socket LB did (index of the `SOCK_EVENTS` per-CPU counters).
 #[repr(u32)]
@@ -84,10 +142,14 @@ pub enum SockEvent {
     ReverseFailed = 4,
     /// A socket of another network namespace left alone (`namespaces = "host"`).
     OtherNetns = 5,
+    /// A connect() to an `mtls` service steered to the mesh outbound listener.
+    MeshSteer = 6,
+    /// A steered socket's original destination could not be recorded: refused.
+    MeshFailed = 7,
 }
 
 /// Number of `SockEvent`s (size of `SOCK_EVENTS`).
-pub const SOCK_EVENT_COUNT: u32 = 6;
+pub const SOCK_EVENT_COUNT: u32 = 8;
 
 impl SockEvent {
     pub const ALL: [SockEvent; SOCK_EVENT_COUNT as usize] = [
@@ -97,6 +159,8 @@ impl SockEvent {
         SockEvent::Reverse,
         SockEvent::ReverseFailed,
         SockEvent::OtherNetns,
+        SockEvent::MeshSteer,
+        SockEvent::MeshFailed,
     ];
 
     /// Label value in metrics and `lb status`.
@@ -108,6 +172,8 @@ impl SockEvent {
             SockEvent::Reverse => "reverse",
             SockEvent::ReverseFailed => "reverse_failed",
             SockEvent::OtherNetns => "other_netns",
+            SockEvent::MeshSteer => "mesh_steer",
+            SockEvent::MeshFailed => "mesh_failed",
         }
     }
 }
@@ -132,6 +198,8 @@ mod pod {
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for SockRevValue {}
     unsafe impl aya::Pod for SockLbSettings {}
+    unsafe impl aya::Pod for MeshOrig {}
+    unsafe impl aya::Pod for MeshPeerKey {}
 }
 
 // Every field, in order: no hidden padding anywhere.
@@ -151,6 +219,26 @@ crate::packed_fields!(SockRevValue {
 crate::packed_fields!(SockLbSettings {
     netns_cookie,
     enabled,
+    mesh_port,
+    _pad,
+    mesh_ip4,
+    _pad2
+});
+crate::packed_fields!(MeshOrig {
+    vip,
+    backend,
+    vip_port,
+    backend_port,
+    family,
+    _pad,
+    service_id,
+    _pad2,
+    cgroup_id
+});
+crate::packed_fields!(MeshPeerKey {
+    addr,
+    port,
+    family,
     _pad
 });
 

@@ -29,6 +29,10 @@ pub const SVC_FLAG_CLUSTER: u32 = 4;
 /// every flow of one client goes to the same backend while the table holds (client-IP
 /// session affinity, as Kubernetes' `sessionAffinity: ClientIP`).
 pub const SVC_FLAG_SRC_HASH: u32 = 8;
+/// The service is `mtls = true`: the socket LB steers a local connect() to the agent's mesh
+/// outbound listener (`SockLbSettings::mesh_*`), keeping the original destination in
+/// `MESH_SOCK_ORIG` (see `sock_lb::MeshOrig`).
+pub const SVC_FLAG_MTLS: u32 = 16;
 
 /// An IPv4 or IPv6 address in wire order. IPv4 uses `words[0]`; the other words are zero.
 #[repr(C)]

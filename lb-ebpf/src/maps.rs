@@ -11,7 +11,7 @@ use lb_common::{
     NatEntry, RateKey, ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey,
     reason::REASON_COUNT,
     service_slot::SERVICE_SLOTS as SERVICE_SLOTS_LEN,
-    sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
+    sock_lb::{MeshOrig, MeshPeerKey, SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
     syn_guard::{SynRate, SynSecret},
 };
 
@@ -141,3 +141,14 @@ pub static SYN_SECRET: Array<SynSecret> = Array::with_max_entries(1, 0);
 /// flood of real sources cannot fill it for good.
 #[map]
 pub static SYN_VERIFIED: LruHashMap<VipAddrKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Mesh steering: client socket cookie -> where its connect() was going (written by connect4/6
+/// for `mtls` services, moved to `MESH_ORIGDST` by `sock_ops` once the local port is known).
+#[map]
+pub static MESH_SOCK_ORIG: LruHashMap<u64, MeshOrig> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Mesh steering: client (address, port) -> original destination; the agent reads and
+/// deletes the entry when it accepts the steered connection.
+#[map]
+pub static MESH_ORIGDST: LruHashMap<MeshPeerKey, MeshOrig> =
+    LruHashMap::with_max_entries(16_384, 0);

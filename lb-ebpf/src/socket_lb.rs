@@ -12,17 +12,20 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_sock, bpf_sock_addr},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    programs::{SockAddrContext, SockContext},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval,
+    },
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use lb_common::{
-    Addr, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SVC_FLAG_PASS, ServiceKey,
+    Addr, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SVC_FLAG_MTLS, SVC_FLAG_PASS, ServiceKey,
     hash::MAGLEV_SEED,
-    sock_lb::{SockEvent, SockRevKey, SockRevValue, slot_for_socket},
+    sock_lb::{MeshOrig, MeshPeerKey, SockEvent, SockRevKey, SockRevValue, slot_for_socket},
 };
 
 use crate::maps::{
-    BACKEND_STATS, SERVICE_STATS, SERVICES, SOCK_EVENTS, SOCK_REVERSE, SOCKLB_SETTINGS,
+    BACKEND_STATS, MESH_ORIGDST, MESH_SOCK_ORIG, SERVICE_STATS, SERVICES, SOCK_EVENTS,
+    SOCK_REVERSE, SOCKLB_SETTINGS,
 };
 
 const ALLOW: i32 = 1;
@@ -145,8 +148,43 @@ pub fn to_backend(ctx: &SockAddrContext, family: u8, event: SockEvent) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REFUSE;
     };
-    set_user_addr(sa, family, &remap(backend.addr, mapped), backend.port);
-    let rev = SockRevKey::new(cookie, backend.addr, backend.port, map_family);
+    // An mTLS service's TCP connect goes to the mesh outbound listener instead; the agent
+    // learns the service, the backend and the client's cgroup from MESH_SOCK_ORIG.
+    let (to, to_port) = match mesh_target(&svc, proto, family) {
+        // An mTLS service that cannot be steered (IPv6, UDP, a dual-stack socket, or the
+        // mesh is off) is refused rather than reached in plaintext.
+        Err(()) => {
+            count(SockEvent::MeshFailed);
+            // SAFETY: sets this call's error; valid in cgroup programs.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            return REFUSE;
+        }
+        Ok(Some((ip4, port_be))) => {
+            let orig = MeshOrig {
+                vip: addr,
+                backend: backend.addr,
+                vip_port: port,
+                backend_port: backend.port,
+                family: map_family,
+                _pad: [0; 3],
+                service_id: svc.id,
+                _pad2: 0,
+                // SAFETY: no arguments; valid in cgroup programs.
+                cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            };
+            if MESH_SOCK_ORIG.insert(&cookie, &orig, 0).is_err() {
+                count(SockEvent::MeshFailed);
+                // SAFETY: sets this call's error; valid in cgroup programs.
+                unsafe { bpf_set_retval(-ECONNREFUSED) };
+                return REFUSE;
+            }
+            count(SockEvent::MeshSteer);
+            (Addr::v4(ip4), port_be)
+        }
+        Ok(None) => (backend.addr, backend.port),
+    };
+    set_user_addr(sa, family, &remap(to, mapped), to_port);
+    let rev = SockRevKey::new(cookie, to, to_port, map_family);
     // A socket sending many datagrams to one service writes its entry once.
     // SAFETY: only checked for presence.
     if unsafe { SOCK_REVERSE.get(&rev) }.is_none() {
@@ -165,6 +203,52 @@ pub fn to_backend(ctx: &SockAddrContext, family: u8, event: SockEvent) -> i32 {
     }
     count(event);
     ALLOW
+}
+
+/// The mesh outbound listener (IPv4 address, port; wire order) if `svc` is steered there
+/// (an `mtls` service: TCP from an IPv4 socket, with the mesh on); `Ok(None)` for other
+/// services; `Err` for an `mtls` service this connect cannot be steered for.
+#[inline(always)]
+fn mesh_target(
+    svc: &lb_common::ServiceValue,
+    proto: u8,
+    family: u8,
+) -> Result<Option<(u32, u16)>, ()> {
+    if svc.flags & SVC_FLAG_MTLS == 0 {
+        return Ok(None);
+    }
+    if proto != PROTO_TCP || family != FAMILY_V4 {
+        return Err(());
+    }
+    match SOCKLB_SETTINGS.get(0) {
+        Some(s) if s.mesh_port != 0 => Ok(Some((s.mesh_ip4, s.mesh_port))),
+        _ => Err(()),
+    }
+}
+
+/// sock_ops at `BPF_SOCK_OPS_TCP_CONNECT_CB` (the local port is bound by then): a socket
+/// steered to the mesh gets its original destination re-keyed by its own address and port,
+/// which is what the agent sees as the accepted connection's peer.
+#[inline(always)]
+pub fn mesh_connected(ctx: &SockOpsContext) -> u32 {
+    const TCP_CONNECT_CB: u32 = 3;
+    if ctx.op() != TCP_CONNECT_CB || ctx.family() != 2 {
+        return 1;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let Some(orig) = (unsafe { MESH_SOCK_ORIG.get(&cookie) }).copied() else {
+        return 1;
+    };
+    let key = MeshPeerKey::new(
+        Addr::v4(ctx.local_ip4()),
+        ctx.local_port() as u16,
+        FAMILY_V4,
+    );
+    let _ = MESH_ORIGDST.insert(&key, &orig, 0);
+    let _ = MESH_SOCK_ORIG.remove(&cookie);
+    1
 }
 
 /// The backend for a socket of `svc`: the Maglev slot its cookie hashes to.

@@ -36,6 +36,12 @@ use crate::{
     config::{self, Config, ConfigErrors},
     control::{ControlHandle, ControlPlane},
     l4::{L4Dataplane, L4Error, L4Handle, L4Options},
+    mesh::{
+        identity::{Authorizer, Identities, IdentityError},
+        tunnel::{
+            IdentityAuth, KernelOrigDst, SnapshotServices, TunnelError, TunnelPart, TunnelSettings,
+        },
+    },
     proxy::{
         GatewayError, GatewayPart,
         listen::{ListenError, Listeners},
@@ -61,6 +67,12 @@ pub enum AgentError {
     Gateway(#[from] ListenError),
     #[error(transparent)]
     GatewayStart(#[from] GatewayError),
+    #[error("mesh identities: {0}")]
+    MeshIdentity(#[from] IdentityError),
+    #[error("mesh tunnel: {0}")]
+    MeshTunnel(#[from] TunnelError),
+    #[error("mesh: `outbound` must be an IPv4 address (the socket LB steers IPv4 connects)")]
+    MeshOutbound,
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     /// A part's task ended before it was told to stop (it panicked): the agent exits rather
@@ -115,6 +127,15 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
         ControlPlane::start(config.clone(), source_tx, source_rx, &control_stop);
     control.first_reports().await;
 
+    // The mesh: its outbound address goes into the socket LB's settings before the socket
+    // LB first attaches (in `take_over_links`).
+    let mesh_outbound = match (config.mesh.enabled, config.mesh.outbound) {
+        (false, _) => None,
+        (true, std::net::SocketAddr::V4(a)) => Some(a),
+        (true, _) => return Err(AgentError::MeshOutbound),
+    };
+    l4.set_mesh_outbound(mesh_outbound);
+
     // Generation 1: interfaces, then the snapshot into the maps, then the links taken over.
     l4.prepare(&config)?;
     let first = control.set_config(config.clone());
@@ -134,13 +155,42 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     let gateway = GatewayPart::start(&config, listeners, snapshots.clone(), gateway_stop.clone())
         .map_err(AgentError::GatewayStart)?;
 
+    // The mesh tunnel (`[mesh] enabled`): identities first (certificates issued or read),
+    // then both listeners.
+    let mesh_stop = CancellationToken::new();
+    let mesh = if config.mesh.enabled {
+        let ids = Identities::start(&config.mesh).await?;
+        let auth = Arc::new(IdentityAuth::new(
+            ids,
+            Authorizer::new(&config.mesh.policies),
+        ));
+        let origdst = Arc::new(KernelOrigDst::new(l4.mesh_origdst()?));
+        let services = Arc::new(SnapshotServices::new(snapshots.clone(), |c, name| {
+            c.services.iter().any(|s| s.name == name && s.mtls)
+        }));
+        let part = TunnelPart::start(
+            config.mesh.listen,
+            config.mesh.outbound,
+            auth,
+            origdst,
+            services,
+            TunnelSettings::default(),
+            mesh_stop.clone(),
+        )
+        .await?;
+        info!(listen = %config.mesh.listen, outbound = %config.mesh.outbound, "mesh tunnel running");
+        Some(part)
+    } else {
+        None
+    };
+
     let (control_handle, control_requests) = ControlPlane::channel();
     let mut control_task = tokio::spawn(control.run(control_requests, control_stop.clone()));
     let l4_stop = CancellationToken::new();
     let (l4_handle, l4_requests) = L4Dataplane::channel();
     let mut l4_task = tokio::spawn(l4.run(snapshots, l4_requests, l4_stop.clone()));
 
-    let status = StatusSource::new(
+    let mut status = StatusSource::new(
         control_handle.clone(),
         l4_handle.clone(),
         Some(GatewayView {
@@ -148,6 +198,9 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
             state: gateway.state.clone(),
         }),
     );
+    if let Some(m) = &mesh {
+        status = status.with_mesh(m.view.clone());
+    }
     let admin_stop = CancellationToken::new();
     let admin_task = admin::start(
         &config.admin,
@@ -220,6 +273,10 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     // The gateway drains its requests in flight before the backends' data plane goes.
     gateway_stop.cancel();
     let _ = tokio::task::spawn_blocking(move || gateway.join()).await;
+    mesh_stop.cancel();
+    if let Some(m) = mesh {
+        m.join().await;
+    }
     control_stop.cancel();
     let _ = control_task.await;
     l4_stop.cancel();

@@ -187,6 +187,9 @@ pub struct L4Dataplane {
     started: bool,
     /// `[socket_lb] namespaces` as attached.
     socket_lb_scope: config::NetnsScope,
+    /// The mesh outbound listener `mtls` services are steered to (set by the agent's mesh
+    /// part before the first sync); `None`: no mesh.
+    mesh_outbound: Option<std::net::SocketAddrV4>,
 }
 
 impl L4Dataplane {
@@ -211,6 +214,7 @@ impl L4Dataplane {
             conntrack_scan: None,
             started: false,
             socket_lb_scope: config::NetnsScope::Host,
+            mesh_outbound: None,
         };
         // Inherited links count as attached, so `prepare` will not enable forwarding on their
         // interfaces: the data plane needs it (bpf_fib_lookup), whoever turned it off since.
@@ -221,6 +225,17 @@ impl L4Dataplane {
                 .map_err(|source| L4Error::Forwarding { iface, source })?;
         }
         Ok(l4)
+    }
+
+    /// Where the socket LB steers connects to `mtls` services (the mesh outbound listener);
+    /// takes effect at the next socket LB sync (the first one, if called before `apply`).
+    pub fn set_mesh_outbound(&mut self, outbound: Option<std::net::SocketAddrV4>) {
+        self.mesh_outbound = outbound;
+    }
+
+    /// A handle on the steered sockets' original destinations, for the mesh tunnel.
+    pub fn mesh_origdst(&self) -> Result<crate::dataplane::MeshOrigDst, L4Error> {
+        Ok(self.dp.mesh_origdst()?)
     }
 
     /// How `iface` is to be attached (see [`attach_for`]).
@@ -291,6 +306,7 @@ impl L4Dataplane {
         let outcome = self.dp.attach_socket_lb(&SocketLbOptions {
             cgroup: cgroup.clone(),
             netns_cookie,
+            mesh_outbound: self.mesh_outbound,
         })?;
         self.socket_lb_scope = s.namespaces;
         match outcome {

@@ -78,6 +78,103 @@ fn gauge_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The mesh tunnel: connections, streams, bytes, handshake failures, authorization
+/// decisions, certificate expiry.
+fn mesh(reg: &mut Registry, m: &crate::mesh::tunnel::TunnelView) {
+    let opened = counters(
+        reg,
+        "lb_mesh_connections_total",
+        "Mesh tunnel TLS+HTTP/2 connections opened, by side (outbound to peer nodes, inbound)",
+    );
+    let active = gauges(
+        reg,
+        "lb_mesh_connections_active",
+        "Mesh tunnel connections open now, by side",
+    );
+    let streams = counters(
+        reg,
+        "lb_mesh_streams_total",
+        "Mesh CONNECT streams opened, by side",
+    );
+    let streams_active = gauges(
+        reg,
+        "lb_mesh_streams_active",
+        "Mesh CONNECT streams open now, by side",
+    );
+    for c in &m.connections {
+        let l = vec![("side", c.side.clone())];
+        opened.get_or_create(&l).set(c.opened);
+        active.get_or_create(&l).set(gauge_i64(c.active));
+        streams.get_or_create(&l).set(c.streams);
+        streams_active
+            .get_or_create(&l)
+            .set(gauge_i64(c.streams_active));
+    }
+    let bytes = counters(
+        reg,
+        "lb_mesh_bytes_total",
+        "Bytes carried by mesh streams (counted when a stream ends), by direction",
+    );
+    bytes
+        .get_or_create(&vec![("direction", "to_backend".to_string())])
+        .set(m.bytes_to_backend);
+    bytes
+        .get_or_create(&vec![("direction", "to_client".to_string())])
+        .set(m.bytes_to_client);
+    let hs = counters(
+        reg,
+        "lb_mesh_handshake_failures_total",
+        "Mesh TLS handshakes that failed, by side and reason",
+    );
+    for (side, reason, n) in &m.handshake_failures {
+        hs.get_or_create(&vec![("side", side.clone()), ("reason", reason.clone())])
+            .set(*n);
+    }
+    let refused = counters(
+        reg,
+        "lb_mesh_refused_total",
+        "Mesh connections or CONNECTs refused before authorization, by reason",
+    );
+    for (reason, n) in &m.refused {
+        refused
+            .get_or_create(&vec![("reason", reason.clone())])
+            .set(*n);
+    }
+    let authz = counters(
+        reg,
+        "lb_mesh_authz_decisions_total",
+        "Mesh L4 authorization decisions, by policy (empty: none matched), reason and outcome",
+    );
+    for (policy, reason, allowed, n) in &m.authz {
+        let outcome = if *allowed { "allow" } else { "deny" };
+        authz
+            .get_or_create(&vec![
+                ("policy", policy.clone()),
+                ("reason", reason.clone()),
+                ("decision", outcome.to_string()),
+            ])
+            .set(*n);
+    }
+    let peers = counters(
+        reg,
+        "lb_mesh_inbound_streams_by_peer_total",
+        "Authorized inbound mesh streams, by the peer's verified SPIFFE ID",
+    );
+    for (id, n) in &m.peers {
+        peers.get_or_create(&vec![("peer", id.clone())]).set(*n);
+    }
+    let expiry = gauges(
+        reg,
+        "lb_mesh_cert_expiry_seconds",
+        "Expiry of each identity's current certificate, seconds since the epoch",
+    );
+    for (id, t) in &m.cert_expiry {
+        expiry
+            .get_or_create(&vec![("identity", id.clone())])
+            .set(gauge_i64(*t));
+    }
+}
+
 /// The gateway's Redis: connection state, calls, errors, fail-mode decisions.
 fn redis(reg: &mut Registry, r: &crate::status::RedisStatus) {
     gauge(
@@ -397,6 +494,9 @@ pub fn render(s: &Status, gateway: Option<&GatewayMetrics>) -> String {
                 .set(*n);
         }
     }
+    if let Some(m) = &s.mesh {
+        mesh(&mut reg, m);
+    }
     for r in &s.reasons {
         verdicts
             .get_or_create(&vec![("reason", r.reason.clone())])
@@ -586,6 +686,38 @@ mod tests {
                 ejections: 12,
                 ejected: vec!["[2001:db8::1]:80".into()],
             }],
+            mesh: Some(crate::mesh::tunnel::TunnelView {
+                connections: vec![crate::mesh::tunnel::SideView {
+                    side: "inbound".into(),
+                    opened: 2,
+                    active: 1,
+                    streams: 5,
+                    streams_active: 1,
+                }],
+                bytes_to_backend: 100,
+                bytes_to_client: 200,
+                handshake_failures: vec![("inbound".into(), "unknown_issuer".into(), 3)],
+                refused: vec![("not_local".into(), 1)],
+                authz: vec![("no-web".into(), "deny_policy".into(), false, 4)],
+                peers: vec![("spiffe://td/ns/a/sa/b".into(), 5)],
+                cert_expiry: vec![("spiffe://td/ns/a/sa/b".into(), 1_900_000_000)],
+            }),
+        }
+    }
+
+    #[test]
+    fn mesh_counters() {
+        let text = render(&sample(), None);
+        for want in [
+            "lb_mesh_connections_total{side=\"inbound\"} 2\n",
+            "lb_mesh_streams_active{side=\"inbound\"} 1\n",
+            "lb_mesh_bytes_total{direction=\"to_client\"} 200\n",
+            "lb_mesh_handshake_failures_total{side=\"inbound\",reason=\"unknown_issuer\"} 3\n",
+            "lb_mesh_authz_decisions_total{policy=\"no-web\",reason=\"deny_policy\",decision=\"deny\"} 4\n",
+            "lb_mesh_inbound_streams_by_peer_total{peer=\"spiffe://td/ns/a/sa/b\"} 5\n",
+            "lb_mesh_cert_expiry_seconds{identity=\"spiffe://td/ns/a/sa/b\"} 1900000000\n",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
         }
     }
 

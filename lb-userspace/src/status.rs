@@ -57,6 +57,9 @@ pub struct Status {
     /// The SYN-flood guard of the L4 data plane.
     #[serde(default)]
     pub syn_guard: SynGuardStatus,
+    /// The mesh tunnel (`[mesh]`), when enabled.
+    #[serde(default)]
+    pub mesh: Option<crate::mesh::tunnel::TunnelView>,
 }
 
 /// The SYN-flood guard (`[global.syn_guard]`) now.
@@ -325,14 +328,22 @@ pub struct StatusSource {
     control: ControlHandle,
     l4: L4Handle,
     gateway: Option<GatewayView>,
+    mesh: Option<crate::mesh::tunnel::MeshView>,
 }
 
 impl StatusSource {
+    /// Adds the mesh tunnel's counters and certificate expiries to the document.
+    pub fn with_mesh(mut self, mesh: crate::mesh::tunnel::MeshView) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
     pub fn new(control: ControlHandle, l4: L4Handle, gateway: Option<GatewayView>) -> Self {
         Self {
             control,
             l4,
             gateway,
+            mesh: None,
         }
     }
 
@@ -341,6 +352,7 @@ impl StatusSource {
         let control = self.control.view().await?;
         let l4 = self.l4.view().await?;
         let mut status = build(&control, &l4);
+        status.mesh = self.mesh.as_ref().map(|m| m.view());
         if let Some(g) = &self.gateway {
             status.routes = g.routes();
             status.upstream_errors = g
@@ -525,6 +537,7 @@ pub fn build(control: &ControlView, l4: &L4View) -> Status {
             verified_sources: l4.syn_guard.verified_sources,
             challenges: l4.syn_guard.challenges,
         },
+        mesh: None,
         reasons: l4
             .reasons
             .iter()

@@ -411,7 +411,7 @@ fn a_killed_agent_leaves_the_socket_lb_working_and_the_next_takes_it_over() {
     let mut lab = SockLab::start(3);
     assert_eq!(
         lab.attached_programs().len(),
-        9,
+        10,
         "{:?}",
         lab.attached_programs()
     );
@@ -431,7 +431,7 @@ fn a_killed_agent_leaves_the_socket_lb_working_and_the_next_takes_it_over() {
     let programs = lab.attached_programs();
     assert_eq!(
         programs.len(),
-        9,
+        10,
         "hooks attached twice after the takeover: {programs:?}"
     );
     let tcp = exchanges(&lab.probe(&["tcp", "10.96.0.10:80", "30"]));

@@ -2,8 +2,8 @@
 //! the agent to the configured cgroup (default the v2 root).
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use lb_common::{FAMILY_V4, FAMILY_V6, sock_lb::SockEvent};
 
@@ -52,4 +52,11 @@ pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     socket_lb::release(&ctx)
+}
+
+/// Mesh steering: re-keys a steered socket's original destination by its local address
+/// once connect() bound it (see `socket_lb::mesh_connected`).
+#[sock_ops]
+pub fn sock_mesh_ops(ctx: SockOpsContext) -> u32 {
+    socket_lb::mesh_connected(&ctx)
 }

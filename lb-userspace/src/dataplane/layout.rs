@@ -21,7 +21,7 @@ use lb_common::{
     NatEntry, RateKey, ServiceKey, ServiceSlot, ServiceValue, Settings, Stats, VipAddrKey,
     reason::REASON_COUNT,
     service_slot::SERVICE_SLOTS,
-    sock_lb::{SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
+    sock_lb::{MeshOrig, MeshPeerKey, SOCK_EVENT_COUNT, SockLbSettings, SockRevKey, SockRevValue},
     syn_guard::SynSecret,
 };
 use tracing::warn;
@@ -256,6 +256,26 @@ pub const PINNED: &[MapSpec] = &[
         flags: 0,
         version: 1,
         on_replace: "sources verified by the SYN guard are challenged again during a flood",
+    },
+    MapSpec {
+        name: "MESH_SOCK_ORIG",
+        map_type: MapType::LruHash,
+        key_size: 8,
+        value_size: size::<MeshOrig>(),
+        entries: Entries::Fixed(16_384),
+        flags: 0,
+        version: 1,
+        on_replace: "mesh connects in flight during the upgrade are refused by the agent",
+    },
+    MapSpec {
+        name: "MESH_ORIGDST",
+        map_type: MapType::LruHash,
+        key_size: size::<MeshPeerKey>(),
+        value_size: size::<MeshOrig>(),
+        entries: Entries::Fixed(16_384),
+        flags: 0,
+        version: 1,
+        on_replace: "mesh connects in flight during the upgrade are refused by the agent",
     },
 ];
 

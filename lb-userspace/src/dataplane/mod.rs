@@ -38,7 +38,7 @@ pub use counters::Counters;
 pub use layout::MapsFound;
 pub use pin::{PinDir, PinError, mount_bpffs};
 pub use retarget::Egress;
-pub use socket_lb::{SocketLbAttach, SocketLbOptions, is_cgroup2, own_netns_cookie};
+pub use socket_lb::{MeshOrigDst, SocketLbAttach, SocketLbOptions, is_cgroup2, own_netns_cookie};
 pub use syn_guard::SynGuardState;
 
 pub use iface::is_veth;

@@ -16,10 +16,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, links::FdLink},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps, links::FdLink,
+    },
 };
-use lb_common::sock_lb::{SockEvent, SockLbSettings};
+use lb_common::{
+    Addr, FAMILY_V4,
+    sock_lb::{MeshOrig, MeshPeerKey, SockEvent, SockLbSettings},
+};
 use tracing::warn;
 
 use super::{Dataplane, DataplaneError, Result, map_err, program, raw};
@@ -35,6 +40,9 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "sock_getpeername6",
 ];
 const RELEASE_PROGRAM: &str = "sock_release";
+/// sock_ops program re-keying mesh-steered sockets by their local port.
+const MESH_OPS_PROGRAM: &str = "sock_mesh_ops";
+const MESH_ORIGDST: &str = "MESH_ORIGDST";
 const SETTINGS: &str = "SOCKLB_SETTINGS";
 const EVENTS: &str = "SOCK_EVENTS";
 
@@ -46,6 +54,9 @@ pub struct SocketLbOptions {
     /// Translate only sockets of the network namespace with this cookie (see
     /// [`own_netns_cookie`]); `None`: of every namespace.
     pub netns_cookie: Option<u64>,
+    /// The mesh outbound listener (`[mesh] outbound`): connects to `mtls` services are
+    /// steered there. `None`: no mesh.
+    pub mesh_outbound: Option<std::net::SocketAddrV4>,
 }
 
 /// What [`Dataplane::attach_socket_lb`] did.
@@ -63,6 +74,27 @@ pub enum SocketLbAttach {
 pub(super) struct SocketLbMaps {
     settings: Array<MapData, SockLbSettings>,
     events: PerCpuArray<MapData, u64>,
+    /// `MESH_ORIGDST`, handed out as [`MeshOrigDst`] handles.
+    mesh_origdst: MapData,
+}
+
+/// A handle on `MESH_ORIGDST` for the mesh outbound listener (its own fd, usable from any
+/// task).
+pub struct MeshOrigDst(BpfHashMap<MapData, MeshPeerKey, MeshOrig>);
+
+impl MeshOrigDst {
+    /// Takes (reads and deletes) the original destination of a connection the socket LB
+    /// steered to the mesh outbound listener, by the accepted socket's peer address.
+    pub fn take(&mut self, peer: std::net::SocketAddrV4) -> Option<MeshOrig> {
+        let key = MeshPeerKey::new(
+            Addr::v4(u32::from_ne_bytes(peer.ip().octets())),
+            peer.port(),
+            FAMILY_V4,
+        );
+        let orig = self.0.get(&key, 0).ok()?;
+        let _ = self.0.remove(&key);
+        Some(orig)
+    }
 }
 
 /// The socket LB's attachment: the cgroup, and the links when this process owns them
@@ -85,9 +117,19 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<SocketLbMaps> {
             name: RELEASE_PROGRAM,
             source,
         })?;
+    program::<SockOps>(ebpf, MESH_OPS_PROGRAM)?
+        .load()
+        .map_err(|source| DataplaneError::Program {
+            name: MESH_OPS_PROGRAM,
+            source,
+        })?;
     Ok(SocketLbMaps {
         settings: super::take(ebpf, SETTINGS)?,
         events: super::take_percpu(ebpf, EVENTS)?,
+        mesh_origdst: match ebpf.take_map(MESH_ORIGDST) {
+            Some(aya::maps::Map::LruHashMap(m)) => m,
+            _ => return Err(DataplaneError::MissingMap(MESH_ORIGDST)),
+        },
     })
 }
 
@@ -160,10 +202,17 @@ impl Dataplane {
             // over, those on another one removed.
             None => self.attach_socket_lb_links(cg, ino)?,
         };
+        let (mesh_ip4, mesh_port) = opts
+            .mesh_outbound
+            .map(|a| (u32::from_ne_bytes(a.ip().octets()), a.port().to_be()))
+            .unwrap_or((0, 0));
         let settings = SockLbSettings {
             netns_cookie: opts.netns_cookie.unwrap_or(0),
             enabled: 1,
+            mesh_port,
             _pad: 0,
+            mesh_ip4,
+            _pad2: 0,
         };
         self.socket_lb
             .settings
@@ -185,7 +234,9 @@ impl Dataplane {
         let cgroup = File::open(cg).map_err(sock_err(cg))?;
         let mut owned = Vec::new();
         let mut taken_over = false;
-        let names = SOCK_ADDR_PROGRAMS.iter().chain([&RELEASE_PROGRAM]);
+        let names = SOCK_ADDR_PROGRAMS
+            .iter()
+            .chain([&RELEASE_PROGRAM, &MESH_OPS_PROGRAM]);
         for &name in names {
             let pin = pin_dir.as_ref().map(|d| d.join(name));
             if let Some(pin) = pin.as_ref().filter(|p| p.exists())
@@ -239,7 +290,13 @@ impl Dataplane {
 
     fn sock_program_fd(&mut self, name: &'static str) -> Result<std::os::fd::OwnedFd> {
         let err = |source| DataplaneError::Program { name, source };
-        let fd = if name == RELEASE_PROGRAM {
+        let fd = if name == MESH_OPS_PROGRAM {
+            program::<SockOps>(&mut self.ebpf, name)?
+                .fd()
+                .map_err(err)?
+                .as_fd()
+                .try_clone_to_owned()
+        } else if name == RELEASE_PROGRAM {
             program::<CgroupSock>(&mut self.ebpf, name)?
                 .fd()
                 .map_err(err)?
@@ -260,7 +317,12 @@ impl Dataplane {
         // A bpf_link takes no attach flags (the kernel refuses any): links on a cgroup
         // always run alongside the cgroup's other programs, as `BPF_F_ALLOW_MULTI` would.
         let mode = CgroupAttachMode::Single;
-        if name == RELEASE_PROGRAM {
+        if name == MESH_OPS_PROGRAM {
+            let p = program::<SockOps>(&mut self.ebpf, name)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            let link = p.take_link(id).map_err(err)?;
+            FdLink::try_from(link).map_err(|source| DataplaneError::SockLink { name, source })
+        } else if name == RELEASE_PROGRAM {
             let p = program::<CgroupSock>(&mut self.ebpf, name)?;
             let id = p.attach(cgroup, mode).map_err(err)?;
             let link = p.take_link(id).map_err(err)?;
@@ -300,6 +362,21 @@ impl Dataplane {
         self.pins
             .as_ref()
             .is_some_and(|p| !list_dir(&p.root().join("cgroup")).is_empty())
+    }
+
+    /// A handle on the mesh steering's original destinations (see [`MeshOrigDst`]).
+    pub fn mesh_origdst(&self) -> Result<MeshOrigDst> {
+        let fd = self
+            .socket_lb
+            .mesh_origdst
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| map_err(MESH_ORIGDST)(aya::maps::MapError::IoError(e)))?;
+        let data = MapData::from_fd(fd).map_err(map_err(MESH_ORIGDST))?;
+        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))
+            .map(MeshOrigDst)
+            .map_err(map_err(MESH_ORIGDST))
     }
 
     /// The socket LB's counters, in `SockEvent::ALL` order.

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_NAT, SVC_FLAG_PASS, SVC_FLAG_SRC_HASH,
-    ServiceKey, ServiceValue,
+    Addr, BackendValue, SVC_FLAG_CLUSTER, SVC_FLAG_MTLS, SVC_FLAG_NAT, SVC_FLAG_PASS,
+    SVC_FLAG_SRC_HASH, ServiceKey, ServiceValue,
     addr::family_of,
     maglev::{MaglevBackend, build_table},
 };
@@ -105,7 +105,10 @@ impl DesiredService {
                 } else {
                     0
                 };
-                SVC_FLAG_NAT | affinity | cluster
+                // Steered to the mesh only while `[mesh]` is on (the socket LB's settings
+                // hold the outbound listener then).
+                let mtls = if s.mtls { SVC_FLAG_MTLS } else { 0 };
+                SVC_FLAG_NAT | affinity | cluster | mtls
             },
             table_size: if pass {
                 MIN_MAGLEV_SIZE

@@ -1,3 +1,141 @@
 //! The node-to-node tunnel: outbound (local workload -> HTTP/2 CONNECT over mTLS to the
 //! destination node's agent) and inbound (accept CONNECT, verify the peer, authorize, connect to
 //! the local backend).
+//!
+//! The tunnel sees identities and policy only through [`MeshAuth`] (implemented over
+//! `identity::Identities` and its `Authorizer` by the agent), the steered sockets' original
+//! destinations through [`OrigDstSource`] and the local `mtls` services through
+//! [`LocalServices`]: each side is testable alone.
+
+mod auth;
+mod connect;
+mod inbound;
+mod metrics;
+mod orig_dst;
+mod outbound;
+mod part;
+mod pool;
+mod splice;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+};
+
+pub use auth::IdentityAuth;
+pub use inbound::serve_inbound;
+pub use metrics::{MeshView, SideView, TunnelCounters, TunnelView};
+pub use orig_dst::{KernelOrigDst, SnapshotServices};
+pub use outbound::serve_outbound;
+pub use part::TunnelPart;
+
+/// Port the destination node's agent accepts tunnels on, by default (Istio's HBONE port).
+pub const DEFAULT_INBOUND_PORT: u16 = 15008;
+
+/// What an authorization decision said (mirrors `identity::Decision`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// The policy that decided, if one did.
+    pub policy: Option<String>,
+    /// Short reason label (`allow_policy`, `deny_policy`, `no_policy`, ...).
+    pub reason: String,
+}
+
+/// Identities, certificates and policy, as the tunnel needs them.
+pub trait MeshAuth: Send + Sync + 'static {
+    /// The SPIFFE ID of the workload in cgroup `cgroup_id` and a client config presenting
+    /// its current certificate; `None`: the workload has no identity (refused).
+    fn client_for_cgroup(&self, cgroup_id: u64) -> Option<(String, Arc<rustls::ClientConfig>)>;
+    /// The inbound server config (client certificates required and verified).
+    fn server_config(&self) -> Arc<rustls::ServerConfig>;
+    /// The verified peer's SPIFFE ID from a finished handshake.
+    fn peer_id(&self, conn: &rustls::CommonState) -> Option<String>;
+    /// Whether `peer` may reach `service` on `port`.
+    fn authorize(&self, service: &str, port: u16, peer: &str) -> Verdict;
+    /// This node's own identity (for log lines).
+    fn node_id(&self) -> String;
+    /// Each current certificate's identity and expiry (seconds since the epoch).
+    fn expiry(&self) -> Vec<(String, u64)>;
+}
+
+/// Where a steered connection was going (from the socket LB's `MESH_ORIGDST`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// The service address the workload connected to.
+    pub service: SocketAddr,
+    /// The backend the socket LB picked.
+    pub backend: SocketAddr,
+    /// The workload's cgroup id.
+    pub cgroup_id: u64,
+}
+
+/// Finds (and forgets) the original destination of an accepted outbound connection.
+pub trait OrigDstSource: Send + Sync + 'static {
+    fn take(&self, peer: SocketAddrV4) -> Option<OrigDst>;
+}
+
+/// The local `mtls` services (the inbound side's allow-list of targets).
+pub trait LocalServices: Send + Sync + 'static {
+    /// The service name and port `backend` is a backend of, if it is one of an `mtls`
+    /// service.
+    fn mtls_backend(&self, backend: SocketAddr) -> Option<(String, u16)>;
+}
+
+/// How the tunnel runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelSettings {
+    /// Port of the destination node's agent (the backend's address, this port).
+    pub peer_port: u16,
+    /// Connect timeout (to a peer node, to a local backend) and TLS handshake timeout.
+    pub connect_timeout: std::time::Duration,
+    /// Splice buffer per direction, bytes.
+    pub buffer: usize,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        Self {
+            peer_port: DEFAULT_INBOUND_PORT,
+            connect_timeout: std::time::Duration::from_secs(5),
+            buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Errors at the tunnel's edges.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("binding the mesh {which} listener on {addr}: {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/2 with {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("CONNECT {target} via {addr} refused: {status}")]
+    Refused {
+        addr: SocketAddr,
+        target: SocketAddr,
+        status: http::StatusCode,
+    },
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
