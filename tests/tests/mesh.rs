@@ -39,21 +39,13 @@ struct CaDir(PathBuf);
 
 impl CaDir {
     fn new() -> CaDir {
-        let dir = std::env::temp_dir().join(format!("lbt-mesh-ca-{}", std::process::id()));
+        // One directory per CA: the tests run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lbt-mesh-ca-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "lb test mesh CA");
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("ca-key.pem"), key.serialize_pem()).unwrap();
+        lb_tests::mesh_ca::write_test_ca(&dir, "test.local").expect("write the test CA");
         CaDir(dir)
     }
 }
