@@ -12,11 +12,12 @@
 //! `mesh::identity` and `mesh::tunnel`, which speak TLS to the inbound listener directly.)
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lb_tests::{
@@ -311,4 +312,128 @@ fn a_deny_policy_on_the_server_node_refuses_and_counts() {
         m.b_agent.output().contains(CLIENT_ID),
         "the log names the peer"
     );
+}
+
+/// The inbound port's handshake failures on node B, by reason.
+fn inbound_failures(m: &MeshLab) -> BTreeMap<String, u64> {
+    let st = m.b_status();
+    let mut out = BTreeMap::new();
+    for row in st["mesh"]["handshake_failures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if row[0] == "inbound" {
+            *out.entry(row[1].as_str().unwrap_or("").to_string())
+                .or_default() += row[2].as_u64().unwrap_or(0);
+        }
+    }
+    out
+}
+
+#[test]
+fn peers_without_a_trusted_identity_are_refused_at_the_inbound_port() {
+    let m = MeshLab::start("");
+    let b_ip = m.lab.topo.backends[0].ip4().to_string();
+    let dir = CaDir::new(); // a scratch directory (its own CA is the foreign one)
+    let (foreign_ca, foreign_key) = (dir.0.join("ca.pem"), dir.0.join("ca-key.pem"));
+    let (ca, ca_key) = (m._ca.0.join("ca.pem"), m._ca.0.join("ca-key.pem"));
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let write = |name: &str, ca: &Path, key: &Path, id: &str, from, to| {
+        lb_tests::mesh_ca::write_cert_dir_identity(ca, key, &dir.0.join(name), id, from, to)
+            .expect("write a peer certificate")
+    };
+    let peers = [
+        (
+            "foreign-ca",
+            write(
+                "foreign",
+                &foreign_ca,
+                &foreign_key,
+                CLIENT_ID,
+                now - hour,
+                now + hour,
+            ),
+        ),
+        (
+            "expired",
+            write(
+                "expired",
+                &ca,
+                &ca_key,
+                CLIENT_ID,
+                now - 2 * hour,
+                now - hour,
+            ),
+        ),
+        (
+            "untrusted-domain",
+            write(
+                "other",
+                &ca,
+                &ca_key,
+                "spiffe://other.org/ns/app/sa/client",
+                now - hour,
+                now + hour,
+            ),
+        ),
+    ];
+    let good = write("good", &ca, &ca_key, CLIENT_ID, now - hour, now + hour);
+
+    // `openssl s_client` from node A, TLS 1.3 and ALPN h2 as a tunnel client would.
+    let handshake = |cert_dir: &Path| {
+        let out = m
+            .lab
+            .topo
+            .lb
+            .command("timeout")
+            .args([
+                "5", "openssl", "s_client", "-tls1_3", "-alpn", "h2", "-quiet", "-connect",
+            ])
+            .arg(format!("{b_ip}:15008"))
+            .arg("-cert")
+            .arg(cert_dir.join("cert.pem"))
+            .arg("-key")
+            .arg(cert_dir.join("key.pem"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let total = |m: &MeshLab| inbound_failures(m).values().sum::<u64>();
+    let before = inbound_failures(&m);
+    for (what, cert_dir) in &peers {
+        let prior = total(&m);
+        handshake(cert_dir);
+        eventually(&format!("node B refuses the {what} peer"), || {
+            total(&m) > prior
+        });
+    }
+    let after = inbound_failures(&m);
+    let failed: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    assert_eq!(
+        failed, 3,
+        "every untrusted peer refused: {before:?} -> {after:?}"
+    );
+    assert!(after.get("cert_expired").copied().unwrap_or(0) >= 1, "{after:?}");
+
+    // The same client with a good certificate completes the handshake (no new failure),
+    // so the refusals above are about the certificates.
+    handshake(&good);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        inbound_failures(&m),
+        after,
+        "a trusted peer's handshake failed"
+    );
+    // And nothing reached the backend through B's tunnel without an identity.
+    let streams: u64 = m.b_status()["mesh"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p[1].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(streams, 0, "a stream was accepted from an untrusted peer");
 }
