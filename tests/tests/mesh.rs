@@ -70,10 +70,11 @@ fn socket_lb(cg: &Path) -> String {
     )
 }
 
-/// `[mesh]` with the CA, a workload in `workload` (if any) and `extra` (policies).
-fn mesh(ca: &CaDir, workload: Option<&Path>, extra: &str) -> String {
+/// `[mesh]` with the CA and `keys` (more `[mesh]` keys), a workload in `workload` (if any)
+/// and `extra` (policies).
+fn mesh(ca: &CaDir, workload: Option<&Path>, extra: &str, keys: &str) -> String {
     let mut s = format!(
-        "\n[mesh]\nenabled = true\ntrust_domain = \"test.local\"\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\n",
+        "\n[mesh]\nenabled = true\ntrust_domain = \"test.local\"\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\n{keys}",
         ca.0.join("ca.pem").display(),
         ca.0.join("ca-key.pem").display()
     );
@@ -99,6 +100,11 @@ struct MeshLab {
 
 impl MeshLab {
     fn start(b_policy: &str) -> MeshLab {
+        MeshLab::start_with(b_policy, "")
+    }
+
+    /// Both nodes get `mesh_keys` in their `[mesh]` table.
+    fn start_with(b_policy: &str, mesh_keys: &str) -> MeshLab {
         let ca = CaDir::new();
         let fs = Bpffs::mount();
         let (cg_a, cg_b) = (TestCgroup::new(), TestCgroup::new());
@@ -111,7 +117,7 @@ impl MeshLab {
             "[global]\ninterfaces = [\"eth0\"]\n{}{}{}",
             service(&b_ip),
             socket_lb(cg_b.path()),
-            mesh(&ca, None, b_policy)
+            mesh(&ca, None, b_policy, mesh_keys)
         ));
         let b_agent = topo.backends[0]
             .ns
@@ -127,7 +133,7 @@ impl MeshLab {
             config_text_with(t, &[0], None, &pins)
                 + &service(&b_ip)
                 + &socket_lb(cg_a.path())
-                + &mesh(&ca, Some(cg_a.path()), "")
+                + &mesh(&ca, Some(cg_a.path()), "", mesh_keys)
         };
         let lab = Lab::start_config(topo, text, &[]);
         wait_for_log(&lab.agent, "mesh tunnel running");
@@ -417,7 +423,10 @@ fn peers_without_a_trusted_identity_are_refused_at_the_inbound_port() {
         failed, 3,
         "every untrusted peer refused: {before:?} -> {after:?}"
     );
-    assert!(after.get("cert_expired").copied().unwrap_or(0) >= 1, "{after:?}");
+    assert!(
+        after.get("cert_expired").copied().unwrap_or(0) >= 1,
+        "{after:?}"
+    );
 
     // The same client with a good certificate completes the handshake (no new failure),
     // so the refusals above are about the certificates.
@@ -436,4 +445,81 @@ fn peers_without_a_trusted_identity_are_refused_at_the_inbound_port() {
         .map(|p| p[1].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(streams, 0, "a stream was accepted from an untrusted peer");
+}
+
+/// The certificate expiry node A's status shows for the client workload.
+fn client_expiry(m: &MeshLab) -> Option<u64> {
+    let st = m.lab.wait_for_status();
+    st["mesh"]["cert_expiry"]
+        .as_array()?
+        .iter()
+        .find(|e| e[0] == CLIENT_ID)
+        .and_then(|e| e[1].as_u64())
+}
+
+#[test]
+fn certificate_rotation_under_load_drops_no_connection() {
+    // Two-second certificates, replaced every second, on both nodes.
+    let m = MeshLab::start_with("", "cert_ttl_s = 2\nrotate_at_percent = 50\n");
+    // The workload's certificate exists once it has connected.
+    assert!(m.call().contains(std::str::from_utf8(SECRET).unwrap()));
+
+    // 20 connections held open through the tunnel while certificates rotate.
+    let probe = lb_binary().with_file_name("lb-sockprobe");
+    let mut holder = m
+        .cg_a
+        .command(
+            &m.lab.topo.lb,
+            &probe,
+            ["hold", &format!("{MESH_VIP}:80"), "20"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("lb-sockprobe hold");
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(
+        line.trim()
+            .strip_prefix("ready")
+            .map(|n| n.split_whitespace().count()),
+        Some(20),
+        "held connections: {line}"
+    );
+
+    // New connections for 5 s (about five rotations), each must echo.
+    let mut expiries = std::collections::BTreeSet::new();
+    let (mut calls, mut failed) = (0, Vec::new());
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        let got = m.call();
+        calls += 1;
+        if !got.contains(std::str::from_utf8(SECRET).unwrap()) {
+            failed.push(got);
+        }
+        expiries.extend(client_expiry(&m));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} new connections failed: {failed:?}",
+        failed.len()
+    );
+    assert!(calls >= 10, "only {calls} connections in 5 s");
+    assert!(
+        expiries.len() >= 3,
+        "the client certificate did not rotate (expiries seen: {expiries:?})"
+    );
+
+    // The held connections all still echo.
+    writeln!(holder.stdin.as_mut().unwrap(), "go").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = holder.wait();
+    assert_eq!(
+        line.trim(),
+        "echoed=20",
+        "held connections across rotations"
+    );
 }
