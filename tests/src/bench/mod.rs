@@ -11,6 +11,8 @@
 //! - [`pktgen`]: an XDP live-frames UDP generator (`BPF_F_TEST_XDP_LIVE_FRAMES`).
 //! - [`pktrate`]: packets per second forwarded to the backends, this LB vs nftables.
 //! - [`report`]: Markdown, JSON and SVG for the results.
+//! - [`mesh`]: the mesh between two nodes: plaintext vs the HBONE tunnel vs an Envoy mTLS
+//!   pair, and issue 14's goals.
 //! - [`samenode`]: the same-node rows of the end-to-end runs (socket LB vs NAT paths vs
 //!   direct) and their goals.
 //! - [`synflood`]: a spoofed SYN flood with legitimate clients, the SYN guard off and on.
@@ -27,6 +29,7 @@ pub mod gw_conns;
 pub mod gw_peers;
 pub mod gw_report;
 pub mod lab;
+pub mod mesh;
 pub mod peers;
 pub mod pktgen;
 pub mod pktrate;

@@ -11,6 +11,9 @@
 //!   (as kube-proxy writes them), nginx stream, HAProxy and Envoy, and straight to a backend;
 //!   keep-alive and new-connection requests/s, latency, whole-machine CPU per request; runs
 //!   interleaved, each after an idle check, medians of the rounds.
+//! - Mesh (`lb_tests::bench::mesh`): two nodes each with an agent, a workload on node A to a
+//!   service on node B: plaintext through the socket LB vs the HBONE tunnel vs an Envoy
+//!   mTLS pair; keep-alive requests/s and 1 MiB-response throughput, interleaved rounds.
 //! - Packet rate (`lb_tests::bench::pktrate`): a UDP flood from an XDP live-frames generator,
 //!   packets per second forwarded to the backends, this LB vs nftables.
 //! - Per-packet cost in the kernel through `BPF_PROG_TEST_RUN`: each path is timed over many
@@ -51,6 +54,7 @@ use lb_tests::bench::gateway::{self, GwOptions, GwResults};
 use lb_tests::bench::gw_peers::{self, GwPeer};
 use lb_tests::bench::gw_report;
 use lb_tests::bench::lab::BenchLab;
+use lb_tests::bench::mesh::{self as meshbench, MeshOptions};
 use lb_tests::bench::peers::{self, Peer, Tools};
 use lb_tests::bench::pktrate::{self, RateResults};
 use lb_tests::bench::report::{self, Bar, Target};
@@ -74,7 +78,8 @@ struct Args {
     /// Where to write results.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to leave out: any of e2e, gateway, rate, packets, maglev, control (comma-separated).
+    /// Parts to leave out: any of e2e, gateway, mesh, rate, packets, maglev, control
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// End-to-end configurations, in run order within a round (comma-separated):
@@ -564,6 +569,19 @@ fn main() -> anyhow::Result<()> {
     lb_tests::cleanup::install_interrupt_handler();
     let started = Instant::now();
     let (e2e, gw, rate) = network_benches(&args)?;
+    let mesh = if args.runs_part("mesh") {
+        Some(meshbench::run(&MeshOptions {
+            rounds: args.rounds,
+            load: Load {
+                threads: args.threads,
+                connections: args.connections,
+                duration: Duration::from_secs(args.duration),
+            },
+            envoy: tools(&args)?.envoy,
+        })?)
+    } else {
+        None
+    };
     let ctl = if args.runs_part("control") {
         Some(control_bench(&args)?)
     } else {
@@ -586,6 +604,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(g) = &gw {
         targets.extend(gw_report::gateway_targets(g));
     }
+    targets.extend(mesh.as_ref().map(meshbench::targets).unwrap_or_default());
     targets.extend(local_targets(&paths, &mg));
 
     let mut md = String::new();
@@ -616,6 +635,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(g) = &gw {
         let _ = writeln!(md, "{}", gw_report::gateway_markdown(g));
+    }
+    if let Some(m) = &mesh {
+        let _ = writeln!(md, "{}", meshbench::markdown(m));
     }
     if let Some(r) = &rate {
         let _ = writeln!(md, "{}", report::rate_markdown(r, args.flood_duration));
@@ -686,7 +708,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let json = format!(
-        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"programs\":[{}],\"maglev\":[{}],\"e2e\":{},\"gateway\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
+        "{{\"timestamp\":{stamp},\"note\":{},\"runs\":{},\"floor_ns\":{},\"paths\":[{}],\"programs\":[{}],\"maglev\":[{}],\"e2e\":{},\"gateway\":{},\"mesh\":{},\"packet_rate\":{},\"control\":{},\"targets\":{}}}\n",
         args.note.as_deref().map_or("null".into(), report::json_str),
         args.runs,
         report::json_num(floor),
@@ -721,6 +743,7 @@ fn main() -> anyhow::Result<()> {
             .join(","),
         e2e.as_ref().map_or("null".into(), report::e2e_json),
         gw.as_ref().map_or("null".into(), gw_report::gateway_json),
+        mesh.as_ref().map_or("null".into(), meshbench::json),
         rate.as_ref().map_or("null".into(), report::rate_json),
         ctl.as_ref().map_or("null".into(), report::control_json),
         report::targets_json(&targets)
