@@ -173,7 +173,12 @@ pub fn markdown(r: &MeshResults) -> String {
     };
     for p in MeshPeer::ALL {
         if let Some(e) = r.failed.get(&p) {
-            let _ = writeln!(md, "| {} | failed: {} | | | |", p.label(), e.replace('\n', " "));
+            let _ = writeln!(
+                md,
+                "| {} | failed: {} | | | |",
+                p.label(),
+                e.replace('\n', " ")
+            );
             continue;
         }
         let (Some(ka), Some(bulk)) = (
