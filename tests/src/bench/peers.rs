@@ -239,6 +239,12 @@ fn start_with<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools, extra: &str) -> 
         Peer::SockLb => {
             // Routed like `Direct` once the connect is rewritten.
             forwarding_on(&mut active)?;
+            // The agent needs an interface to attach to; a dummy one keeps every packet of
+            // this configuration free of any LB program (the point of the socket LB).
+            let _ = lb.run("ip", ["link", "del", SOCKLB_DUMMY]);
+            lb.run("ip", ["link", "add", SOCKLB_DUMMY, "type", "dummy"])
+                .context("add the socket LB's dummy interface")?;
+            lb.run("ip", ["link", "set", SOCKLB_DUMMY, "up"])?;
             let cg = std::panic::catch_unwind(TestCgroup::new)
                 .map_err(|_| anyhow::anyhow!("cannot mount cgroup2 for the client's cgroup"))?;
             let agent = start_agent(lab, tools, Attach::SocketLb(cg.path()), extra)?;
@@ -359,9 +365,14 @@ enum Attach<'p> {
     Xdp(&'static str),
     /// `attach = "tc"` on every veth.
     Tc,
-    /// tc on every veth, the socket LB on this cgroup, the web service `scope = "cluster"`.
+    /// The socket LB on this cgroup (tc only on a dummy interface), the web service
+    /// `scope = "cluster"`.
     SocketLb(&'p Path),
 }
+
+/// The interface the socket-LB configuration's agent attaches its packet program to: a
+/// dummy no traffic crosses.
+const SOCKLB_DUMMY: &str = "lbsockdummy0";
 
 /// The agent's config: TCP VIP:80 and UDP VIP:9 over the three backends.
 ///
@@ -371,7 +382,13 @@ enum Attach<'p> {
 fn agent_config(lab: &BenchLab, extra_keys: bool, attach: Attach) -> String {
     let (ifaces, xdp_mode) = match attach {
         Attach::Xdp(mode) => (crate::lab::interfaces_line(&lab.topo), mode),
-        Attach::Tc | Attach::SocketLb(_) => {
+        Attach::SocketLb(_) => (
+            format!(
+                "interfaces = [\"{SOCKLB_DUMMY}\"]\nattach = {{ \"{SOCKLB_DUMMY}\" = \"tc\" }}"
+            ),
+            "native",
+        ),
+        Attach::Tc => {
             let tc: Vec<String> = lab
                 .topo
                 .lb_interfaces()
