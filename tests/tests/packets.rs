@@ -223,6 +223,45 @@ fn snat_exhaustion_drops_and_closed_ports_are_reclaimed() {
 
 /// A mid-flow packet with no conntrack entry cannot be forwarded (the backend would not know
 /// the connection and the SNAT port would be new): dropped and counted.
+/// The client's source port is kept as the SNAT port when it is in the range and free, so a
+/// client reusing a port reaches the backend on the same 4-tuple (whose TIME_WAIT accepts
+/// it by timestamp). A second client on that port to the same backend gets another port in
+/// the range, and so does a client port outside the range; IPv6 keeps the port too.
+#[test]
+fn snat_keeps_the_client_port_when_it_can() {
+    let mut fx = Fx::start();
+    let first = Pkt::from_client("10.200.1.2", 45000, "10.200.100.1", 80, SYN);
+    let same_port = Pkt::from_client("10.200.1.3", 45000, "10.200.100.1", 80, SYN);
+    let below = Pkt::from_client("10.200.1.2", 33001, "10.200.100.1", 80, SYN);
+    let v6 = Pkt::from_client("fd00:200:1::2", 45001, "fd00:200:100::1", 80, SYN);
+    for p in [&first, &same_port, &below, &v6] {
+        assert_eq!(fx.run(fx.lb_c, &p.bytes()).0, XDP_REDIRECT, "{p:?}");
+    }
+    let port = |p: &Pkt| u16::from_be(fx.ct(p).snat_port);
+    assert_eq!(port(&first), 45000, "a free in-range client port is kept");
+    assert_eq!(port(&v6), 45001, "IPv6 keeps the port too");
+    for (p, what) in [
+        (&same_port, "the port's second client"),
+        (&below, "an out-of-range port"),
+    ] {
+        let got = port(p);
+        assert!(
+            (40000..=59999).contains(&got) && got != 45000,
+            "{what}: SNAT port {got} must be another port in the range"
+        );
+    }
+    // The reverse entries agree: a reply to 45000 goes back to the first client only.
+    let reply = Pkt::from_backend("10.200.11.2", 8080, "10.200.11.1", 45000, SYN_ACK, b"");
+    let (verdict, out) = fx.run(fx.lb_b, &reply.bytes());
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        &out[30..34],
+        &[10, 200, 1, 2],
+        "reply must reach 10.200.1.2"
+    );
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 45000);
+}
+
 #[test]
 fn tcp_without_flow_is_dropped() {
     let mut fx = Fx::start();
