@@ -38,6 +38,9 @@ pub enum Peer {
     /// rewritten to a backend in the client's cgroup (`namespaces = "all"`), then routed by
     /// the LB namespace like `Direct` (tc on the veths, passing it).
     SockLb,
+    /// The socket LB to a service whose only backend is backend 1, the one `Direct` talks to:
+    /// what the socket LB itself costs, with the backend side the same as `Direct`'s.
+    SockLbOne,
     /// kube-proxy's iptables mode: KUBE-SERVICES / KUBE-SVC / KUBE-SEP chains with
     /// `statistic --mode random`.
     Iptables,
@@ -54,16 +57,20 @@ pub enum Peer {
 impl Peer {
     /// This load balancer, in any attachment.
     pub fn is_ours(self) -> bool {
-        matches!(self, Peer::Lb | Peer::LbTc | Peer::LbGeneric | Peer::SockLb)
+        matches!(
+            self,
+            Peer::Lb | Peer::LbTc | Peer::LbGeneric | Peer::SockLb | Peer::SockLbOne
+        )
     }
 
     /// All of them, in the order they run within a round.
-    pub const ALL: [Peer; 10] = [
+    pub const ALL: [Peer; 11] = [
         Peer::Direct,
         Peer::Lb,
         Peer::LbTc,
         Peer::LbGeneric,
         Peer::SockLb,
+        Peer::SockLbOne,
         Peer::Iptables,
         Peer::Nftables,
         Peer::NginxStream,
@@ -78,6 +85,7 @@ impl Peer {
             Peer::Lb => "lb",
             Peer::LbTc => "lb-tc",
             Peer::SockLb => "socket-lb",
+            Peer::SockLbOne => "socket-lb-one",
             Peer::LbGeneric => "lb-generic",
             Peer::Iptables => "iptables",
             Peer::Nftables => "nftables",
@@ -94,6 +102,7 @@ impl Peer {
             Peer::Lb => "this LB (native XDP)",
             Peer::LbTc => "this LB (tc)",
             Peer::SockLb => "this LB (socket LB)",
+            Peer::SockLbOne => "this LB (socket LB, backend 1 only)",
             Peer::LbGeneric => "this LB (generic XDP)",
             Peer::Iptables => "iptables DNAT",
             Peer::Nftables => "nftables DNAT",
@@ -236,18 +245,37 @@ fn start_with<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools, extra: &str) -> 
             active.child = Some(start_agent(lab, tools, Attach::Xdp("generic"), extra)?)
         }
         Peer::LbTc => active.child = Some(start_agent(lab, tools, Attach::Tc, extra)?),
-        Peer::SockLb => {
+        Peer::SockLb | Peer::SockLbOne => {
             // Routed like `Direct` once the connect is rewritten.
             forwarding_on(&mut active)?;
-            // The agent needs an interface to attach to; a dummy one keeps every packet of
-            // this configuration free of any LB program (the point of the socket LB).
-            let _ = lb.run("ip", ["link", "del", SOCKLB_DUMMY]);
-            lb.run("ip", ["link", "add", SOCKLB_DUMMY, "type", "dummy"])
-                .context("add the socket LB's dummy interface")?;
-            lb.run("ip", ["link", "set", SOCKLB_DUMMY, "up"])?;
+            // The agent needs an interface to attach to; an idle veth pair keeps every packet
+            // of this configuration free of any LB program (the point of the socket LB).
+            // Not a dummy device: this kernel has no dummy module.
+            let _ = lb.run("ip", ["link", "del", SOCKLB_IDLE]);
+            lb.run(
+                "ip",
+                [
+                    "link",
+                    "add",
+                    SOCKLB_IDLE,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    SOCKLB_IDLE_PEER,
+                ],
+            )
+            .context("add the socket LB's idle interface")?;
+            lb.run("ip", ["link", "set", SOCKLB_IDLE, "up"])?;
+            lb.run("ip", ["link", "set", SOCKLB_IDLE_PEER, "up"])?;
             let cg = std::panic::catch_unwind(TestCgroup::new)
                 .map_err(|_| anyhow::anyhow!("cannot mount cgroup2 for the client's cgroup"))?;
-            let agent = start_agent(lab, tools, Attach::SocketLb(cg.path()), extra)?;
+            let agent = start_agent(
+                lab,
+                tools,
+                Attach::SocketLb(cg.path(), peer == Peer::SockLbOne),
+                extra,
+            )?;
             active.cgroup = Some(cg);
             active.child = Some(agent);
             // Only processes in the cgroup are translated (the wire drops `cluster` VIPs).
@@ -365,14 +393,15 @@ enum Attach<'p> {
     Xdp(&'static str),
     /// `attach = "tc"` on every veth.
     Tc,
-    /// The socket LB on this cgroup (tc only on a dummy interface), the web service
-    /// `scope = "cluster"`.
-    SocketLb(&'p Path),
+    /// The socket LB on this cgroup (tc only on an idle veth), the web service
+    /// `scope = "cluster"`; with `true`, over backend 1 only.
+    SocketLb(&'p Path, bool),
 }
 
-/// The interface the socket-LB configuration's agent attaches its packet program to: a
-/// dummy no traffic crosses.
-const SOCKLB_DUMMY: &str = "lbsockdummy0";
+/// The interface the socket-LB configuration's agent attaches its packet program to: one
+/// end of a veth pair no traffic crosses.
+const SOCKLB_IDLE: &str = "lbsockidle0";
+const SOCKLB_IDLE_PEER: &str = "lbsockidle1";
 
 /// The agent's config: TCP VIP:80 and UDP VIP:9 over the three backends.
 ///
@@ -382,10 +411,8 @@ const SOCKLB_DUMMY: &str = "lbsockdummy0";
 fn agent_config(lab: &BenchLab, extra_keys: bool, attach: Attach) -> String {
     let (ifaces, xdp_mode) = match attach {
         Attach::Xdp(mode) => (crate::lab::interfaces_line(&lab.topo), mode),
-        Attach::SocketLb(_) => (
-            format!(
-                "interfaces = [\"{SOCKLB_DUMMY}\"]\nattach = {{ \"{SOCKLB_DUMMY}\" = \"tc\" }}"
-            ),
+        Attach::SocketLb(..) => (
+            format!("interfaces = [\"{SOCKLB_IDLE}\"]\nattach = {{ \"{SOCKLB_IDLE}\" = \"tc\" }}"),
             "native",
         ),
         Attach::Tc => {
@@ -419,14 +446,19 @@ fn agent_config(lab: &BenchLab, extra_keys: bool, attach: Attach) -> String {
         s += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP4}\"\nport = {port}\nprotocol = \"{proto}\"\n"
         );
-        if matches!(attach, Attach::SocketLb(_)) {
+        if matches!(attach, Attach::SocketLb(..)) {
             s += "scope = \"cluster\"\n";
         }
-        for ip in backend_ips(lab) {
+        let backends = backend_ips(lab);
+        let backends = match attach {
+            Attach::SocketLb(_, true) => &backends[..1],
+            _ => &backends[..],
+        };
+        for ip in backends {
             s += &format!("[[service.backend]]\naddress = \"{ip}\"\nport = {port}\n");
         }
     }
-    if let Attach::SocketLb(cg) = attach {
+    if let Attach::SocketLb(cg, _) = attach {
         // "all": the client is in its own namespace (a pod on this node).
         s += &format!(
             "\n[socket_lb]\nenabled = true\ncgroup = \"{}\"\nnamespaces = \"all\"\n",
@@ -704,7 +736,7 @@ pub fn check_tools(peers: &[Peer], tools: &Tools) -> Result<()> {
         let bins: &[&str] = match p {
             Peer::Direct => &[],
             Peer::Lb | Peer::LbTc | Peer::LbGeneric => &[],
-            Peer::SockLb => &["nsenter", "mount"],
+            Peer::SockLb | Peer::SockLbOne => &["nsenter", "mount"],
             Peer::Iptables => &["iptables-restore", "nft"],
             Peer::Nftables => &["nft"],
             Peer::NginxStream => &["nginx"],
