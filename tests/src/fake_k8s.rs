@@ -252,17 +252,17 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
                         .collect()
                 } else {
                     vec![match (services, &s.k8s_service, &s.deleted) {
-                    (false, _, _) => json!({"type": "MODIFIED", "object": slice(&s)}),
-                    (true, Some(o), _) => {
-                        json!({"type": "MODIFIED", "object": service_object(&s, o)})
-                    }
-                    (true, None, Some(o)) => {
-                        json!({"type": "DELETED", "object": service_object(&s, o)})
-                    }
-                    // Nothing ever served: no event.
-                    (true, None, None) => {
-                        json!({"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": s.resource_version.to_string()}}})
-                    }
+                        (false, _, _) => json!({"type": "MODIFIED", "object": slice(&s)}),
+                        (true, Some(o), _) => {
+                            json!({"type": "MODIFIED", "object": service_object(&s, o)})
+                        }
+                        (true, None, Some(o)) => {
+                            json!({"type": "DELETED", "object": service_object(&s, o)})
+                        }
+                        // Nothing ever served: no event.
+                        (true, None, None) => {
+                            json!({"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": s.resource_version.to_string()}}})
+                        }
                     }]
                 };
                 for event in events {

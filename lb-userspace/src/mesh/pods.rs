@@ -150,14 +150,24 @@ mod tests {
         eventually("a watch", || api.seen().iter().any(|s| s.is_watch())).await;
         for s in api.seen() {
             assert_eq!(s.kind, "Pod");
-            assert_eq!(s.get("fieldSelector"), Some("spec.nodeName=node-a"), "{s:?}");
+            assert_eq!(
+                s.get("fieldSelector"),
+                Some("spec.nodeName=node-a"),
+                "{s:?}"
+            );
         }
 
         // Watch events: a pod added (no service account: `default`), its service account
         // changed (a pod re-created under the same name), another pod deleted.
         api.apply(pod("batch-1", "jobs", "node-a", None, "10.244.1.6"));
         until(&ids, "10.244.1.6", id("jobs", "default")).await;
-        api.apply(pod("batch-1", "jobs", "node-a", Some("batch"), "10.244.1.6"));
+        api.apply(pod(
+            "batch-1",
+            "jobs",
+            "node-a",
+            Some("batch"),
+            "10.244.1.6",
+        ));
         until(&ids, "10.244.1.6", id("jobs", "batch")).await;
         api.delete("web-1");
         until(&ids, "10.244.1.5", None).await;

@@ -85,9 +85,9 @@ impl MeshAuth for IdentityAuth {
 mod tests {
     use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
-    use crate::mesh::identity::tests::{TempDir, ca_mesh, write_ca};
     use super::*;
     use crate::config::WorkloadName;
+    use crate::mesh::identity::tests::{TempDir, ca_mesh, write_ca};
 
     #[tokio::test]
     async fn configured_cgroup_wins_then_the_pod_address_then_nobody() {

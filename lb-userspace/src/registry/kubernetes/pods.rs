@@ -22,8 +22,11 @@ use super::follow::follow_keyed;
 use super::{KubernetesError, KubernetesWatcher};
 use crate::config::KubernetesSource;
 
+/// (namespace, service account).
+pub type PodName = (String, String);
+
 /// Pod address -> (namespace, service account).
-pub type PodIdentities = HashMap<IpAddr, (String, String)>;
+pub type PodIdentities = HashMap<IpAddr, PodName>;
 
 /// The field selector that lists only this node's pods.
 pub fn node_field_selector(node: &str) -> String {
@@ -41,7 +44,7 @@ pub fn pod_identities(pods: &[Pod], node: &str) -> PodIdentities {
 
 /// One pod's addresses with its (namespace, service account); empty if it is left out (see
 /// [`pod_identities`]).
-fn pod_identity(pod: &Pod, node: &str) -> Vec<(IpAddr, (String, String))> {
+fn pod_identity(pod: &Pod, node: &str) -> Vec<(IpAddr, PodName)> {
     let (Some(spec), Some(status), Some(ns)) = (&pod.spec, &pod.status, &pod.metadata.namespace)
     else {
         return Vec::new();
@@ -115,7 +118,7 @@ impl PodWatcher {
             (key, pod_identity(p, &node))
         };
         let mut sent: Option<PodIdentities> = None;
-        let forward = |pods: &BTreeMap<String, Vec<(IpAddr, (String, String))>>| {
+        let forward = |pods: &BTreeMap<String, Vec<(IpAddr, PodName)>>| {
             let map: PodIdentities = pods.values().flatten().cloned().collect();
             if sent.as_ref() != Some(&map) {
                 sent = Some(map.clone());

@@ -304,7 +304,9 @@ fn objects(
             && namespace
                 .as_ref()
                 .is_none_or(|n| o["metadata"]["namespace"] == json!(n))
-            && node.as_ref().is_none_or(|n| o["spec"]["nodeName"] == json!(n))
+            && node
+                .as_ref()
+                .is_none_or(|n| o["spec"]["nodeName"] == json!(n))
             && label
                 .as_ref()
                 .is_none_or(|(label, value)| o["metadata"]["labels"][label] == json!(value))
