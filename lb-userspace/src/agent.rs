@@ -37,6 +37,7 @@ use crate::{
     control::{ControlHandle, ControlPlane},
     l4::{L4Dataplane, L4Error, L4Handle, L4Options},
     mesh::{
+        self,
         identity::{Authorizer, Identities, IdentityError},
         tunnel::{
             IdentityAuth, KernelOrigDst, SnapshotServices, TunnelError, TunnelPart, TunnelSettings,
@@ -160,6 +161,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     let mesh_stop = CancellationToken::new();
     let mesh = if config.mesh.enabled {
         let ids = Identities::start(&config.mesh).await?;
+        let pods = mesh::pods::start(&config, ids.clone(), mesh_stop.clone());
         let auth = Arc::new(IdentityAuth::new(
             ids,
             Authorizer::new(&config.mesh.policies),
@@ -179,7 +181,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
         )
         .await?;
         info!(listen = %config.mesh.listen, outbound = %config.mesh.outbound, "mesh tunnel running");
-        Some(part)
+        Some((part, pods))
     } else {
         None
     };
@@ -198,7 +200,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
             state: gateway.state.clone(),
         }),
     );
-    if let Some(m) = &mesh {
+    if let Some((m, _)) = &mesh {
         status = status.with_mesh(m.view.clone());
     }
     let admin_stop = CancellationToken::new();
@@ -274,8 +276,11 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     gateway_stop.cancel();
     let _ = tokio::task::spawn_blocking(move || gateway.join()).await;
     mesh_stop.cancel();
-    if let Some(m) = mesh {
+    if let Some((m, pods)) = mesh {
         m.join().await;
+        if let Some(p) = pods {
+            let _ = p.await;
+        }
     }
     control_stop.cancel();
     let _ = control_task.await;

@@ -5,8 +5,9 @@
 //! ended after a couple of seconds like a watch timeout.
 //!
 //! One slice for one service, and (for `discover_services`) at most one Service object at
-//! `/api/v1/namespaces/default/services`; it runs inside a test namespace; threads, stopped
-//! on drop.
+//! `/api/v1/namespaces/default/services`, and Pods at `/api/v1/pods` (the mesh's pod
+//! identities; served whatever the field selector, each re-sent as `MODIFIED` when they
+//! change, never deleted); it runs inside a test namespace; threads, stopped on drop.
 
 use std::{
     io::{BufReader, Write},
@@ -36,6 +37,8 @@ struct State {
     /// The Service object served, if any, and the last one removed (for its DELETED event).
     k8s_service: Option<Value>,
     deleted: Option<Value>,
+    /// Pod objects served at `/api/v1/pods`.
+    pods: Vec<Value>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -57,6 +60,7 @@ impl FakeKubernetes {
                 port,
                 k8s_service: None,
                 deleted: None,
+                pods: Vec::new(),
             }),
             Condvar::new(),
         ));
@@ -97,6 +101,39 @@ impl FakeKubernetes {
         s.resource_version += 1;
         cv.notify_all();
     }
+}
+
+impl FakeKubernetes {
+    /// Serves these Pod objects at `/api/v1/pods` from now on.
+    pub fn set_pods(&self, pods: Vec<Value>) {
+        let (m, cv) = &*self.shared;
+        let mut s = m.lock().unwrap();
+        s.pods = pods;
+        s.resource_version += 1;
+        cv.notify_all();
+    }
+}
+
+/// A running pod on `node` with address `ip`, as the API server returns it.
+pub fn pod(name: &str, namespace: &str, service_account: &str, node: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": service_account,
+            "containers": [{"name": "app", "image": "app:1"}]
+        },
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+/// A served pod stamped with the current version.
+fn pod_object(s: &State, pod: &Value) -> Value {
+    let mut o = pod.clone();
+    o["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+    o
 }
 
 /// The served Service (or the deleted one) stamped with the current version.
@@ -150,7 +187,9 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
         };
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let services = path.ends_with("/api/v1/namespaces/default/services");
+        let pods = path.ends_with("/api/v1/pods");
         if !services
+            && !pods
             && !path.ends_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices")
         {
             let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
@@ -165,7 +204,14 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
         let (m, cv) = &**shared;
         if !watch {
             let s = m.lock().unwrap();
-            let body = if services {
+            let body = if pods {
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "PodList",
+                    "metadata": {"resourceVersion": s.resource_version.to_string()},
+                    "items": s.pods.iter().map(|p| pod_object(&s, p)).collect::<Vec<_>>(),
+                })
+            } else if services {
                 json!({
                     "apiVersion": "v1",
                     "kind": "ServiceList",
@@ -199,25 +245,34 @@ fn serve(conn: TcpStream, shared: &Shared, stop: &AtomicBool) {
         while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             if s.resource_version > seen {
                 seen = s.resource_version;
-                let event = match (services, &s.k8s_service, &s.deleted) {
-                    (false, _, _) => json!({"type": "MODIFIED", "object": slice(&s)}),
-                    (true, Some(o), _) => {
-                        json!({"type": "MODIFIED", "object": service_object(&s, o)})
-                    }
-                    (true, None, Some(o)) => {
-                        json!({"type": "DELETED", "object": service_object(&s, o)})
-                    }
-                    // Nothing ever served: no event.
-                    (true, None, None) => {
-                        json!({"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": s.resource_version.to_string()}}})
-                    }
+                let events: Vec<Value> = if pods {
+                    s.pods
+                        .iter()
+                        .map(|p| json!({"type": "MODIFIED", "object": pod_object(&s, p)}))
+                        .collect()
+                } else {
+                    vec![match (services, &s.k8s_service, &s.deleted) {
+                        (false, _, _) => json!({"type": "MODIFIED", "object": slice(&s)}),
+                        (true, Some(o), _) => {
+                            json!({"type": "MODIFIED", "object": service_object(&s, o)})
+                        }
+                        (true, None, Some(o)) => {
+                            json!({"type": "DELETED", "object": service_object(&s, o)})
+                        }
+                        // Nothing ever served: no event.
+                        (true, None, None) => {
+                            json!({"type": "BOOKMARK", "object": {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": s.resource_version.to_string()}}})
+                        }
+                    }]
                 };
-                let event = format!("{event}\n");
-                if write!(out, "{:x}\r\n{event}\r\n", event.len())
-                    .and_then(|()| out.flush())
-                    .is_err()
-                {
-                    return;
+                for event in events {
+                    let event = format!("{event}\n");
+                    if write!(out, "{:x}\r\n{event}\r\n", event.len())
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             }
             s = cv.wait_timeout(s, Duration::from_millis(50)).unwrap().0;

@@ -203,12 +203,7 @@ fn rbac_only_reads_what_the_sources_need() {
     }
     assert_eq!(
         granted,
-        set(&[
-            "/pods",
-            "/serviceaccounts",
-            "/services",
-            "discovery.k8s.io/endpointslices"
-        ])
+        set(&["/pods", "/services", "discovery.k8s.io/endpointslices"])
     );
     let binding = object(&docs, "ClusterRoleBinding", "lb");
     assert_eq!(binding["roleRef"]["name"], "lb");

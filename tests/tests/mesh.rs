@@ -8,13 +8,14 @@
 //! Checks: the payload is echoed; on the wire between the nodes only TLS is seen, never the
 //! plaintext; B's agent saw the client's SPIFFE ID; a deny policy on B refuses and counts;
 //! A's agent killed (-9) and restarted: new connections work again; a clean stop leaves no
-//! hook attached. (Foreign-CA, expired and untrusted peers are refused in the unit tests of
+//! hook attached. Without a `[[mesh.workload]]`, a workload whose address is a pod's (from a
+//! fake API server's pod list) runs as that pod's identity; one with no identity is refused. (Foreign-CA, expired and untrusted peers are refused in the unit tests of
 //! `mesh::identity` and `mesh::tunnel`, which speak TLS to the inbound listener directly.)
 
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
@@ -23,6 +24,7 @@ use std::{
 use lb_tests::{
     Topology,
     admin::get_tcp,
+    fake_k8s::{FakeKubernetes, pod},
     lab::{Lab, config_text_with, wait_for_log},
     lb_binary,
     mounts::{Bpffs, TestCgroup},
@@ -33,6 +35,8 @@ use lb_tests::{
 const MESH_VIP: &str = "10.96.0.20";
 const SECRET: &[u8] = b"mesh-plaintext-canary-7f3a9c\n";
 const CLIENT_ID: &str = "spiffe://test.local/ns/app/sa/client";
+/// The recorded pod's identity (namespace `shop`, service account `web`).
+const POD_ID: &str = "spiffe://test.local/ns/shop/sa/web";
 const ADMIN: &str = "127.0.0.1:9180";
 
 /// A CA (certificate and key files) in a temp dir, removed on drop.
@@ -90,6 +94,8 @@ fn mesh(ca: &CaDir, workload: Option<&Path>, extra: &str, keys: &str) -> String 
 /// Two nodes. Drop order: agents first, then the lab (servers, namespaces), mounts last.
 struct MeshLab {
     b_agent: NsChild,
+    /// The fake API server node A follows its pods through, if any.
+    _k8s: Option<FakeKubernetes>,
     lab: Lab,
     _b_config: lb_tests::lab::ConfigFile,
     cg_a: TestCgroup,
@@ -105,6 +111,20 @@ impl MeshLab {
 
     /// Both nodes get `mesh_keys` in their `[mesh]` table.
     fn start_with(b_policy: &str, mesh_keys: &str) -> MeshLab {
+        MeshLab::build(b_policy, mesh_keys, None)
+    }
+
+    /// Node A maps no cgroup: a fake API server in its namespace serves the pods `pods`
+    /// makes from node A's client-side address, followed through a kubernetes source.
+    fn start_with_pods(pods: &dyn Fn(Ipv4Addr) -> Vec<serde_json::Value>) -> MeshLab {
+        MeshLab::build("", "", Some(pods))
+    }
+
+    fn build(
+        b_policy: &str,
+        mesh_keys: &str,
+        pods: Option<&dyn Fn(Ipv4Addr) -> Vec<serde_json::Value>>,
+    ) -> MeshLab {
         let ca = CaDir::new();
         let fs = Bpffs::mount();
         let (cg_a, cg_b) = (TestCgroup::new(), TestCgroup::new());
@@ -128,18 +148,35 @@ impl MeshLab {
             .expect("start node B's agent");
         wait_for_log(&b_agent, "mesh tunnel running");
 
+        let k8s = pods.map(|pods| {
+            let k8s = FakeKubernetes::start_in(&topo.lb.path(), "unused", 8080)
+                .expect("the fake API server");
+            k8s.set_pods(pods(topo.lb_ifaces[0].ip4));
+            k8s
+        });
+        // Discovering the (no) Services of `default`: a source that adds nothing but the
+        // connection the pods are followed through.
+        let source = k8s.as_ref().map_or(String::new(), |k| {
+            format!(
+                "\n[[source]]\nkind = \"kubernetes\"\nname = \"k8s\"\napi_server = \"{}\"\nnamespace = \"default\"\ndiscover_services = true\nnode_name = \"node-a\"\n",
+                k.url()
+            )
+        });
+        let workload = k8s.is_none().then_some(cg_a.path());
         let pins = format!("pin_path = \"{}\"\n", fs.pin_path().display());
         let text = |t: &Topology| {
             config_text_with(t, &[0], None, &pins)
                 + &service(&b_ip)
                 + &socket_lb(cg_a.path())
-                + &mesh(&ca, Some(cg_a.path()), "", mesh_keys)
+                + &mesh(&ca, workload, "", mesh_keys)
+                + &source
         };
         let lab = Lab::start_config(topo, text, &[]);
         wait_for_log(&lab.agent, "mesh tunnel running");
         wait_for_log(&lab.agent, "socket LB attached");
         MeshLab {
             b_agent,
+            _k8s: k8s,
             lab,
             _b_config: b_config,
             cg_a,
@@ -152,12 +189,22 @@ impl MeshLab {
     /// `SECRET` sent from a workload in node A's test cgroup to the mtls service; what came
     /// back (the backend's name line, then the echo).
     fn call(&self) -> String {
+        self.call_from(None)
+    }
+
+    /// [`MeshLab::call`] from a socket bound to `source` (else the kernel picks: loopback,
+    /// as the outbound listener is there).
+    fn call_from(&self, source: Option<Ipv4Addr>) -> String {
+        let mut target = format!("TCP:{MESH_VIP}:80");
+        if let Some(ip) = source {
+            target += &format!(",bind={ip}");
+        }
         let mut child = self
             .cg_a
             .command(
                 &self.lab.topo.lb,
                 "socat",
-                ["-t", "5", "-T", "10", "-", &format!("TCP:{MESH_VIP}:80")],
+                ["-t", "5", "-T", "10", "-", &target],
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -293,6 +340,51 @@ fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
     // A clean stop detaches every hook.
     m.lab.agent.stop(Duration::from_secs(10)).unwrap();
     assert!(m.attached().is_empty(), "{:?}", m.attached());
+}
+
+#[test]
+fn a_pod_without_a_configured_cgroup_runs_as_its_pods_identity() {
+    let m = MeshLab::start_with_pods(&|ip| {
+        vec![
+            pod("web-1", "shop", "web", "node-a", &ip.to_string()),
+            // Another node's pod: not this node's business.
+            pod("web-2", "shop", "other", "node-b", "10.244.9.9"),
+        ]
+    });
+    wait_for_log(&m.lab.agent, "mesh: pod identities updated");
+    let pod_ip = m.lab.topo.lb_ifaces[0].ip4;
+
+    // From the pod's address: carried as the pod's identity, seen so by node B.
+    let got = m.call_from(Some(pod_ip));
+    assert!(
+        got.contains(std::str::from_utf8(SECRET).unwrap()),
+        "echo: {got:?}\nA:\n{}\nB:\n{}",
+        m.lab.agent.output(),
+        m.b_agent.output()
+    );
+    let peers = m.b_status()["mesh"]["peers"].clone();
+    assert!(
+        peers.as_array().unwrap().iter().any(|p| p[0] == POD_ID),
+        "peers: {peers}"
+    );
+    assert!(
+        !peers.as_array().unwrap().iter().any(|p| p[0] == CLIENT_ID),
+        "no cgroup is mapped: {peers}"
+    );
+
+    // From an address no pod has (loopback): no identity, refused and counted.
+    let got = m.call_from(None);
+    assert!(
+        !got.contains(std::str::from_utf8(SECRET).unwrap()),
+        "no identity but echoed: {got:?}"
+    );
+    let mut refused = serde_json::Value::Null;
+    eventually("the refusal is counted on node A", || {
+        refused = m.lab.wait_for_status()["mesh"]["refused"].clone();
+        refused
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x[0] == "no_identity" && x[1] == 1))
+    });
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::diag::Diag;
 use super::doc::{Node, Sp, Table};
 use super::raw::RawService;
-use super::{Mode, Service, SocketLbSettings};
+use super::{Mode, Service, SocketLbSettings, SourceConfig};
 
 /// Inbound HBONE listener when `listen` is not set (ztunnel's port).
 pub const DEFAULT_MESH_LISTEN: SocketAddr =
@@ -48,6 +48,12 @@ pub struct MeshConfig {
     pub workloads: Vec<Workload>,
     /// `[[mesh.policy]]`: L4 authorization, in file order.
     pub policies: Vec<Policy>,
+    /// The `kind = "kubernetes"` source whose API server, credentials and node name the
+    /// agent uses to follow this node's Pods (pod address -> namespace and service account,
+    /// the identity of workloads without a `[[mesh.workload]]`). From `pod_source`, else the
+    /// first kubernetes source of the file; `None` with `pod_identities = false` or without
+    /// a kubernetes source.
+    pub pod_source: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -65,6 +71,7 @@ impl Default for MeshConfig {
             },
             workloads: Vec::new(),
             policies: Vec::new(),
+            pod_source: None,
         }
     }
 }
@@ -142,13 +149,28 @@ pub struct PolicySource {
 }
 
 /// `[mesh]` as read, with the places later checks (against the services) report at.
-#[derive(Default)]
 pub(super) struct RawMesh {
     pub settings: MeshConfig,
     /// The `[mesh]` table's span, when present.
     pub span: Option<super::diag::Span>,
     /// Each policy's `service` value and its field path.
     pub policy_services: Vec<(Sp<String>, String)>,
+    /// `pod_identities` (default true).
+    pub pod_identities: bool,
+    /// `pod_source` and its field path, resolved against the sources by [`pod_source`].
+    pub pod_source: Option<(Sp<String>, String)>,
+}
+
+impl Default for RawMesh {
+    fn default() -> Self {
+        Self {
+            settings: MeshConfig::default(),
+            span: None,
+            policy_services: Vec::new(),
+            pod_identities: true,
+            pod_source: None,
+        }
+    }
 }
 
 pub(super) fn settings(root: &Table, d: &mut Diag) -> RawMesh {
@@ -173,6 +195,8 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> RawMesh {
             "node_identity",
             "workload",
             "policy",
+            "pod_identities",
+            "pod_source",
         ],
         d,
     );
@@ -207,6 +231,12 @@ pub(super) fn settings(root: &Table, d: &mut Diag) -> RawMesh {
         }
     }
     s.certs = cert_source(&t, s.enabled, d);
+    if let Some(b) = t.get("pod_identities").and_then(|n| n.bool(d)) {
+        raw.pod_identities = b.val;
+    }
+    if let Some(n) = t.get("pod_source").and_then(|n| n.str(d)) {
+        raw.pod_source = Some((n, t.field("pod_source")));
+    }
     if let Some(bundles) = t
         .get("trust_bundles")
         .and_then(|n| n.tables("an array of tables", d))
@@ -587,6 +617,40 @@ pub fn is_name(s: &str) -> bool {
         && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+}
+
+/// The kubernetes source pods are followed through (see [`MeshConfig::pod_source`]):
+/// `pod_source` must name one; `pod_identities = false` with `pod_source` is a contradiction.
+pub(super) fn pod_source(mesh: &RawMesh, sources: &[SourceConfig], d: &mut Diag) -> Option<String> {
+    let kubernetes = |name: &str| {
+        sources
+            .iter()
+            .any(|s| matches!(s, SourceConfig::Kubernetes(_)) && s.name() == name)
+    };
+    match &mesh.pod_source {
+        Some((name, field)) if !mesh.pod_identities => {
+            d.error(
+                &name.span,
+                field,
+                "`pod_source` with `pod_identities = false`: remove one of them",
+            );
+            None
+        }
+        Some((name, field)) if !kubernetes(&name.val) => {
+            d.error(
+                &name.span,
+                field,
+                format!("no `kind = \"kubernetes\"` source is named `{}`", name.val),
+            );
+            None
+        }
+        Some((name, _)) => Some(name.val.clone()),
+        None if !mesh.pod_identities => None,
+        None => sources.iter().find_map(|s| match s {
+            SourceConfig::Kubernetes(k) => Some(k.name.clone()),
+            _ => None,
+        }),
+    }
 }
 
 /// A service's `mtls = true` needs a frontend in NAT mode, the socket LB and the mesh; a

@@ -54,6 +54,10 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
     let admin = control::admin(raw.admin.as_ref(), d);
     let registry = control::registry(raw.registry.as_ref(), d);
     let sources = sources::sources(&raw.sources, &service_names, &global.interfaces, d);
+    let mut mesh = raw.mesh.settings.clone();
+    // Judged even when the mesh is off (a wrong name is wrong), used only when it is on.
+    mesh.pod_source =
+        super::mesh::pod_source(&raw.mesh, &sources, d).filter(|_| raw.mesh.settings.enabled);
     Config {
         global,
         admin,
@@ -63,7 +67,7 @@ pub(super) fn validate(raw: &RawConfig, d: &mut Diag) -> Config {
         auth: raw.auth.iter().filter_map(|a| a.provider.clone()).collect(),
         gateway: raw.gateway.clone(),
         socket_lb: raw.socket_lb.clone(),
-        mesh: raw.mesh.settings.clone(),
+        mesh,
     }
 }
 

@@ -127,6 +127,15 @@ pub struct KubernetesWatcher {
 
 impl KubernetesWatcher {
     pub fn new(config: &KubernetesSource) -> Result<Self, KubernetesError> {
+        if config.services.is_empty() && !config.discover_services {
+            return Err(KubernetesError::NoServices);
+        }
+        Self::connection(config)
+    }
+
+    /// The source's connection settings (API server, credentials, namespace, node) without
+    /// its services: what other watches of the same cluster (the mesh's pods) reuse.
+    fn connection(config: &KubernetesSource) -> Result<Self, KubernetesError> {
         if let Some(url) = &config.api_server {
             let ok = url
                 .parse::<http::Uri>()
@@ -134,9 +143,6 @@ impl KubernetesWatcher {
             if !ok {
                 return Err(KubernetesError::BadApiServer(url.clone()));
             }
-        }
-        if config.services.is_empty() && !config.discover_services {
-            return Err(KubernetesError::NoServices);
         }
         let mut services = config.services.clone();
         services.sort();
@@ -162,15 +168,19 @@ impl KubernetesWatcher {
 
     /// This node: its name from the config or `NODE_NAME`, its NodePort addresses.
     fn node(&self) -> translate::Node {
-        let name = self
-            .node_name
-            .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()));
+        let name = self.node_name();
         let addresses = match &self.node_addresses {
             NodeAddresses::List(list) => list.clone(),
             NodeAddresses::Interfaces(names) => discover::interface_addresses(names),
         };
         translate::Node { name, addresses }
+    }
+
+    /// This node's name: the config's `node_name`, else `NODE_NAME`.
+    fn node_name(&self) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
     }
 
     /// kube's client configuration: URL, bearer token file and CA bundle.
@@ -213,23 +223,33 @@ impl KubernetesWatcher {
         Ok(config)
     }
 
-    async fn run_loop(mut self, out: SourceHandle) {
-        let client = loop {
+    /// The client, retried after [`Backoff`] while its files cannot be read; `None` once
+    /// `out` closes.
+    async fn client(&mut self, out: &SourceHandle) -> Option<Client> {
+        loop {
             match self
                 .client_config()
                 .and_then(|c| Client::try_from(c).map_err(KubernetesError::Client))
             {
-                Ok(client) => break client,
+                Ok(client) => {
+                    self.backoff.reset();
+                    return Some(client);
+                }
                 Err(e) => {
                     warn!(source = out.name(), "kubernetes: {e}");
                     out.error(format!("kubernetes: {e}"));
                     if !out.sleep_unless_closed(self.backoff.next_delay()).await {
-                        return;
+                        return None;
                     }
                 }
             }
+        }
+    }
+
+    async fn run_loop(mut self, out: SourceHandle) {
+        let Some(client) = self.client(&out).await else {
+            return;
         };
-        self.backoff.reset();
         if self.discover_services {
             let node = self.node();
             info!(source = out.name(), node = ?node.name, addresses = ?node.addresses, "kubernetes: discovering Services");
@@ -412,4 +432,4 @@ fn read_ca(path: &Path) -> Result<Vec<Vec<u8>>, KubernetesError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

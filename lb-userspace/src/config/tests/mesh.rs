@@ -333,3 +333,49 @@ fn policy_mistakes() {
         "defined twice",
     );
 }
+
+/// An enabled mesh with `keys` (from line 17), then kubernetes sources `a` and `b`.
+fn with_k8s(keys: &str) -> String {
+    let source = |name: &str| {
+        format!("[[source]]\nkind = \"kubernetes\"\nname = \"{name}\"\nservices = [\"web\"]\n")
+    };
+    ca(&format!("{keys}{}{}", source("a"), source("b")))
+}
+
+#[test]
+fn pod_identities_come_through_a_kubernetes_source() {
+    let pod_source = |text: &str| parse(text, "t.toml").unwrap().mesh.pod_source;
+    // Default: the file's first kubernetes source.
+    assert_eq!(pod_source(&with_k8s("")).as_deref(), Some("a"));
+    assert_eq!(
+        pod_source(&with_k8s("pod_source = \"b\"\n")).as_deref(),
+        Some("b")
+    );
+    assert_eq!(pod_source(&with_k8s("pod_identities = false\n")), None);
+    // No kubernetes source, or no mesh: no pods followed.
+    assert_eq!(pod_source(&ca("")), None);
+    let off = with_k8s("").replace("enabled = true", "enabled = false");
+    assert_eq!(pod_source(&off), None);
+}
+
+#[test]
+fn pod_source_must_name_a_kubernetes_source() {
+    one_error(
+        &with_k8s("pod_source = \"c\"\n"),
+        17,
+        "mesh.pod_source",
+        "no `kind = \"kubernetes\"` source is named `c`",
+    );
+    one_error(
+        &with_k8s("pod_identities = false\npod_source = \"a\"\n"),
+        18,
+        "mesh.pod_source",
+        "remove one of them",
+    );
+    one_error(
+        &ca("pod_identities = \"yes\"\n"),
+        17,
+        "mesh.pod_identities",
+        "",
+    );
+}

@@ -17,7 +17,7 @@ mod verify;
 mod workloads;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

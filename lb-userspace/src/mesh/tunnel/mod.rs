@@ -21,7 +21,7 @@ mod splice;
 mod tests;
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     sync::Arc,
 };
 
@@ -47,9 +47,15 @@ pub struct Verdict {
 
 /// Identities, certificates and policy, as the tunnel needs them.
 pub trait MeshAuth: Send + Sync + 'static {
-    /// The SPIFFE ID of the workload in cgroup `cgroup_id` and a client config presenting
-    /// its current certificate; `None`: the workload has no identity (refused).
-    fn client_for_cgroup(&self, cgroup_id: u64) -> Option<(String, Arc<rustls::ClientConfig>)>;
+    /// The SPIFFE ID of the local workload in cgroup `cgroup_id` whose connection comes from
+    /// address `source`, and a client config presenting its current certificate: the
+    /// cgroup's configured identity, else the identity of the pod with address `source`;
+    /// `None`: the workload has no identity (refused).
+    fn client_for(
+        &self,
+        cgroup_id: u64,
+        source: IpAddr,
+    ) -> Option<(String, Arc<rustls::ClientConfig>)>;
     /// The inbound server config (client certificates required and verified).
     fn server_config(&self) -> Arc<rustls::ServerConfig>;
     /// The verified peer's SPIFFE ID from a finished handshake.

@@ -78,7 +78,8 @@ async fn one(
         warn!(client = %peer, "mesh outbound: connection not steered by the socket LB: closed");
         return refuse(counters, "no_origdst");
     };
-    let Some((source, tls)) = auth.client_for_cgroup(orig.cgroup_id) else {
+    // The client socket's own address: a pod's IP when the workload is a pod.
+    let Some((source, tls)) = auth.client_for(orig.cgroup_id, peer.ip()) else {
         warn!(client = %peer, cgroup = orig.cgroup_id, service = %orig.service,
             "mesh outbound: workload has no identity: refused");
         return refuse(counters, "no_identity");

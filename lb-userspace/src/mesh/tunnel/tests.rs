@@ -105,7 +105,11 @@ impl TestAuth {
 }
 
 impl MeshAuth for TestAuth {
-    fn client_for_cgroup(&self, cgroup_id: u64) -> Option<(String, Arc<rustls::ClientConfig>)> {
+    fn client_for(
+        &self,
+        cgroup_id: u64,
+        _source: std::net::IpAddr,
+    ) -> Option<(String, Arc<rustls::ClientConfig>)> {
         self.clients.get(&cgroup_id).cloned()
     }
     fn server_config(&self) -> Arc<rustls::ServerConfig> {

@@ -24,14 +24,31 @@ pub(super) async fn follow<K, T>(
     api: Api<K>,
     config: watcher::Config,
     what: &str,
-    mut backoff: Backoff,
+    backoff: Backoff,
     out: &SourceHandle,
     map: impl Fn(&K) -> T,
-    mut publish: impl FnMut(&BTreeMap<String, T>) -> bool,
+    publish: impl FnMut(&BTreeMap<String, T>) -> bool,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let name = |k: &K| k.meta().name.clone().unwrap_or_default();
+    let entry = |k: &K| (name(k), map(k));
+    follow_keyed(api, config, what, backoff, out, entry, publish).await;
+}
+
+/// [`follow`] with each object's key chosen by `entry` too (`namespace/name` for a watch
+/// across namespaces, where names repeat).
+pub(super) async fn follow_keyed<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    mut backoff: Backoff,
+    out: &SourceHandle,
+    entry: impl Fn(&K) -> (String, T),
+    mut publish: impl FnMut(&BTreeMap<String, T>) -> bool,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
     // Name -> its `T`; `listing` collects a (re-)list until it is complete.
     let mut objects: BTreeMap<String, T> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, T>> = None;
@@ -45,7 +62,8 @@ pub(super) async fn follow<K, T>(
                 }
                 Ok(Event::InitApply(k)) => {
                     if let Some(listing) = &mut listing {
-                        listing.insert(name(&k), map(&k));
+                        let (key, value) = entry(&k);
+                        listing.insert(key, value);
                     }
                     false
                 }
@@ -54,11 +72,12 @@ pub(super) async fn follow<K, T>(
                     true
                 }
                 Ok(Event::Apply(k)) => {
-                    objects.insert(name(&k), map(&k));
+                    let (key, value) = entry(&k);
+                    objects.insert(key, value);
                     true
                 }
                 Ok(Event::Delete(k)) => {
-                    objects.remove(&name(&k));
+                    objects.remove(&entry(&k).0);
                     true
                 }
                 Err(e) if is_gone(&e) => {

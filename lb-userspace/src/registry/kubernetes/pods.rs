@@ -2,11 +2,31 @@
 //! service account, from the Pods of this node
 //! (`GET /api/v1/pods?fieldSelector=spec.nodeName=<node>`). The pod's cgroup is not in the
 //! API, so the mesh maps pods by address.
+//!
+//! [`PodWatcher`] lists and watches them through a kubernetes source's connection settings
+//! (API server, token, CA, node name) with the same loop as the source ([`follow_keyed`]):
+//! resumes from the last version, lists again after `410 Gone`, backs off after errors, and
+//! hands on the complete map after every list and change; on errors it hands on nothing, so
+//! the last good map stays in use. Its service account needs `list` and `watch` on `pods`
+//! across namespaces (a ClusterRole: a node runs pods of every namespace).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, runtime::watcher};
+use tracing::{info, warn};
+
+use super::super::{Backoff, SourceHandle};
+use super::follow::follow_keyed;
+use super::{KubernetesError, KubernetesWatcher};
+use crate::config::KubernetesSource;
+
+/// (namespace, service account).
+pub type PodName = (String, String);
+
+/// Pod address -> (namespace, service account).
+pub type PodIdentities = HashMap<IpAddr, PodName>;
 
 /// The field selector that lists only this node's pods.
 pub fn node_field_selector(node: &str) -> String {
@@ -18,35 +38,100 @@ pub fn node_field_selector(node: &str) -> String {
 /// it), finished pods (`Succeeded`, `Failed`: their address may be reused), pods without an
 /// address yet. A pod without `serviceAccountName` runs as `default`, as the API server
 /// defaults it.
-pub fn pod_identities(pods: &[Pod], node: &str) -> HashMap<IpAddr, (String, String)> {
-    let mut out = HashMap::new();
-    for pod in pods {
-        let (Some(spec), Some(status), Some(ns)) =
-            (&pod.spec, &pod.status, &pod.metadata.namespace)
-        else {
-            continue;
+pub fn pod_identities(pods: &[Pod], node: &str) -> PodIdentities {
+    pods.iter().flat_map(|p| pod_identity(p, node)).collect()
+}
+
+/// One pod's addresses with its (namespace, service account); empty if it is left out (see
+/// [`pod_identities`]).
+fn pod_identity(pod: &Pod, node: &str) -> Vec<(IpAddr, PodName)> {
+    let (Some(spec), Some(status), Some(ns)) = (&pod.spec, &pod.status, &pod.metadata.namespace)
+    else {
+        return Vec::new();
+    };
+    if spec.node_name.as_deref() != Some(node)
+        || spec.host_network == Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return Vec::new();
+    }
+    let sa = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let ips = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref());
+    ips.filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| (ip, (ns.clone(), sa.clone())))
+        .collect()
+}
+
+/// Follows this node's Pods; see the module docs.
+#[derive(Debug)]
+pub struct PodWatcher {
+    connection: KubernetesWatcher,
+}
+
+impl PodWatcher {
+    /// Through `source`'s API server, credentials and node name (its services are not
+    /// used).
+    pub fn new(source: &KubernetesSource) -> Result<Self, KubernetesError> {
+        Ok(Self {
+            connection: KubernetesWatcher::connection(source)?,
+        })
+    }
+
+    /// Replaces the delays after an error (default: 200 ms doubling to 30 s).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.connection.backoff = backoff;
+        self
+    }
+
+    /// Runs until `out` closes (or at once without a node name: without it every pod of
+    /// the cluster would be listed, and none of the others is local). `publish` gets the
+    /// complete map after the first list and after every change to it; errors go to `out`.
+    pub async fn run(mut self, out: SourceHandle, mut publish: impl FnMut(PodIdentities) + Send) {
+        let Some(node) = self.connection.node_name() else {
+            let e = "no node name (set the kubernetes source's `node_name` or NODE_NAME): \
+                     pod identities are not followed";
+            warn!(source = out.name(), "kubernetes pods: {e}");
+            out.error(format!("kubernetes pods: {e}"));
+            return;
         };
-        if spec.node_name.as_deref() != Some(node)
-            || spec.host_network == Some(true)
-            || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
-        {
-            continue;
-        }
-        let sa = spec
-            .service_account_name
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        let ips = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|p| p.ip.as_str())
-            .chain(status.pod_ip.as_deref());
-        for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-            out.insert(ip, (ns.clone(), sa.clone()));
+        let Some(client) = self.connection.client(&out).await else {
+            return;
+        };
+        info!(source = out.name(), %node, "kubernetes: following this node's pods");
+        let api: Api<Pod> = Api::all(client);
+        let config = watcher::Config::default().fields(&node_field_selector(&node));
+        let entry = |p: &Pod| {
+            let m = &p.metadata;
+            let key = format!(
+                "{}/{}",
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default()
+            );
+            (key, pod_identity(p, &node))
+        };
+        let mut sent: Option<PodIdentities> = None;
+        let forward = |pods: &BTreeMap<String, Vec<(IpAddr, PodName)>>| {
+            let map: PodIdentities = pods.values().flatten().cloned().collect();
+            if sent.as_ref() != Some(&map) {
+                sent = Some(map.clone());
+                publish(map);
+            }
+            true
+        };
+        let backoff = self.connection.backoff.clone();
+        tokio::select! {
+            () = follow_keyed(api, config, "pods", backoff, &out, entry, forward) => {}
+            () = out.closed() => {}
         }
     }
-    out
 }
 
 #[cfg(test)]

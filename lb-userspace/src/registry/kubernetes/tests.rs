@@ -3,7 +3,9 @@
 //! `resourceVersion`, then a watch (`?watch=true&resourceVersion=N`) streaming one JSON
 //! event per line on a chunked response (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` when
 //! `allowWatchBookmarks=true`, and `ERROR` with a 410 Status once `N` is compacted away),
-//! label selectors (`kubernetes.io/service-name=NAME`) applied on both.
+//! label selectors (`kubernetes.io/service-name=NAME`) applied on both. Pods too, across
+//! namespaces (`/api/v1/pods`), with the `spec.nodeName=NODE` field selector; the mesh's
+//! pod identities are tested against the same server (`crate::mesh::pods`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -38,28 +40,28 @@ const NS: &str = "shop";
 
 /// One request the fake API server received.
 #[derive(Clone, Debug)]
-struct Seen {
-    /// `Service` or `EndpointSlice`.
-    kind: &'static str,
+pub(crate) struct Seen {
+    /// `Service`, `EndpointSlice` or `Pod`.
+    pub(crate) kind: &'static str,
     query: HashMap<String, String>,
     authorization: Option<String>,
 }
 
 impl Seen {
-    fn is_watch(&self) -> bool {
+    pub(crate) fn is_watch(&self) -> bool {
         self.query
             .get("watch")
             .is_some_and(|w| w == "true" || w == "1")
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.query.get(key).map(String::as_str)
     }
 }
 
 /// What live watches are told.
 #[derive(Clone, Debug)]
-enum Live {
+pub(crate) enum Live {
     Event {
         rv: u64,
         kind: &'static str,
@@ -73,7 +75,7 @@ enum Live {
 }
 
 #[derive(Default)]
-struct Store {
+pub(crate) struct Store {
     rv: u64,
     objects: BTreeMap<String, Value>,
     /// Every change, for watches that resume from an older version.
@@ -89,7 +91,7 @@ struct Store {
 
 impl Store {
     /// Writes a slice (ADDED or MODIFIED) and returns the event.
-    fn apply(&mut self, mut slice: Value) -> Live {
+    pub(crate) fn apply(&mut self, mut slice: Value) -> Live {
         self.rv += 1;
         let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
         slice["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -107,7 +109,7 @@ impl Store {
         }
     }
 
-    fn delete(&mut self, name: &str) -> Live {
+    pub(crate) fn delete(&mut self, name: &str) -> Live {
         self.rv += 1;
         let mut slice = self
             .objects
@@ -129,8 +131,8 @@ struct Fake {
 }
 
 /// The fake API server, served until dropped.
-struct FakeApiServer {
-    url: String,
+pub(crate) struct FakeApiServer {
+    pub(crate) url: String,
     state: Arc<Fake>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -142,7 +144,7 @@ impl Drop for FakeApiServer {
 }
 
 impl FakeApiServer {
-    async fn start(slices: Vec<Value>) -> Self {
+    pub(crate) async fn start(slices: Vec<Value>) -> Self {
         let mut store = Store {
             rv: 1000,
             ..Store::default()
@@ -160,6 +162,7 @@ impl FakeApiServer {
                 get(endpoint_slices),
             )
             .route("/api/v1/namespaces/{namespace}/services", get(services))
+            .route("/api/v1/pods", get(pods))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -169,12 +172,12 @@ impl FakeApiServer {
         Self { url, state, task }
     }
 
-    fn apply(&self, slice: Value) {
+    pub(crate) fn apply(&self, slice: Value) {
         let event = self.state.store.lock().unwrap().apply(slice);
         let _ = self.state.live.send(event);
     }
 
-    fn delete(&self, name: &str) {
+    pub(crate) fn delete(&self, name: &str) {
         let event = self.state.store.lock().unwrap().delete(name);
         let _ = self.state.live.send(event);
     }
@@ -192,7 +195,7 @@ impl FakeApiServer {
 
     /// Changes slices while every watcher's version is compacted away (so no watch can
     /// resume and see them), then ends the open watches with `how`.
-    fn expire(&self, how: Live, changes: impl FnOnce(&mut Store)) {
+    pub(crate) fn expire(&self, how: Live, changes: impl FnOnce(&mut Store)) {
         {
             let mut store = self.state.store.lock().unwrap();
             changes(&mut store);
@@ -201,12 +204,12 @@ impl FakeApiServer {
         let _ = self.state.live.send(how);
     }
 
-    fn set_failing(&self, status: Option<u16>) {
+    pub(crate) fn set_failing(&self, status: Option<u16>) {
         self.state.store.lock().unwrap().failing = status;
         let _ = self.state.live.send(Live::Close);
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.state.store.lock().unwrap().seen.clone()
     }
 
@@ -237,7 +240,7 @@ async fn endpoint_slices(
     query: UrlQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    objects("EndpointSlice", state, namespace, query, headers)
+    objects("EndpointSlice", state, Some(namespace), query, headers)
 }
 
 async fn services(
@@ -246,15 +249,33 @@ async fn services(
     query: UrlQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    objects("Service", state, namespace, query, headers)
+    objects("Service", state, Some(namespace), query, headers)
 }
 
-/// List or watch the stored objects of `kind` in the namespace (an `ADDED` etc. event per
-/// line), selected by the equality label selector if the request has one.
+/// `/api/v1/pods`: every namespace's.
+async fn pods(
+    state: State<Arc<Fake>>,
+    query: UrlQuery<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    objects("Pod", state, None, query, headers)
+}
+
+/// The group/version objects of `kind` belong to.
+fn api_version(kind: &str) -> &'static str {
+    match kind {
+        "Service" | "Pod" => "v1",
+        _ => "discovery.k8s.io/v1",
+    }
+}
+
+/// List or watch the stored objects of `kind` in the namespace (every namespace: `None`)
+/// (an `ADDED` etc. event per line), selected by the equality label selector and the
+/// `spec.nodeName` field selector if the request has them.
 fn objects(
     kind: &'static str,
     State(fake): State<Arc<Fake>>,
-    UrlPath(namespace): UrlPath<String>,
+    namespace: Option<UrlPath<String>>,
     UrlQuery(query): UrlQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
@@ -272,9 +293,20 @@ fn objects(
         let (k, v) = s.split_once('=').expect("an equality selector");
         (k.to_owned(), v.to_owned())
     });
+    // The one field selector the agent sends: `spec.nodeName=NODE`.
+    let node = query.get("fieldSelector").map(|s| {
+        let node = s.strip_prefix("spec.nodeName=");
+        node.expect("a spec.nodeName selector").to_owned()
+    });
+    let namespace = namespace.map(|UrlPath(n)| n);
     let selected = move |o: &Value| {
         o["kind"] == json!(kind)
-            && o["metadata"]["namespace"] == json!(namespace)
+            && namespace
+                .as_ref()
+                .is_none_or(|n| o["metadata"]["namespace"] == json!(n))
+            && node
+                .as_ref()
+                .is_none_or(|n| o["spec"]["nodeName"] == json!(n))
             && label
                 .as_ref()
                 .is_none_or(|(label, value)| o["metadata"]["labels"][label] == json!(value))
@@ -302,7 +334,7 @@ fn objects(
             .collect();
         return axum::Json(json!({
             "kind": format!("{kind}List"),
-            "apiVersion": if kind == "Service" { "v1" } else { "discovery.k8s.io/v1" },
+            "apiVersion": api_version(kind),
             "metadata": {"resourceVersion": store.rv.to_string()},
             "items": items
         }))
@@ -347,7 +379,7 @@ fn objects(
                 "type": "BOOKMARK",
                 "object": {
                     "kind": kind,
-                    "apiVersion": if kind == "Service" { "v1" } else { "discovery.k8s.io/v1" },
+                    "apiVersion": api_version(kind),
                     "metadata": {"resourceVersion": rv.to_string()}
                 }
             })))),
@@ -479,7 +511,7 @@ fn config(url: &str, services: &[&str], token: Option<&TempFile>) -> KubernetesS
     }
 }
 
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, async {
         while !cond() {
             tokio::time::sleep(Duration::from_millis(20)).await;

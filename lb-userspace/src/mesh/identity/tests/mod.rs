@@ -21,7 +21,7 @@ use super::{Ca, Identities, SpiffeId};
 use crate::config::{CertSource, MeshConfig, Workload, WorkloadName};
 
 /// A directory under the system temp dir, removed on drop.
-pub(super) struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new() -> Self {
@@ -43,7 +43,7 @@ impl Drop for TempDir {
 }
 
 /// A new CA for `td` written to `dir` as `ca.pem` / `ca-key.pem`; its paths.
-pub(super) fn write_ca(dir: &Path, td: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn write_ca(dir: &Path, td: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = Ca::generate(td).unwrap();
     let (c, k) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     std::fs::write(&c, cert).unwrap();
@@ -57,7 +57,7 @@ pub(super) fn load_ca(dir: &Path) -> Ca {
 }
 
 /// An enabled mesh in `cluster.local` issuing from the CA in `dir`.
-pub(super) fn ca_mesh(dir: &Path, ttl: Duration) -> MeshConfig {
+pub(crate) fn ca_mesh(dir: &Path, ttl: Duration) -> MeshConfig {
     MeshConfig {
         enabled: true,
         certs: Some(CertSource::Ca {
