@@ -16,6 +16,7 @@ mod outbound;
 mod part;
 mod pool;
 mod splice;
+mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -126,10 +127,7 @@ pub enum TunnelError {
         source: std::io::Error,
     },
     #[error("HTTP/2 with {addr}: {source}")]
-    Http {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Http { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {target} via {addr} refused: {status}")]
     Refused {
         addr: SocketAddr,
