@@ -93,7 +93,7 @@ pub struct TunnelSettings {
     pub peer_port: u16,
     /// Connect timeout (to a peer node, to a local backend) and TLS handshake timeout.
     pub connect_timeout: std::time::Duration,
-    /// Splice buffer per direction, bytes.
+    /// Most bytes read from a plain socket at once (one HTTP/2 DATA frame at most).
     pub buffer: usize,
 }
 
