@@ -174,7 +174,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
             auth,
             origdst,
             services,
-            tunnel_settings(),
+            TunnelSettings::default(),
             mesh_stop.clone(),
         )
         .await?;
@@ -352,17 +352,4 @@ impl Parts {
             .ok_or(ReloadError::Stopped)?;
         Ok(Some((config, generation)))
     }
-}
-
-/// EXPERIMENT (removed before merge): tunnel threads and connections from the environment.
-fn tunnel_settings() -> TunnelSettings {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
-    let mut s = TunnelSettings::default();
-    if let Some(n) = env("LB_MESH_THREADS") {
-        s.threads = n;
-    }
-    if let Some(n) = env("LB_MESH_CONNS") {
-        s.connections_per_peer = n;
-    }
-    s
 }

@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -31,38 +31,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Sender {
     send: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
-    /// Streams open on the connection through [`Sender::busy`].
-    streams: Arc<AtomicUsize>,
-}
-
-/// Counts a stream on its connection while alive.
-pub struct Busy(Arc<AtomicUsize>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Sender {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
-    }
-
-    /// Streams open on this connection now.
-    pub fn streams(&self) -> usize {
-        self.streams.load(Ordering::Relaxed)
-    }
-
-    /// Counts one more stream until the guard is dropped.
-    pub fn busy(&self) -> Busy {
-        self.streams.fetch_add(1, Ordering::Relaxed);
-        Busy(self.streams.clone())
-    }
-
-    /// Whether both are senders of one connection.
-    pub fn same(&self, other: &Sender) -> bool {
-        Arc::ptr_eq(&self.closed, &other.closed)
     }
 }
 
@@ -118,11 +91,7 @@ pub async fn open(
             tracing::debug!(peer = %addr, error = %e, "mesh tunnel connection ended");
         }
     });
-    Ok(Sender {
-        send,
-        closed,
-        streams: Arc::default(),
-    })
+    Ok(Sender { send, closed })
 }
 
 /// Pings the peer every [`PING_INTERVAL`]; returns why the connection should end.

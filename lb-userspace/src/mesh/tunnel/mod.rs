@@ -95,10 +95,6 @@ pub struct TunnelSettings {
     pub connect_timeout: std::time::Duration,
     /// Most bytes read from a plain socket at once (one HTTP/2 DATA frame at most).
     pub buffer: usize,
-    /// Worker threads of the tunnel's own runtime (0: it runs on the agent's).
-    pub threads: usize,
-    /// TLS + HTTP/2 connections per (source identity, destination node).
-    pub connections_per_peer: usize,
 }
 
 impl Default for TunnelSettings {
@@ -107,8 +103,6 @@ impl Default for TunnelSettings {
             peer_port: DEFAULT_INBOUND_PORT,
             connect_timeout: std::time::Duration::from_secs(5),
             buffer: 64 * 1024,
-            threads: 2,
-            connections_per_peer: 2,
         }
     }
 }
@@ -142,6 +136,4 @@ pub enum TunnelError {
     },
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    #[error("starting the mesh tunnel's runtime: {0}")]
-    Runtime(#[source] std::io::Error),
 }

@@ -27,7 +27,7 @@ pub async fn serve_outbound(
     counters: Arc<TunnelCounters>,
     stop: CancellationToken,
 ) {
-    let pool = Arc::new(Pool::new(settings.connections_per_peer));
+    let pool = Arc::new(Pool::default());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -88,7 +88,7 @@ async fn one(
     // A pooled connection may have just closed: one retry on a fresh one.
     let mut stream = None;
     for attempt in 0..2 {
-        let (send, busy) = pool
+        let send = pool
             .get(
                 &source,
                 node,
@@ -99,19 +99,17 @@ async fn one(
             .await?;
         match connect_stream(&send, node, orig.backend).await {
             Ok(s) => {
-                stream = Some((s, busy));
+                stream = Some(s);
                 break;
             }
-            Err(TunnelError::Http { .. }) if attempt == 0 => {
-                pool.drop_conn(&source, node, &send).await
-            }
+            Err(TunnelError::Http { .. }) if attempt == 0 => pool.drop_conn(&source, node).await,
             Err(e) => {
                 counters.refused("connect_refused");
                 return Err(e);
             }
         }
     }
-    let Some((stream, _busy)) = stream else {
+    let Some(stream) = stream else {
         return Err(TunnelError::Timeout("no usable tunnel connection"));
     };
     let _open = counters.stream(Side::Outbound);
