@@ -1,20 +1,21 @@
 //! The inbound listener: peers' agents open mTLS + HTTP/2 connections and CONNECT streams to
 //! local backends of `mtls` services; each is authorized before the backend is dialled.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::{RecvStream, server::SendResponse};
+use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
     LocalServices, MeshAuth, TunnelSettings,
+    connect::Stream,
     metrics::{Side, TunnelCounters, handshake_reason},
     splice::splice,
+    transport,
 };
 
 /// Everything a connection's handler needs.
@@ -60,9 +61,9 @@ pub async fn serve_inbound(
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, stop: CancellationToken) {
     let Ok(local) = tcp.local_addr() else { return };
-    let _ = tcp.set_nodelay(true);
+    let timeout = ctx.settings.connect_timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.auth.server_config());
-    let tls = match tokio::time::timeout(ctx.settings.connect_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(transport::io(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = handshake_reason(&e);
@@ -83,41 +84,88 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, stop: Cance
     debug!(peer = %peer, id = %peer_id, "mesh inbound connection");
     let _open = ctx.counters.connection(Side::Inbound);
     let peer_id: Arc<str> = peer_id.into();
-    let svc_ctx = ctx.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let (ctx, peer_id) = (svc_ctx.clone(), peer_id.clone());
-        async move { Ok::<_, Infallible>(handle(req, local, &peer_id, ctx).await) }
-    });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { debug!(peer = %peer, error = %e, "mesh inbound connection ended") },
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let mut conn = match tokio::time::timeout(
+        timeout,
+        transport::server().handshake::<_, Bytes>(transport::Batched(tls)),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "mesh inbound HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    // Accepting also drives the connection's I/O: it goes on until the connection is closed
+    // (after a stop, once its streams are done).
+    let mut stopping = false;
+    loop {
+        let next = tokio::select! {
+            r = conn.accept() => r,
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                tokio::spawn(stream(req, respond, local, peer_id.clone(), ctx.clone()));
+            }
+            Some(Err(e)) => {
+                debug!(peer = %peer, error = %e, "mesh inbound connection ended");
+                return;
+            }
+            None => return,
         }
     }
 }
 
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn status(code: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = code;
     r
 }
 
-/// One request: only `CONNECT <local backend of an mtls service>`, authorized.
-async fn handle(
-    mut req: Request<Incoming>,
+/// One stream: answered, then spliced to the backend if admitted.
+async fn stream(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    local: SocketAddr,
+    peer_id: Arc<str>,
+    ctx: Arc<Ctx>,
+) {
+    let backend = match admit(&req, local, &peer_id, &ctx).await {
+        Ok(b) => b,
+        Err(code) => {
+            let _ = respond.send_response(status(code), true);
+            return;
+        }
+    };
+    let Ok(send) = respond.send_response(status(StatusCode::OK), false) else {
+        return;
+    };
+    let _open = ctx.counters.stream(Side::Inbound);
+    let stream = Stream {
+        send,
+        recv: req.into_body(),
+    };
+    if let Some(m) = splice(backend, stream, ctx.settings.buffer).await {
+        ctx.counters.bytes(m.to_socket, m.to_stream);
+    }
+}
+
+/// Only `CONNECT <local backend of an mtls service>`, authorized: the backend, connected.
+async fn admit(
+    req: &Request<RecvStream>,
     local: SocketAddr,
     peer_id: &str,
-    ctx: Arc<Ctx>,
-) -> Response<Empty<Bytes>> {
+    ctx: &Ctx,
+) -> Result<TcpStream, StatusCode> {
     if req.method() != Method::CONNECT {
         ctx.counters.refused("not_connect");
-        return status(StatusCode::METHOD_NOT_ALLOWED);
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(target) = req
         .uri()
@@ -125,7 +173,7 @@ async fn handle(
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
         ctx.counters.refused("bad_target");
-        return status(StatusCode::BAD_REQUEST);
+        return Err(StatusCode::BAD_REQUEST);
     };
     // Never an open relay: only backends on this node's address the peer dialled, of an
     // mtls service.
@@ -133,7 +181,7 @@ async fn handle(
     let Some((service, port)) = known.filter(|_| target.ip() == local.ip()) else {
         ctx.counters.refused("not_local");
         warn!(peer = %peer_id, target = %target, "mesh inbound: CONNECT to no local mtls backend: 404");
-        return status(StatusCode::NOT_FOUND);
+        return Err(StatusCode::NOT_FOUND);
     };
     let v = ctx.auth.authorize(&service, port, peer_id);
     ctx.counters
@@ -142,7 +190,7 @@ async fn handle(
         warn!(peer = %peer_id, node = %ctx.auth.node_id(), service = %service, port,
             policy = v.policy.as_deref().unwrap_or(""), reason = %v.reason,
             "mesh: connection denied by policy");
-        return status(StatusCode::FORBIDDEN);
+        return Err(StatusCode::FORBIDDEN);
     }
     ctx.counters.peer(peer_id);
     let backend = match tokio::time::timeout(
@@ -154,22 +202,10 @@ async fn handle(
         Ok(Ok(s)) => s,
         _ => {
             ctx.counters.refused("backend_unreachable");
-            return status(StatusCode::BAD_GATEWAY);
+            return Err(StatusCode::BAD_GATEWAY);
         }
     };
     let _ = backend.set_nodelay(true);
     debug!(peer = %peer_id, service = %service, target = %target, "mesh inbound stream");
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(up) = upgrade.await else { return };
-        let _open = ctx.counters.stream(Side::Inbound);
-        splice(
-            TokioIo::new(up),
-            backend,
-            ctx.settings.buffer,
-            &ctx.counters,
-        )
-        .await;
-    });
-    status(StatusCode::OK)
+    Ok(backend)
 }

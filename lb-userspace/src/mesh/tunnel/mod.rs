@@ -16,6 +16,7 @@ mod outbound;
 mod part;
 mod pool;
 mod splice;
+mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -98,7 +99,7 @@ pub struct TunnelSettings {
     pub peer_port: u16,
     /// Connect timeout (to a peer node, to a local backend) and TLS handshake timeout.
     pub connect_timeout: std::time::Duration,
-    /// Splice buffer per direction, bytes.
+    /// Most bytes read from a plain socket at once (one HTTP/2 DATA frame at most).
     pub buffer: usize,
 }
 
@@ -132,10 +133,7 @@ pub enum TunnelError {
         source: std::io::Error,
     },
     #[error("HTTP/2 with {addr}: {source}")]
-    Http {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Http { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {target} via {addr} refused: {status}")]
     Refused {
         addr: SocketAddr,

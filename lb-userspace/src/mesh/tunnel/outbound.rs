@@ -89,7 +89,7 @@ async fn one(
     // A pooled connection may have just closed: one retry on a fresh one.
     let mut stream = None;
     for attempt in 0..2 {
-        let mut send = pool
+        let send = pool
             .get(
                 &source,
                 node,
@@ -98,7 +98,7 @@ async fn one(
                 counters,
             )
             .await?;
-        match connect_stream(&mut send, node, orig.backend).await {
+        match connect_stream(&send, node, orig.backend).await {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -114,6 +114,8 @@ async fn one(
         return Err(TunnelError::Timeout("no usable tunnel connection"));
     };
     let _open = counters.stream(Side::Outbound);
-    splice(tcp, stream, settings.buffer, counters).await;
+    if let Some(m) = splice(tcp, stream, settings.buffer).await {
+        counters.bytes(m.to_stream, m.to_socket);
+    }
     Ok(())
 }
