@@ -164,8 +164,23 @@ fn start_backend(lab: &BenchLab, i: usize) -> Result<NsChild> {
     }
     body.push('\n');
     std::fs::write(root.join("www/index.html"), body)?;
+    let conf = backend_nginx_conf(
+        &root,
+        &format!("{}:{HTTP_PORT}", b.ip4()),
+        // The gateway bench's routed paths (/api/users/42 ...): the same body.
+        "location /api/ { try_files /index.html =404; }",
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    spawn_nginx(&b.ns, &path, &root)
+}
+
+/// The backends' nginx config: `BACKEND_WORKERS` workers, every temp path and the pid file
+/// under `root`, static files from `root/www`, a server on `listen` (`ip:port`) with `extra`
+/// directives in it. Shared by the bench's labs so every backend serves alike.
+pub fn backend_nginx_conf(root: &Path, listen: &str, extra: &str) -> String {
     let r = root.display();
-    let conf = format!(
+    format!(
         "worker_processes {BACKEND_WORKERS};
 user root;
 pid {r}/nginx.pid;
@@ -182,19 +197,14 @@ http {{
     keepalive_timeout 60s;
     default_type text/plain;
     server {{
-        listen {ip}:{HTTP_PORT} backlog=4096;
+        listen {listen} backlog=4096;
         root {r}/www;
         index index.html;
-        # The gateway bench's routed paths (/api/users/42 ...): the same body.
-        location /api/ {{ try_files /index.html =404; }}
+        {extra}
     }}
 }}
-",
-        ip = b.ip4()
-    );
-    let path = root.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    spawn_nginx(&b.ns, &path, &root)
+"
+    )
 }
 
 /// `nginx -c CONF -g 'daemon off;'` in `ns`, logging early errors into `root`.

@@ -294,31 +294,7 @@ impl Drop for MeshLab {
 }
 
 fn nginx_conf(root: &Path, ip: &str) -> String {
-    let r = root.display();
-    format!(
-        "worker_processes 2;
-user root;
-pid {r}/nginx.pid;
-error_log {r}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {r}/tmp-body;
-    proxy_temp_path {r}/tmp-proxy;
-    fastcgi_temp_path {r}/tmp-fastcgi;
-    uwsgi_temp_path {r}/tmp-uwsgi;
-    scgi_temp_path {r}/tmp-scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 60s;
-    default_type text/plain;
-    server {{
-        listen {ip}:{BACKEND_PORT} backlog=4096;
-        root {r}/www;
-        index index.html;
-    }}
-}}
-"
-    )
+    super::lab::backend_nginx_conf(root, &format!("{ip}:{BACKEND_PORT}"), "")
 }
 
 impl MeshLab {

@@ -42,16 +42,8 @@ pub async fn serve_inbound(
         counters,
     });
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "mesh inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = super::accept(&listener, &stop, "inbound").await else {
+            return;
         };
         let ctx = ctx.clone();
         let stop = stop.clone();

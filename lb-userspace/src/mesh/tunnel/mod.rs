@@ -143,3 +143,25 @@ pub enum TunnelError {
     #[error("timed out: {0}")]
     Timeout(&'static str),
 }
+
+/// The next connection on `listener`, or `None` once `stop` is cancelled. Accept errors (out
+/// of fds, a connection reset before it was accepted) are logged and retried after a pause,
+/// so a burst of them does not spin.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+    side: &'static str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, side, "mesh tunnel accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}

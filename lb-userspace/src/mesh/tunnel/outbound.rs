@@ -29,16 +29,8 @@ pub async fn serve_outbound(
 ) {
     let pool = Arc::new(Pool::default());
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "mesh outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = super::accept(&listener, &stop, "outbound").await else {
+            return;
         };
         let (auth, origdst, settings, counters, pool) = (
             auth.clone(),
