@@ -22,8 +22,11 @@ pub const FLOOD_PORT: u16 = 9;
 pub const SNAT_PORTS: (u16, u16) = (30000, 65535);
 /// Ephemeral range of the LB namespace (below [`SNAT_PORTS`]).
 const LB_EPHEMERAL: &str = "1024 29999";
-/// Ephemeral range of the client: as wide as it goes (one port per connection in close mode).
-const CLIENT_EPHEMERAL: &str = "1024 65535";
+/// Ephemeral range of the client: Linux's default, as the clients of a real service have. It
+/// lies inside [`SNAT_PORTS`], so the XDP path's SNAT keeps each client port (a wider range
+/// made the ports below 30000 take hashed SNAT ports, which collide on backend 4-tuples still
+/// in TIME_WAIT: SYN retransmits).
+const CLIENT_EPHEMERAL: &str = "32768 60999";
 /// nginx workers per backend (one per core of this machine).
 const BACKEND_WORKERS: u32 = 2;
 /// Size of the static body the backends serve.
