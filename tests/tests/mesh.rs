@@ -337,6 +337,29 @@ fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
         ok
     });
 
+    // The mesh's sock_ops program runs beside the socket LB's nine hooks, once.
+    let hooks = m.attached();
+    assert!(hooks.iter().any(|h| h == "sock_mesh_ops"), "{hooks:?}");
+    assert_eq!(hooks.len(), 10, "{hooks:?}");
+
+    // The next agent runs without the mesh: it takes the socket LB over and lets the
+    // mesh's pinned sock_ops link go.
+    m.lab.agent.signal(libc::SIGKILL);
+    m.lab
+        .agent
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("agent exits on SIGKILL");
+    let pins = format!("pin_path = \"{}\"\n", m._fs.pin_path().display());
+    m.lab
+        .config
+        .write(&(config_text_with(&m.lab.topo, &[0], None, &pins) + &socket_lb(m.cg_a.path())));
+    m.lab.agent = m.lab.spawn_agent(&[]);
+    wait_for_log(&m.lab.agent, "socket LB links taken over");
+    let hooks = m.attached();
+    assert!(!hooks.iter().any(|h| h == "sock_mesh_ops"), "{hooks:?}");
+    assert_eq!(hooks.len(), 9, "{hooks:?}");
+
     // A clean stop detaches every hook.
     m.lab.agent.stop(Duration::from_secs(10)).unwrap();
     assert!(m.attached().is_empty(), "{:?}", m.attached());

@@ -272,8 +272,7 @@ fn one_run(
 /// runs the backends keep every TIME_WAIT its own connections make (the headline's default).
 fn forget_time_wait(lab: &BenchLab) -> Result<()> {
     for b in &lab.topo.backends {
-        b.ns
-            .run("ss", ["-K", "-t", "state", "time-wait"])
+        b.ns.run("ss", ["-K", "-t", "state", "time-wait"])
             .with_context(|| format!("closing TIME_WAIT sockets in {}", b.name))?;
     }
     Ok(())
