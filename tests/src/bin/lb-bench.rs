@@ -32,7 +32,9 @@
 //! hand out the same client port again within a second or so; behind any NAT the backend
 //! then sees SYNs for 4-tuples it still holds in TIME_WAIT, and since Linux randomises TCP
 //! timestamps per connection, PAWS may refuse some (the client waits a 1 s SYN
-//! retransmission). Every run records the client's SYN retransmits.
+//! retransmission). Every run records the client's SYN retransmits. Each configuration
+//! starts with the backends' TIME_WAIT sockets closed (`ss -K`), so one configuration's
+//! leftovers never refuse the next one's SYNs; the client keeps Linux's default port range.
 //! `--backend-no-time-wait` is the variant without it (`tcp_max_tw_buckets = 0` on the
 //! backends, the same for every configuration), which measures the NAT without this one
 //! client's port reuse.
