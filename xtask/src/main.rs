@@ -182,7 +182,9 @@ fn cargo<I: IntoIterator<Item = &'static str>>(args: I) -> Result<()> {
 /// root (the caller has run setup).
 fn run_tool(bin: &'static str, args: &[String]) -> Result<i32> {
     build()?;
-    cargo(["build", "--release", "-p", "lb-tests", "--bin", bin])?;
+    // Every lb-tests binary: the tools run their helpers (`lb-paced`, `lb-echo`) from the
+    // same directory.
+    cargo(["build", "--release", "-p", "lb-tests", "--bins"])?;
     let path = target_dir().join("release").join(bin);
     println!("xtask: running {} {}", path.display(), args.join(" "));
     Ok(exit_code(

@@ -63,6 +63,40 @@ pub struct Sample {
     pub drops: u64,
 }
 
+/// One open-loop run of `lb-paced` (new connections at a fixed rate, latency from when each
+/// was due to its last response byte: connect included).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PacedReport {
+    /// Requests due.
+    pub sent: u64,
+    /// Requests answered with a 200.
+    pub ok: u64,
+    /// Latency percentiles over every request due, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// Client SYN retransmissions during the run.
+    pub syn_retrans: u64,
+}
+
+impl PacedReport {
+    /// Parses `lb-paced`'s line (`sent=N ok=N failed=N p50_us=X ...`).
+    pub fn parse(line: &str) -> Option<PacedReport> {
+        let field = |name: &str| -> Option<f64> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        Some(PacedReport {
+            sent: field("sent")? as u64,
+            ok: field("ok")? as u64,
+            p50_us: field("p50_us")?,
+            p99_us: field("p99_us")?,
+            p999_us: field("p999_us")?,
+            syn_retrans: 0,
+        })
+    }
+}
+
 /// Medians over the rounds of one configuration in one mode.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
@@ -98,6 +132,10 @@ pub struct E2eResults {
     /// The agent's per-reason packet counters at the end of each round's run (its
     /// `verdicts:` line), e.g. `snat_exhausted=95 forwarded=403941 ...`, per XDP mode.
     pub agent_reasons: Vec<(usize, Peer, String)>,
+    /// New connections per second of the open-loop runs (0: none ran).
+    pub paced_rate: u32,
+    /// Each configuration's open-loop run per round.
+    pub paced: Vec<(usize, Peer, PacedReport)>,
 }
 
 impl E2eResults {
@@ -143,6 +181,35 @@ impl E2eResults {
             .collect()
     }
 
+    /// Medians per configuration of the open-loop runs: (p50, p99, p99.9) microseconds, and
+    /// the requests that failed and the SYN retransmissions, summed.
+    pub fn paced_summaries(&self) -> BTreeMap<Peer, (f64, f64, f64, u64, u64)> {
+        let mut groups: BTreeMap<Peer, Vec<PacedReport>> = BTreeMap::new();
+        for (_, p, r) in &self.paced {
+            groups.entry(*p).or_default().push(*r);
+        }
+        groups
+            .into_iter()
+            .map(|(p, v)| {
+                let col = |f: &dyn Fn(&PacedReport) -> f64| {
+                    median(&mut v.iter().map(f).collect::<Vec<_>>())
+                };
+                let failed = v.iter().map(|r| r.sent - r.ok.min(r.sent)).sum();
+                let syn = v.iter().map(|r| r.syn_retrans).sum();
+                (
+                    p,
+                    (
+                        col(&|r| r.p50_us),
+                        col(&|r| r.p99_us),
+                        col(&|r| r.p999_us),
+                        failed,
+                        syn,
+                    ),
+                )
+            })
+            .collect()
+    }
+
     /// Runs that started on an idle machine, out of all.
     pub fn idle_runs(&self) -> (usize, usize) {
         (
@@ -161,6 +228,9 @@ pub struct E2eOptions {
     pub rounds: usize,
     /// wrk's shape.
     pub load: Load,
+    /// New connections per second of the open-loop run after each configuration's `wrk`
+    /// runs (`lb-paced`, as long as one `wrk` run); 0: none.
+    pub paced_rate: u32,
 }
 
 /// Runs the interleaved rounds on `lab`. A configuration that fails to start in a round is
@@ -177,6 +247,7 @@ pub fn run(
         rounds: opts.rounds,
         agent_extra_keys: peers::agent_takes_extra_keys(lab, tools),
         backend_time_wait: lab.backend_time_wait,
+        paced_rate: opts.paced_rate,
         ..Default::default()
     };
     for round in 0..opts.rounds {
@@ -216,6 +287,22 @@ pub fn run(
                     if sample.idle.idle { "" } else { ", NOT idle" }
                 );
                 res.samples.push(sample);
+            }
+            if opts.paced_rate > 0 {
+                let r = paced_run(lab, &active, opts.paced_rate, opts.load.duration, gate)
+                    .with_context(|| format!("{} paced", peer.key()))?;
+                eprintln!(
+                    "lb-bench: round {} {:<13} paced     {}/s: p50 {:>7.0} us  p99 {:>7.0} us  p99.9 {:>7.0} us  failed {}  SYN retransmits {}",
+                    round + 1,
+                    peer.key(),
+                    opts.paced_rate,
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.sent - r.ok.min(r.sent),
+                    r.syn_retrans
+                );
+                res.paced.push((round, peer, r));
             }
             if peer.is_ours()
                 && let Some(out) = active.stop()
@@ -260,6 +347,34 @@ fn one_run(
         wrk: report,
         idle,
     })
+}
+
+/// One open-loop `lb-paced` run at `rate` new connections/s from the client (in the socket
+/// LB's cgroup for that configuration).
+fn paced_run(
+    lab: &BenchLab,
+    active: &peers::Active,
+    rate: u32,
+    duration: std::time::Duration,
+    gate: &IdleGate,
+) -> Result<PacedReport> {
+    gate.wait()?;
+    let peer = active.peer;
+    let exe = std::env::current_exe()?.with_file_name("lb-paced");
+    let target = format!("{}:{HTTP_PORT}", peer.target(lab));
+    let syn_before = syn_retransmits(&lab.topo.client.ns)?;
+    let mut cmd = active.client_command(exe.to_str().context("lb-paced path")?);
+    cmd.args([
+        target.as_str(),
+        &rate.to_string(),
+        &duration.as_secs_f64().to_string(),
+    ]);
+    let out = crate::netns::run_checked(&mut cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r =
+        PacedReport::parse(text.trim()).with_context(|| format!("lb-paced said {text:?}"))?;
+    r.syn_retrans = syn_retransmits(&lab.topo.client.ns)?.saturating_sub(syn_before);
+    Ok(r)
 }
 
 /// Closes the backends' TIME_WAIT sockets (`ss -K`), so each configuration starts as if it
@@ -331,4 +446,40 @@ pub fn reasons_line(agent_output: &str) -> String {
             || "(no counter table printed)".into(),
             |r| r.trim().to_owned(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lb_paced_lines_parse_and_summarise_per_configuration() {
+        let line =
+            "sent=10000 ok=9990 failed=10 p50_us=250 p99_us=1015333 p999_us=2051230 max_us=3000000";
+        let r = PacedReport::parse(line).expect("parses");
+        assert_eq!((r.sent, r.ok), (10000, 9990));
+        assert_eq!(
+            (r.p50_us, r.p99_us, r.p999_us),
+            (250.0, 1015333.0, 2051230.0)
+        );
+        assert_eq!(
+            PacedReport::parse("sent=1 ok=1"),
+            None,
+            "percentiles missing"
+        );
+
+        let mut res = E2eResults::default();
+        for (round, p99, syn) in [(0, 900.0, 3), (1, 700.0, 4), (2, 800.0, 0)] {
+            let r = PacedReport {
+                p99_us: p99,
+                syn_retrans: syn,
+                ..r
+            };
+            res.paced.push((round, Peer::Lb, r));
+        }
+        let s = res.paced_summaries();
+        let (_, p99, _, failed, syn) = s[&Peer::Lb];
+        assert_eq!(p99, 800.0, "median of the rounds");
+        assert_eq!((failed, syn), (30, 7), "summed over the rounds");
+    }
 }

@@ -120,6 +120,30 @@ fn p99_target(s: &BTreeMap<(Peer, Mode), Summary>, ours: Peer, other: Peer) -> T
     }
 }
 
+/// Our open-loop p99 (connect included, fixed rate) against `other`'s, when both ran.
+fn paced_p99_target(e2e: &E2eResults, ours: Peer, other: Peer) -> Option<Target> {
+    let s = e2e.paced_summaries();
+    let (a, b) = (s.get(&ours)?.1, s.get(&other)?.1);
+    let (measured, met) = if b > 0.0 {
+        (
+            format!("{:.2}x ({:.2} vs {:.2} ms)", a / b, a / 1e3, b / 1e3),
+            Some(a <= b),
+        )
+    } else {
+        ("-".into(), None)
+    };
+    Some(Target {
+        what: format!(
+            "new-connection p99 at {}/s, open loop, connect included{}",
+            e2e.paced_rate,
+            mode_suffix(ours)
+        ),
+        goal: format!("<= {}", other.label()),
+        measured,
+        met,
+    })
+}
+
 /// The end-to-end targets of issues 4 and 10, from this run's medians: for native XDP (the
 /// headline) and, when they ran, for tc and generic XDP.
 pub fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
@@ -152,6 +176,7 @@ pub fn e2e_targets(e2e: &E2eResults) -> Vec<Target> {
             "keep-alive req/s",
         ));
         t.push(p99_target(&s, ours, Peer::Iptables));
+        t.extend(paced_p99_target(e2e, ours, Peer::Iptables));
         let ours_cpu = summary(&s, ours, Mode::Close).map(|x| x.cpu_us);
         let direct = summary(&s, Peer::Direct, Mode::Close).map(|x| x.cpu_us);
         let (measured, met) = match (ours_cpu, direct) {
@@ -298,6 +323,7 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
     for (p, why) in &e2e.failures {
         let _ = writeln!(md, "\n{} failed to start in a round: {why}", p.label());
     }
+    md += &paced_markdown(e2e);
     if !e2e.agent_reasons.is_empty() {
         let _ = writeln!(md, "\nThe agent's packet counters by reason, per round:\n");
         for (round, peer, r) in &e2e.agent_reasons {
@@ -308,6 +334,32 @@ pub fn e2e_markdown(e2e: &E2eResults) -> String {
         let _ = writeln!(
             md,
             "\n(The agent did not accept `pin_path`/`[admin]` yet; it ran without them.)"
+        );
+    }
+    md
+}
+
+/// The open-loop table: what a client sees at one fixed, sustainable rate of new
+/// connections, connect time included (wrk's latency starts after the connect).
+fn paced_markdown(e2e: &E2eResults) -> String {
+    let s = e2e.paced_summaries();
+    if s.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\nOpen loop: {} new connections/s (`lb-paced`, as long as one wrk run), latency from when each request was due to its last response byte (connect included), medians of the rounds:\n\n| configuration | p50 ms | p99 ms | p99.9 ms | p99 vs iptables | failed | SYN retransmits |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        e2e.paced_rate
+    );
+    let ipt = s.get(&Peer::Iptables).map(|x| x.1);
+    for (p, (p50, p99, p999, failed, syn)) in &s {
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} | {:.2} | {:.2} | {} | {failed} | {syn} |",
+            p.label(),
+            p50 / 1e3,
+            p99 / 1e3,
+            p999 / 1e3,
+            ratio_text(*p99, ipt)
         );
     }
     md
@@ -384,6 +436,23 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
             )
         })
         .collect();
+    let paced: Vec<String> = e2e
+        .paced
+        .iter()
+        .map(|(round, p, r)| {
+            format!(
+                "{{\"round\":{round},\"config\":{},\"rate\":{},\"sent\":{},\"ok\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"syn_retransmits\":{}}}",
+                json_str(p.key()),
+                e2e.paced_rate,
+                r.sent,
+                r.ok,
+                json_num(r.p50_us),
+                json_num(r.p99_us),
+                json_num(r.p999_us),
+                r.syn_retrans
+            )
+        })
+        .collect();
     let failures: Vec<String> = e2e
         .failures
         .iter()
@@ -396,7 +465,7 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         })
         .collect();
     format!(
-        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"backend_time_wait\":{},\"medians\":[{}],\"runs\":[{}],\"failures\":[{}],\"agent_reasons\":[{}],\"targets\":{}}}",
+        "{{\"threads\":{},\"connections\":{},\"duration_s\":{},\"rounds\":{},\"agent_pin_path_and_admin\":{},\"backend_time_wait\":{},\"medians\":[{}],\"runs\":[{}],\"paced\":[{}],\"failures\":[{}],\"agent_reasons\":[{}],\"targets\":{}}}",
         load.threads,
         load.connections,
         load.duration.as_secs(),
@@ -405,6 +474,7 @@ pub fn e2e_json(e2e: &E2eResults) -> String {
         e2e.backend_time_wait,
         medians.join(","),
         runs.join(","),
+        paced.join(","),
         failures.join(","),
         e2e.agent_reasons
             .iter()

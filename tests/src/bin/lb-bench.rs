@@ -136,6 +136,11 @@ struct Args {
     /// (tests/src/bin/lb-bench.rs).
     #[arg(long)]
     backend_no_time_wait: bool,
+    /// New connections per second of the open-loop run after each end-to-end
+    /// configuration's wrk runs (connect time included in its latency; 0: none). Below
+    /// what every configuration sustains, so latencies compare at equal load.
+    #[arg(long, default_value_t = 2000)]
+    paced_rate: u32,
     /// Add/remove cycles per source in the control-plane part.
     #[arg(long, default_value_t = 9)]
     control_rounds: usize,
@@ -469,6 +474,7 @@ fn network_benches(args: &Args) -> anyhow::Result<NetworkResults> {
                 connections: args.connections,
                 duration: Duration::from_secs(args.duration),
             },
+            paced_rate: args.paced_rate,
         };
         Some(e2e::run(&lab, &tools, &opts, &gate)?)
     } else {
