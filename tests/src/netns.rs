@@ -325,6 +325,15 @@ impl NsChild {
         }
     }
 
+    /// `kill -9`, as a crash or the OOM killer would, and waits (10 s at most) for the exit;
+    /// panics if it does not exit. The exit status.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait_timeout(Duration::from_secs(10))
+            .expect("wait for the killed process")
+            .expect("exits on SIGKILL")
+    }
+
     /// SIGTERM (so the agent can detach its XDP programs), then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) -> Result<ExitStatus> {
         if let Some(st) = self.try_wait()? {

@@ -323,12 +323,7 @@ fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
     );
 
     // A killed agent: a new one takes over, and new connections work again.
-    m.lab.agent.signal(libc::SIGKILL);
-    m.lab
-        .agent
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("agent exits on SIGKILL");
+    m.lab.agent.kill9();
     m.lab.agent = m.lab.spawn_agent(&[]);
     wait_for_log(&m.lab.agent, "mesh tunnel running");
     let mut ok = false;
@@ -344,12 +339,7 @@ fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
 
     // The next agent runs without the mesh: it takes the socket LB over and lets the
     // mesh's pinned sock_ops link go.
-    m.lab.agent.signal(libc::SIGKILL);
-    m.lab
-        .agent
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("agent exits on SIGKILL");
+    m.lab.agent.kill9();
     let pins = format!("pin_path = \"{}\"\n", m._fs.pin_path().display());
     m.lab
         .config

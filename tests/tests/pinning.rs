@@ -169,11 +169,7 @@ impl Drop for UdpProbe {
 }
 
 fn kill9(agent: &mut NsChild) {
-    agent.signal(libc::SIGKILL);
-    let st = agent
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("agent exits on SIGKILL");
+    let st = agent.kill9();
     assert!(!st.success(), "killed agent exit: {st:?}");
 }
 

@@ -423,12 +423,7 @@ fn a_killed_agent_leaves_the_socket_lb_working_and_the_next_takes_it_over() {
         lab.attached_programs()
     );
 
-    lab.lab.agent.signal(libc::SIGKILL);
-    lab.lab
-        .agent
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("agent exits on SIGKILL");
+    lab.lab.agent.kill9();
     let tcp = exchanges(&lab.probe(&["tcp", "10.96.0.10:80", "30"]));
     assert!(tcp.iter().all(|(p, _)| p == "10.96.0.10:80"), "{tcp:?}");
     assert_eq!(by_name(&tcp).len(), 3, "{tcp:?}");
