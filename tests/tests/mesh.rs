@@ -463,13 +463,19 @@ fn the_server_presents_the_backends_identity_and_the_client_requires_it() {
         "servers: {servers:?}"
     );
     assert!(
-        !servers.iter().any(|s| s[0] == "spiffe://test.local/ns/lb-system/sa/lb"),
+        !servers
+            .iter()
+            .any(|s| s[0] == "spiffe://test.local/ns/lb-system/sa/lb"),
         "the node identity was presented: {servers:?}"
     );
     // Node B holds a certificate for it (issued on demand, rotated like the others).
     let expiry = m.b_status()["mesh"]["cert_expiry"].clone();
     assert!(
-        expiry.as_array().unwrap().iter().any(|e| e[0] == BACKEND_ID),
+        expiry
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[0] == BACKEND_ID),
         "{expiry}"
     );
 }

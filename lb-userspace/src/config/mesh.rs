@@ -655,11 +655,7 @@ pub(super) fn pod_source(mesh: &RawMesh, sources: &[SourceConfig], d: &mut Diag)
 
 /// A service's `identity = "<namespace>/<service account>"` (what its backends run as): both
 /// parts valid names. Whether the service may have one is judged by [`check_services`].
-pub(super) fn service_identity(
-    raw: &RawService,
-    path: &str,
-    d: &mut Diag,
-) -> Option<WorkloadName> {
+pub(super) fn service_identity(raw: &RawService, path: &str, d: &mut Diag) -> Option<WorkloadName> {
     let v = raw.identity.as_ref()?;
     let parsed = v
         .val

@@ -294,12 +294,22 @@ mod tests {
 
     #[tokio::test]
     async fn the_pod_watch_follows_config_reloads() {
-        let api_a =
-            FakeApiServer::start(vec![pod("web-1", "shop", "node-a", Some("web"), "10.244.1.5")])
-                .await;
-        let api_b =
-            FakeApiServer::start(vec![pod("cart-1", "shop", "node-a", Some("cart"), "10.244.1.9")])
-                .await;
+        let api_a = FakeApiServer::start(vec![pod(
+            "web-1",
+            "shop",
+            "node-a",
+            Some("web"),
+            "10.244.1.5",
+        )])
+        .await;
+        let api_b = FakeApiServer::start(vec![pod(
+            "cart-1",
+            "shop",
+            "node-a",
+            Some("cart"),
+            "10.244.1.9",
+        )])
+        .await;
         let dir = TempDir::new();
         write_ca(&dir.0, "cluster.local");
         let ids = Identities::start(&ca_mesh(&dir.0, Duration::from_secs(3600)))
@@ -316,32 +326,45 @@ mod tests {
 
         // A snapshot with the same settings (a health change, say): the watch goes on.
         let before = api_a.seen().len();
-        tx.send(snapshot(config(&api_a.url, &api_b.url, Some("a")))).unwrap();
+        tx.send(snapshot(config(&api_a.url, &api_b.url, Some("a"))))
+            .unwrap();
         api_a.apply(pod("web-2", "shop", "node-a", Some("web"), "10.244.1.6"));
         until(&ids, "10.244.1.6", id("shop", "web")).await;
         assert_eq!(api_a.seen().len(), before, "no new list or watch on a");
 
         // A reload names `b`: b's pods replace a's, and a's changes are no longer followed.
-        tx.send(snapshot(config(&api_a.url, &api_b.url, Some("b")))).unwrap();
+        tx.send(snapshot(config(&api_a.url, &api_b.url, Some("b"))))
+            .unwrap();
         until(&ids, "10.244.1.9", id("shop", "cart")).await;
         assert_eq!(ids.identity_of_ip(ip("10.244.1.5")), None);
         let a_requests = api_a.seen().len();
         api_a.apply(pod("web-3", "shop", "node-a", Some("web"), "10.244.1.7"));
         api_b.apply(pod("cart-2", "shop", "node-a", Some("cart"), "10.244.1.10"));
         until(&ids, "10.244.1.10", id("shop", "cart")).await;
-        assert_eq!(ids.identity_of_ip(ip("10.244.1.7")), None, "a is not followed");
+        assert_eq!(
+            ids.identity_of_ip(ip("10.244.1.7")),
+            None,
+            "a is not followed"
+        );
         assert_eq!(api_a.seen().len(), a_requests, "nothing more asked of a");
 
         // Source `b`'s API server changes (same name): the watch moves to the new address.
-        let api_c =
-            FakeApiServer::start(vec![pod("pay-1", "shop", "node-a", Some("pay"), "10.244.1.11")])
-                .await;
-        tx.send(snapshot(config(&api_a.url, &api_c.url, Some("b")))).unwrap();
+        let api_c = FakeApiServer::start(vec![pod(
+            "pay-1",
+            "shop",
+            "node-a",
+            Some("pay"),
+            "10.244.1.11",
+        )])
+        .await;
+        tx.send(snapshot(config(&api_a.url, &api_c.url, Some("b"))))
+            .unwrap();
         until(&ids, "10.244.1.11", id("shop", "pay")).await;
         assert_eq!(ids.identity_of_ip(ip("10.244.1.9")), None);
 
         // A reload without pod identities: the watch stops and the map is emptied.
-        tx.send(snapshot(config(&api_a.url, &api_c.url, None))).unwrap();
+        tx.send(snapshot(config(&api_a.url, &api_c.url, None)))
+            .unwrap();
         until(&ids, "10.244.1.11", None).await;
 
         stop.cancel();

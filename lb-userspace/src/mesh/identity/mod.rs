@@ -86,9 +86,12 @@ pub struct Identities {
     /// Server configs per presented identity (the node's made at start).
     servers: Mutex<HashMap<SpiffeId, Arc<ServerConfig>>>,
     /// Client configs per (local identity, expected server identity).
-    clients: Mutex<HashMap<(SpiffeId, Option<SpiffeId>), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
     workloads: workloads::Workloads,
 }
+
+/// A client config's (local identity, expected server identity).
+type ClientKey = (SpiffeId, Option<SpiffeId>);
 
 /// Backdating of issued certificates: peers' clocks may run a little behind ours.
 const BACKDATE: Duration = Duration::from_secs(60);

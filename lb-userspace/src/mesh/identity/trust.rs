@@ -23,11 +23,11 @@ pub enum VerifyFailure {
     #[error("bad certificate: {0}")]
     BadCertificate(String),
     /// The server proved an identity of a trusted domain, but not the one the client expects
-    /// for the destination it dialled.
+    /// for the destination it dialled. (Boxed: keeps the error small.)
     #[error("the server presented {presented}, expected {expected}")]
     WrongServerIdentity {
-        expected: SpiffeId,
-        presented: SpiffeId,
+        expected: Box<SpiffeId>,
+        presented: Box<SpiffeId>,
     },
 }
 

@@ -72,8 +72,8 @@ fn to_rustls(f: VerifyFailure) -> Error {
 fn check_expected(expected: Option<&SpiffeId>, presented: SpiffeId) -> Result<(), Error> {
     match expected {
         Some(e) if *e != presented => Err(to_rustls(VerifyFailure::WrongServerIdentity {
-            expected: e.clone(),
-            presented,
+            expected: Box::new(e.clone()),
+            presented: Box::new(presented),
         })),
         _ => Ok(()),
     }

@@ -213,10 +213,7 @@ mod tests {
             expected_server_identity(Some(conf.clone()), Some(pod.clone())),
             Some(conf.clone())
         );
-        assert_eq!(
-            expected_server_identity(None, Some(pod.clone())),
-            Some(pod)
-        );
+        assert_eq!(expected_server_identity(None, Some(pod.clone())), Some(pod));
         assert_eq!(expected_server_identity(None, None), None);
     }
 
@@ -244,7 +241,10 @@ mod tests {
             &auth.server_for(other, Some(cart)).1,
             &auth.server_for(other, Some(cart)).1
         ));
-        assert_eq!(auth.expected_server(pod_ip, Some(cart)).as_deref(), Some(cart));
+        assert_eq!(
+            auth.expected_server(pod_ip, Some(cart)).as_deref(),
+            Some(cart)
+        );
         assert_eq!(auth.expected_server(pod_ip, None).as_deref(), Some(web));
         assert_eq!(auth.expected_server(other, None), None);
     }

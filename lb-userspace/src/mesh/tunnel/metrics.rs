@@ -214,9 +214,9 @@ pub fn handshake_reason(e: &std::io::Error) -> String {
         TlsError::InvalidCertificate(CertificateError::Expired) => "cert_expired".into(),
         TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_issuer".into(),
         TlsError::InvalidCertificate(CertificateError::BadSignature) => "bad_signature".into(),
-        TlsError::InvalidCertificate(CertificateError::Other(_)) => {
-            verify_failure(e).map_or("bad_certificate", VerifyFailure::reason).into()
-        }
+        TlsError::InvalidCertificate(CertificateError::Other(_)) => verify_failure(e)
+            .map_or("bad_certificate", VerifyFailure::reason)
+            .into(),
         TlsError::InvalidCertificate(_) => "bad_certificate".into(),
         TlsError::NoCertificatesPresented => "no_client_cert".into(),
         TlsError::AlertReceived(a) => format!("alert_{a:?}").to_lowercase(),

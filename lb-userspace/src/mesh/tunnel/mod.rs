@@ -67,8 +67,11 @@ pub trait MeshAuth: Send + Sync + 'static {
     /// address the peer dialled; client certificates required and verified) and the
     /// identity it presents: the pod with that address, else `configured` (the `identity`
     /// of the service that address is a backend of), else the node identity.
-    fn server_for(&self, local: IpAddr, configured: Option<&str>)
-    -> (String, Arc<rustls::ServerConfig>);
+    fn server_for(
+        &self,
+        local: IpAddr,
+        configured: Option<&str>,
+    ) -> (String, Arc<rustls::ServerConfig>);
     /// The verified peer's SPIFFE ID from a finished handshake.
     fn peer_id(&self, conn: &rustls::CommonState) -> Option<String>;
     /// Whether `peer` may reach `service` on `port`.

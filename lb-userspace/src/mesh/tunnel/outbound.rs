@@ -74,7 +74,10 @@ async fn one(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) -> Result<(), TunnelEr
         return refuse(counters, "no_origdst");
     };
     // Steered connections come from this host: the client's own address is its key.
-    let Some(orig) = ctx.origdst.take(SocketAddrV4::new(*peer4.ip(), peer4.port())) else {
+    let Some(orig) = ctx
+        .origdst
+        .take(SocketAddrV4::new(*peer4.ip(), peer4.port()))
+    else {
         warn!(client = %peer, "mesh outbound: connection not steered by the socket LB: closed");
         return refuse(counters, "no_origdst");
     };

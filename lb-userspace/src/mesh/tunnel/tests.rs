@@ -113,7 +113,11 @@ impl MeshAuth for TestAuth {
     ) -> Option<(String, Arc<rustls::ClientConfig>)> {
         self.clients.get(&cgroup_id).cloned()
     }
-    fn expected_server(&self, _backend: std::net::IpAddr, _configured: Option<&str>) -> Option<String> {
+    fn expected_server(
+        &self,
+        _backend: std::net::IpAddr,
+        _configured: Option<&str>,
+    ) -> Option<String> {
         None
     }
     fn server_for(

@@ -253,7 +253,10 @@ async fn the_client_accepts_only_the_server_identity_it_expects() {
     )
     .await
     .expect("the expected identity is accepted");
-    assert_eq!(Identities::peer_id(pair.client.get_ref().1), Some(cart.clone()));
+    assert_eq!(
+        Identities::peer_id(pair.client.get_ref().1),
+        Some(cart.clone())
+    );
     // Another identity of the same trust domain and CA: refused by the client, with both
     // IDs in the reason.
     let f = handshake(
@@ -271,8 +274,8 @@ async fn the_client_accepts_only_the_server_identity_it_expects() {
     assert_eq!(
         o.0.downcast_ref::<VerifyFailure>(),
         Some(&VerifyFailure::WrongServerIdentity {
-            expected: pay.clone(),
-            presented: cart.clone()
+            expected: Box::new(pay.clone()),
+            presented: Box::new(cart.clone())
         })
     );
     assert_eq!(failure_reason(f.server.as_ref().unwrap()), "peer_refused");
@@ -284,7 +287,10 @@ async fn the_client_accepts_only_the_server_identity_it_expects() {
     .await
     .err()
     .expect("the node identity is not the workload's");
-    assert_eq!(failure_reason(f.client.as_ref().unwrap()), "wrong_server_identity");
+    assert_eq!(
+        failure_reason(f.client.as_ref().unwrap()),
+        "wrong_server_identity"
+    );
     // No expectation: any identity of the trust domain, as before.
     handshake(a.client_config(&web()).unwrap(), cart_server)
         .await
