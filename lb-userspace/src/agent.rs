@@ -161,7 +161,8 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     let mesh_stop = CancellationToken::new();
     let mesh = if config.mesh.enabled {
         let ids = Identities::start(&config.mesh).await?;
-        let pods = mesh::pods::start(&config, ids.clone(), mesh_stop.clone());
+        // The pod watch follows reloads (it reads each generation's config).
+        let pods = mesh::pods::follow(snapshots.clone(), ids.clone(), mesh_stop.clone());
         let auth = Arc::new(IdentityAuth::new(
             ids,
             Authorizer::new(&config.mesh.policies),
@@ -278,9 +279,7 @@ pub async fn run(o: RunOptions) -> Result<(), AgentError> {
     mesh_stop.cancel();
     if let Some((m, pods)) = mesh {
         m.join().await;
-        if let Some(p) = pods {
-            let _ = p.await;
-        }
+        let _ = pods.await;
     }
     control_stop.cancel();
     let _ = control_task.await;

@@ -163,6 +163,14 @@ fn mesh(reg: &mut Registry, m: &crate::mesh::tunnel::TunnelView) {
     for (id, n) in &m.peers {
         peers.get_or_create(&vec![("peer", id.clone())]).set(*n);
     }
+    let servers = counters(
+        reg,
+        "lb_mesh_outbound_connections_by_server_total",
+        "Outbound mesh connections, by the SPIFFE ID the destination's agent presented",
+    );
+    for (id, n) in &m.servers {
+        servers.get_or_create(&vec![("server", id.clone())]).set(*n);
+    }
     let expiry = gauges(
         reg,
         "lb_mesh_cert_expiry_seconds",
@@ -700,6 +708,7 @@ mod tests {
                 refused: vec![("not_local".into(), 1)],
                 authz: vec![("no-web".into(), "deny_policy".into(), false, 4)],
                 peers: vec![("spiffe://td/ns/a/sa/b".into(), 5)],
+                servers: vec![("spiffe://td/ns/shop/sa/web".into(), 2)],
                 cert_expiry: vec![("spiffe://td/ns/a/sa/b".into(), 1_900_000_000)],
             }),
         }
@@ -710,6 +719,7 @@ mod tests {
         let text = render(&sample(), None);
         for want in [
             "lb_mesh_connections_total{side=\"inbound\"} 2\n",
+            "lb_mesh_outbound_connections_by_server_total{server=\"spiffe://td/ns/shop/sa/web\"} 2\n",
             "lb_mesh_streams_active{side=\"inbound\"} 1\n",
             "lb_mesh_bytes_total{direction=\"to_client\"} 200\n",
             "lb_mesh_handshake_failures_total{side=\"inbound\",reason=\"unknown_issuer\"} 3\n",

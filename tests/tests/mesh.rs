@@ -61,9 +61,11 @@ impl Drop for CaDir {
     }
 }
 
-fn service(backend: &str) -> String {
+/// The mtls service, its backends running as `identity` (`<ns>/<sa>`) if given.
+fn service(backend: &str, identity: Option<&str>) -> String {
+    let identity = identity.map_or(String::new(), |i| format!("identity = \"{i}\"\n"));
     format!(
-        "\n[[service]]\nname = \"secure\"\nvip = \"{MESH_VIP}\"\nport = 80\nprotocol = \"tcp\"\nscope = \"cluster\"\nmtls = true\n[[service.backend]]\naddress = \"{backend}\"\nport = 8080\n"
+        "\n[[service]]\nname = \"secure\"\nvip = \"{MESH_VIP}\"\nport = 80\nprotocol = \"tcp\"\nscope = \"cluster\"\nmtls = true\n{identity}[[service.backend]]\naddress = \"{backend}\"\nport = 8080\n"
     )
 }
 
@@ -111,19 +113,26 @@ impl MeshLab {
 
     /// Both nodes get `mesh_keys` in their `[mesh]` table.
     fn start_with(b_policy: &str, mesh_keys: &str) -> MeshLab {
-        MeshLab::build(b_policy, mesh_keys, None)
+        MeshLab::build(b_policy, mesh_keys, None, [None, None])
+    }
+
+    /// The service's `identity` as node A's config states it (what A's agent expects of
+    /// the backend) and as node B's does (what B's agent presents for it).
+    fn start_with_identities(a: Option<&str>, b: Option<&str>) -> MeshLab {
+        MeshLab::build("", "", None, [a, b])
     }
 
     /// Node A maps no cgroup: a fake API server in its namespace serves the pods `pods`
     /// makes from node A's client-side address, followed through a kubernetes source.
     fn start_with_pods(pods: &dyn Fn(Ipv4Addr) -> Vec<serde_json::Value>) -> MeshLab {
-        MeshLab::build("", "", Some(pods))
+        MeshLab::build("", "", Some(pods), [None, None])
     }
 
     fn build(
         b_policy: &str,
         mesh_keys: &str,
         pods: Option<&dyn Fn(Ipv4Addr) -> Vec<serde_json::Value>>,
+        [a_identity, b_identity]: [Option<&str>; 2],
     ) -> MeshLab {
         let ca = CaDir::new();
         let fs = Bpffs::mount();
@@ -135,7 +144,7 @@ impl MeshLab {
         let b_config = lb_tests::lab::ConfigFile::new();
         b_config.write(&format!(
             "[global]\ninterfaces = [\"eth0\"]\n{}{}{}",
-            service(&b_ip),
+            service(&b_ip, b_identity),
             socket_lb(cg_b.path()),
             mesh(&ca, None, b_policy, mesh_keys)
         ));
@@ -166,7 +175,7 @@ impl MeshLab {
         let pins = format!("pin_path = \"{}\"\n", fs.pin_path().display());
         let text = |t: &Topology| {
             config_text_with(t, &[0], None, &pins)
-                + &service(&b_ip)
+                + &service(&b_ip, a_identity)
                 + &socket_lb(cg_a.path())
                 + &mesh(&ca, workload, "", mesh_keys)
                 + &source
@@ -427,19 +436,92 @@ fn a_deny_policy_on_the_server_node_refuses_and_counts() {
 
 /// The inbound port's handshake failures on node B, by reason.
 fn inbound_failures(m: &MeshLab) -> BTreeMap<String, u64> {
-    let st = m.b_status();
+    failures(&m.b_status(), "inbound")
+}
+
+/// The handshake failures of `side` in a status, by reason.
+fn failures(st: &serde_json::Value, side: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for row in st["mesh"]["handshake_failures"]
         .as_array()
         .into_iter()
         .flatten()
     {
-        if row[0] == "inbound" {
+        if row[0] == side {
             *out.entry(row[1].as_str().unwrap_or("").to_string())
                 .or_default() += row[2].as_u64().unwrap_or(0);
         }
     }
     out
+}
+
+/// What the backend's agent presents for it in the identity tests (`shop/backend`).
+const BACKEND_ID: &str = "spiffe://test.local/ns/shop/sa/backend";
+
+#[test]
+fn the_server_presents_the_backends_identity_and_the_client_requires_it() {
+    let m = MeshLab::start_with_identities(Some("shop/backend"), Some("shop/backend"));
+    let got = m.call();
+    assert!(
+        got.contains(std::str::from_utf8(SECRET).unwrap()),
+        "echo: {got:?}\nA:\n{}\nB:\n{}",
+        m.lab.agent.output(),
+        m.b_agent.output()
+    );
+    // Node A's agent verified the backend's identity, not node B's own.
+    let a = m.lab.wait_for_status();
+    let servers = a["mesh"]["servers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        servers.iter().any(|s| s[0] == BACKEND_ID),
+        "servers: {servers:?}"
+    );
+    assert!(
+        !servers
+            .iter()
+            .any(|s| s[0] == "spiffe://test.local/ns/lb-system/sa/lb"),
+        "the node identity was presented: {servers:?}"
+    );
+    // Node B holds a certificate for it (issued on demand, rotated like the others).
+    let expiry = m.b_status()["mesh"]["cert_expiry"].clone();
+    assert!(
+        expiry
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[0] == BACKEND_ID),
+        "{expiry}"
+    );
+}
+
+#[test]
+fn a_destination_presenting_another_identity_is_refused_by_the_client() {
+    // Node A expects the backend to run as shop/backend; node B's config says shop/impostor.
+    let m = MeshLab::start_with_identities(Some("shop/backend"), Some("shop/impostor"));
+    let got = m.call();
+    assert!(
+        !got.contains(std::str::from_utf8(SECRET).unwrap()),
+        "another identity but echoed: {got:?}"
+    );
+    let mut last = BTreeMap::new();
+    eventually("node A counts the wrong server identity", || {
+        last = failures(&m.lab.wait_for_status(), "outbound");
+        last.get("wrong_server_identity").is_some_and(|n| *n >= 1)
+    });
+    wait_for_log(&m.lab.agent, "presented another identity than expected");
+    let log = m.lab.agent.output();
+    assert!(
+        log.contains(BACKEND_ID) && log.contains("spiffe://test.local/ns/shop/sa/impostor"),
+        "the log names both identities:\n{log}"
+    );
+    // Nothing reached the backend: node B opened no stream and authorized no peer.
+    let b = m.b_status();
+    assert_eq!(b["mesh"]["connections"][1]["side"], "inbound");
+    assert_eq!(b["mesh"]["connections"][1]["streams"], 0, "{}", b["mesh"]);
+    assert!(
+        b["mesh"]["peers"].as_array().is_none_or(|p| p.is_empty()),
+        "{}",
+        b["mesh"]
+    );
 }
 
 #[test]

@@ -653,6 +653,34 @@ pub(super) fn pod_source(mesh: &RawMesh, sources: &[SourceConfig], d: &mut Diag)
     }
 }
 
+/// A service's `identity = "<namespace>/<service account>"` (what its backends run as): both
+/// parts valid names. Whether the service may have one is judged by [`check_services`].
+pub(super) fn service_identity(raw: &RawService, path: &str, d: &mut Diag) -> Option<WorkloadName> {
+    let v = raw.identity.as_ref()?;
+    let parsed = v
+        .val
+        .split_once('/')
+        .filter(|(ns, sa)| is_name(ns) && is_name(sa));
+    match parsed {
+        Some((ns, sa)) => Some(WorkloadName {
+            namespace: ns.to_owned(),
+            service_account: sa.to_owned(),
+        }),
+        None => {
+            d.error(
+                &v.span,
+                &format!("{path}.identity"),
+                format!(
+                    "expected `<namespace>/<service account>` (letters, digits, `.`, `-`, `_`), \
+                     found `{}`",
+                    v.val
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// A service's `mtls = true` needs a frontend in NAT mode, the socket LB and the mesh; a
 /// policy's `service` must name a service.
 pub(super) fn check_services(
@@ -663,6 +691,15 @@ pub(super) fn check_services(
     d: &mut Diag,
 ) {
     for r in raw {
+        if let Some(id) = &r.identity
+            && !r.mtls.as_ref().is_some_and(|m| m.val)
+        {
+            d.error(
+                &id.span,
+                &format!("service[{}].identity", r.index),
+                "`identity` names who an `mtls = true` service's backends run as: set `mtls = true` or remove it",
+            );
+        }
         let Some(mtls) = r.mtls.as_ref().filter(|m| m.val) else {
             continue;
         };

@@ -462,6 +462,12 @@ pub struct Service {
     /// `mtls = true`: local connects to it are carried to the backend's node over the mesh's
     /// mTLS tunnel (needs `[socket_lb]` and `[mesh]` enabled).
     pub mtls: bool,
+    /// `identity = "<namespace>/<service account>"` (`mtls` services only): the identity
+    /// the service's backends run as. The agent serving a backend presents it when no pod
+    /// identity is known for the backend's address; clients require it of the agent they
+    /// reach. `None`: no claim (the server presents the pod's or the node's identity; the
+    /// client accepts any identity of a trusted domain unless it knows the pod's).
+    pub identity: Option<WorkloadName>,
     /// `mode = "http"`: its TLS certificates and routes (`None` otherwise).
     pub http: Option<HttpService>,
     /// A prime in `MIN_MAGLEV_SIZE..=MAX_MAGLEV_SIZE`; the global one unless overridden.

@@ -207,6 +207,7 @@ fn service(raw: &RawService, global: &Global, d: &mut Diag) -> Checked {
             scope: scope?,
             client_affinity: client_affinity?,
             mtls: raw.mtls.as_ref().is_some_and(|m| m.val),
+            identity: super::mesh::service_identity(raw, &p, d),
             http,
             maglev_table_size: maglev_table_size?,
             rate_limit,

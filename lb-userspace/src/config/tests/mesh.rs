@@ -126,6 +126,42 @@ fn mtls_service_parses() {
 }
 
 #[test]
+fn a_service_identity_names_who_its_backends_run_as() {
+    let text = ca("").replace(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nmtls = true\nidentity = \"shop/web-sa\"\n",
+    );
+    assert_eq!(
+        parse(&text, "t.toml").unwrap().services[0].identity,
+        Some(crate::config::WorkloadName {
+            namespace: "shop".into(),
+            service_account: "web-sa".into(),
+        })
+    );
+    assert_eq!(parse(&ca(""), "t.toml").unwrap().services[0].identity, None);
+    for bad in ["web", "shop/", "/web", "shop/web/x", "shop/w b"] {
+        one_error(
+            &ca("").replace(
+                "protocol = \"tcp\"\n",
+                &format!("protocol = \"tcp\"\nmtls = true\nidentity = \"{bad}\"\n"),
+            ),
+            9,
+            "service[0].identity",
+            "expected `<namespace>/<service account>`",
+        );
+    }
+    one_error(
+        &ca("").replace(
+            "protocol = \"tcp\"\n",
+            "protocol = \"tcp\"\nidentity = \"shop/web\"\n",
+        ),
+        8,
+        "service[0].identity",
+        "set `mtls = true` or remove it",
+    );
+}
+
+#[test]
 fn mtls_needs_the_mesh_and_the_socket_lb() {
     let mtls = |s: &str| s.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nmtls = true\n");
     one_error(

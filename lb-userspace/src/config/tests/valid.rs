@@ -94,6 +94,7 @@ backend = [
                 scope: Default::default(),
                 client_affinity: false,
                 mtls: false,
+                identity: None,
                 http: None,
                 maglev_table_size: 251,
                 rate_limit: RateLimit {
@@ -122,6 +123,7 @@ backend = [
                 scope: Default::default(),
                 client_affinity: false,
                 mtls: false,
+                identity: None,
                 http: None,
                 maglev_table_size: 65537,
                 rate_limit: RateLimit {

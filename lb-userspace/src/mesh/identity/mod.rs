@@ -83,10 +83,15 @@ pub struct Identities {
     /// `trust_bundles` of the config, read at start (kept to rebuild the store when the
     /// own bundle of `cert_dir` changes).
     other_bundles: Vec<(String, Vec<CertificateDer<'static>>)>,
-    server: Arc<ServerConfig>,
-    clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    /// Server configs per presented identity (the node's made at start).
+    servers: Mutex<HashMap<SpiffeId, Arc<ServerConfig>>>,
+    /// Client configs per (local identity, expected server identity).
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
     workloads: workloads::Workloads,
 }
+
+/// A client config's (local identity, expected server identity).
+type ClientKey = (SpiffeId, Option<SpiffeId>);
 
 /// Backdating of issued certificates: peers' clocks may run a little behind ours.
 const BACKDATE: Duration = Duration::from_secs(60);
@@ -142,6 +147,7 @@ impl Identities {
             &cfg.node_identity.service_account,
         );
         let server = tls::server_config(store.clone(), trust.clone(), node.clone())?;
+        let node_id_for_servers = node.clone();
         let me = Arc::new(Identities {
             workloads: workloads::Workloads::new(&td, &cfg.workloads),
             trust_domain: td,
@@ -150,7 +156,7 @@ impl Identities {
             store,
             trust,
             other_bundles,
-            server,
+            servers: Mutex::new(HashMap::from([(node_id_for_servers, server)])),
             clients: Mutex::new(HashMap::new()),
         });
         match &me.source {
@@ -168,31 +174,73 @@ impl Identities {
 
     /// The client side of a tunnel connection for local identity `me`: presents `me`'s
     /// current certificate (issued now if the agent has a CA and none yet), verifies the
-    /// server's chain and SPIFFE ID against the trust bundles. One config per identity,
-    /// reused: rotation needs no new config.
+    /// server's chain and SPIFFE ID against the trust bundles; any server ID of a trusted
+    /// domain is accepted. One config per identity, reused: rotation needs no new config.
     pub fn client_config(&self, me: &SpiffeId) -> Result<Arc<ClientConfig>, IdentityError> {
-        if me.trust_domain != self.trust_domain {
-            return Err(IdentityError::ForeignTrustDomain(me.clone()));
-        }
-        if self.store.get(me).is_none() {
-            match self.source {
-                Source::Ca { .. } => self.issue(me)?,
-                Source::Dir { .. } => return Err(IdentityError::NoCertificate(me.clone())),
-            }
-        }
+        self.client_config_expecting(me, None)
+    }
+
+    /// As [`Self::client_config`], and the server must present `expected` when it is
+    /// known (the destination's identity); another ID fails the handshake with
+    /// [`VerifyFailure::WrongServerIdentity`]. One config per (`me`, `expected`).
+    pub fn client_config_expecting(
+        &self,
+        me: &SpiffeId,
+        expected: Option<&SpiffeId>,
+    ) -> Result<Arc<ClientConfig>, IdentityError> {
+        self.ensure_cert(me)?;
+        let key = (me.clone(), expected.cloned());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(me) {
+        if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let c = tls::client_config(self.store.clone(), self.trust.clone(), me.clone())?;
-        clients.insert(me.clone(), c.clone());
+        let c = tls::client_config(
+            self.store.clone(),
+            self.trust.clone(),
+            me.clone(),
+            expected.cloned(),
+        )?;
+        clients.insert(key, c.clone());
         Ok(c)
     }
 
-    /// The server side: requires a client certificate chaining to the bundle of its SPIFFE
-    /// ID's trust domain; presents the node identity's current certificate.
+    /// The server side presenting the node identity: requires a client certificate chaining
+    /// to the bundle of its SPIFFE ID's trust domain.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.server.clone()
+        self.server_config_for(&self.node)
+            .expect("the node identity's server config is made at start")
+    }
+
+    /// The server side presenting `id` (a local workload's identity): its certificate is
+    /// issued now if the agent has a CA and none yet, then rotated like every other; with
+    /// `cert_dir`, the issuer must have written it. One config per identity, reused.
+    pub fn server_config_for(&self, id: &SpiffeId) -> Result<Arc<ServerConfig>, IdentityError> {
+        if let Some(c) = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(c.clone());
+        }
+        self.ensure_cert(id)?;
+        let c = tls::server_config(self.store.clone(), self.trust.clone(), id.clone())?;
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(servers.entry(id.clone()).or_insert(c).clone())
+    }
+
+    /// `id` of this trust domain with a certificate in the store (issued now with a CA).
+    fn ensure_cert(&self, id: &SpiffeId) -> Result<(), IdentityError> {
+        if id.trust_domain != self.trust_domain {
+            return Err(IdentityError::ForeignTrustDomain(id.clone()));
+        }
+        if self.store.get(id).is_none() {
+            match self.source {
+                Source::Ca { .. } => self.issue(id)?,
+                Source::Dir { .. } => return Err(IdentityError::NoCertificate(id.clone())),
+            }
+        }
+        Ok(())
     }
 
     /// The verified peer of a finished handshake.

@@ -58,11 +58,13 @@ pub(super) fn client_config(
     store: Arc<CertStore>,
     trust: Arc<ArcSwap<TrustStore>>,
     me: SpiffeId,
+    expected_server: Option<SpiffeId>,
 ) -> Result<Arc<ClientConfig>, IdentityError> {
+    let verifier = SpiffeVerifier::expecting(trust, expected_server);
     let mut c = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::new(trust)))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(ClientCert { store, id: me }));
     c.alpn_protocols = vec![ALPN_H2.to_vec()];
     c.resumption = Resumption::disabled();

@@ -22,6 +22,13 @@ pub enum VerifyFailure {
     UnknownIssuer,
     #[error("bad certificate: {0}")]
     BadCertificate(String),
+    /// The server proved an identity of a trusted domain, but not the one the client expects
+    /// for the destination it dialled. (Boxed: keeps the error small.)
+    #[error("the server presented {presented}, expected {expected}")]
+    WrongServerIdentity {
+        expected: Box<SpiffeId>,
+        presented: Box<SpiffeId>,
+    },
 }
 
 impl VerifyFailure {
@@ -33,6 +40,7 @@ impl VerifyFailure {
             VerifyFailure::Expired => "expired",
             VerifyFailure::UnknownIssuer => "unknown_issuer",
             VerifyFailure::BadCertificate(_) => "bad_certificate",
+            VerifyFailure::WrongServerIdentity { .. } => "wrong_server_identity",
         }
     }
 }

@@ -15,12 +15,16 @@ use rustls::{
 };
 use webpki::KeyUsage;
 
+use super::SpiffeId;
 use super::trust::{TrustStore, VerifyFailure};
 
 #[derive(Debug)]
 pub(super) struct SpiffeVerifier {
     pub trust: Arc<ArcSwap<TrustStore>>,
     pub algs: WebPkiSupportedAlgorithms,
+    /// Client side: the only SPIFFE ID the server may present (the destination's expected
+    /// identity); `None`: any ID of a trusted domain.
+    pub expected_server: Option<SpiffeId>,
 }
 
 impl SpiffeVerifier {
@@ -28,6 +32,15 @@ impl SpiffeVerifier {
         Self {
             trust,
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            expected_server: None,
+        }
+    }
+
+    /// A client-side verifier that also requires the server to be `expected`.
+    pub fn expecting(trust: Arc<ArcSwap<TrustStore>>, expected: Option<SpiffeId>) -> Self {
+        Self {
+            expected_server: expected,
+            ..Self::new(trust)
         }
     }
 
@@ -37,11 +50,10 @@ impl SpiffeVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: KeyUsage,
-    ) -> Result<(), Error> {
+    ) -> Result<SpiffeId, Error> {
         self.trust
             .load()
             .verify(end_entity, intermediates, now, usage)
-            .map(|_| ())
             .map_err(to_rustls)
     }
 }
@@ -54,6 +66,17 @@ fn to_rustls(f: VerifyFailure) -> Error {
         VerifyFailure::UnknownIssuer => CertificateError::UnknownIssuer,
         other => CertificateError::Other(OtherError(Arc::new(other))),
     })
+}
+
+/// The client's check of a verified server: it must be `expected`, when one is known.
+fn check_expected(expected: Option<&SpiffeId>, presented: SpiffeId) -> Result<(), Error> {
+    match expected {
+        Some(e) if *e != presented => Err(to_rustls(VerifyFailure::WrongServerIdentity {
+            expected: Box::new(e.clone()),
+            presented: Box::new(presented),
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// A short label for why a handshake failed, for counters: the [`VerifyFailure`] reasons when
@@ -87,7 +110,8 @@ impl ServerCertVerifier for SpiffeVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.check(end_entity, intermediates, now, KeyUsage::server_auth())?;
+        let presented = self.check(end_entity, intermediates, now, KeyUsage::server_auth())?;
+        check_expected(self.expected_server.as_ref(), presented)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -16,7 +16,7 @@ use http::{Method, Request, StatusCode};
 use tokio::net::TcpStream;
 
 use super::{
-    TunnelError,
+    MeshAuth, TunnelError,
     metrics::{Side, TunnelCounters, handshake_reason},
     transport,
 };
@@ -46,10 +46,12 @@ pub struct Stream {
 }
 
 /// Opens an mTLS + HTTP/2 connection to `addr` presenting `tls`'s client certificate, and
-/// drives it in a task (which holds an open-connection count until it ends).
+/// drives it in a task (which holds an open-connection count until it ends). The server's
+/// verified identity is counted (`auth` reads it).
 pub async fn open(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
+    auth: &dyn MeshAuth,
     timeout: Duration,
     counters: Arc<TunnelCounters>,
 ) -> Result<Sender, TunnelError> {
@@ -62,7 +64,9 @@ pub async fn open(
     let stream = match tokio::time::timeout(timeout, tls.connect(name, transport::io(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
-            counters.handshake_failed(Side::Outbound, &handshake_reason(&source));
+            let reason = handshake_reason(&source);
+            counters.handshake_failed(Side::Outbound, &reason);
+            tracing::debug!(peer = %addr, reason, error = %source, "mesh outbound TLS handshake failed");
             return Err(TunnelError::Handshake { addr, source });
         }
         Err(_) => {
@@ -70,6 +74,9 @@ pub async fn open(
             return Err(TunnelError::Timeout("TLS handshake with the peer node"));
         }
     };
+    if let Some(id) = auth.peer_id(stream.get_ref().1) {
+        counters.server(&id);
+    }
     let (send, mut conn) = tokio::time::timeout(
         timeout,
         transport::client().handshake(transport::Batched(stream)),

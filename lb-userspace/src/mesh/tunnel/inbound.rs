@@ -54,7 +54,10 @@ pub async fn serve_inbound(
 async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, stop: CancellationToken) {
     let Ok(local) = tcp.local_addr() else { return };
     let timeout = ctx.settings.connect_timeout;
-    let acceptor = tokio_rustls::TlsAcceptor::from(ctx.auth.server_config());
+    // The peer dialled a backend's address: present the identity of the workload there.
+    let configured = ctx.services.backend_identity(local.ip());
+    let (server_id, config) = ctx.auth.server_for(local.ip(), configured.as_deref());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(timeout, acceptor.accept(transport::io(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -73,7 +76,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, stop: Cance
         warn!(peer = %peer, "mesh inbound: peer certificate has no SPIFFE ID: closed");
         return;
     };
-    debug!(peer = %peer, id = %peer_id, "mesh inbound connection");
+    debug!(peer = %peer, id = %peer_id, server = %server_id, "mesh inbound connection");
     let _open = ctx.counters.connection(Side::Inbound);
     let peer_id: Arc<str> = peer_id.into();
     let mut conn = match tokio::time::timeout(

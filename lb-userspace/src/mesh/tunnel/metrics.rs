@@ -8,6 +8,8 @@ use std::{
     },
 };
 
+use crate::mesh::identity::VerifyFailure;
+
 /// Direction of a tunnel connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Side {
@@ -46,6 +48,7 @@ pub struct TunnelCounters {
     refused: Mutex<BTreeMap<String, u64>>,
     authz: Mutex<BTreeMap<(String, String, bool), u64>>,
     peers: Mutex<BTreeMap<String, u64>>,
+    servers: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Everything counted, as plain values.
@@ -64,6 +67,10 @@ pub struct TunnelView {
     pub authz: Vec<(String, String, bool, u64)>,
     /// Verified peer SPIFFE IDs seen inbound, with their stream counts.
     pub peers: Vec<(String, u64)>,
+    /// Verified server SPIFFE IDs seen outbound (what the destination's agent presented),
+    /// with their connection counts.
+    #[serde(default)]
+    pub servers: Vec<(String, u64)>,
     /// Certificate expiry per identity, seconds since the epoch (filled by the status
     /// source from the identities).
     #[serde(default)]
@@ -145,6 +152,10 @@ impl TunnelCounters {
         bump(&self.peers, id.to_string());
     }
 
+    pub fn server(&self, id: &str) {
+        bump(&self.servers, id.to_string());
+    }
+
     pub fn view(&self) -> TunnelView {
         let side = |s: Side| {
             let p = self.side(s);
@@ -183,6 +194,7 @@ impl TunnelCounters {
                 .map(|((p, r, a), n)| (p.clone(), r.clone(), *a, *n))
                 .collect(),
             peers: lock(&self.peers),
+            servers: lock(&self.servers),
             cert_expiry: Vec::new(),
         }
     }
@@ -202,12 +214,26 @@ pub fn handshake_reason(e: &std::io::Error) -> String {
         TlsError::InvalidCertificate(CertificateError::Expired) => "cert_expired".into(),
         TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_issuer".into(),
         TlsError::InvalidCertificate(CertificateError::BadSignature) => "bad_signature".into(),
+        TlsError::InvalidCertificate(CertificateError::Other(_)) => verify_failure(e)
+            .map_or("bad_certificate", VerifyFailure::reason)
+            .into(),
         TlsError::InvalidCertificate(_) => "bad_certificate".into(),
         TlsError::NoCertificatesPresented => "no_client_cert".into(),
         TlsError::AlertReceived(a) => format!("alert_{a:?}").to_lowercase(),
         TlsError::NoApplicationProtocol => "no_alpn".into(),
         TlsError::PeerIncompatible(_) => "incompatible".into(),
         _ => "tls".into(),
+    }
+}
+
+/// The SPIFFE-specific reason this side refused the peer's certificate, if that is why `e`
+/// (a failed handshake) failed.
+pub fn verify_failure(e: &std::io::Error) -> Option<&VerifyFailure> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => {
+            o.0.downcast_ref::<VerifyFailure>()
+        }
+        _ => None,
     }
 }
 

@@ -51,14 +51,27 @@ pub trait MeshAuth: Send + Sync + 'static {
     /// The SPIFFE ID of the local workload in cgroup `cgroup_id` whose connection comes from
     /// address `source`, and a client config presenting its current certificate: the
     /// cgroup's configured identity, else the identity of the pod with address `source`;
-    /// `None`: the workload has no identity (refused).
+    /// `None`: the workload has no identity (refused). The config accepts only a server
+    /// presenting `expected_server` when that is `Some`; any ID of a trusted domain else.
     fn client_for(
         &self,
         cgroup_id: u64,
         source: IpAddr,
+        expected_server: Option<&str>,
     ) -> Option<(String, Arc<rustls::ClientConfig>)>;
-    /// The inbound server config (client certificates required and verified).
-    fn server_config(&self) -> Arc<rustls::ServerConfig>;
+    /// The identity the outbound side requires of the agent serving backend address
+    /// `backend`: `configured` (the service's `identity`), else the identity of the pod
+    /// with that address if this node knows it; `None`: no expectation.
+    fn expected_server(&self, backend: IpAddr, configured: Option<&str>) -> Option<String>;
+    /// The inbound server config for a connection to local address `local` (the backend
+    /// address the peer dialled; client certificates required and verified) and the
+    /// identity it presents: the pod with that address, else `configured` (the `identity`
+    /// of the service that address is a backend of), else the node identity.
+    fn server_for(
+        &self,
+        local: IpAddr,
+        configured: Option<&str>,
+    ) -> (String, Arc<rustls::ServerConfig>);
     /// The verified peer's SPIFFE ID from a finished handshake.
     fn peer_id(&self, conn: &rustls::CommonState) -> Option<String>;
     /// Whether `peer` may reach `service` on `port`.
@@ -90,6 +103,16 @@ pub trait LocalServices: Send + Sync + 'static {
     /// The service name and port `backend` is a backend of, if it is one of an `mtls`
     /// service.
     fn mtls_backend(&self, backend: SocketAddr) -> Option<(String, u16)>;
+    /// The SPIFFE ID configured (`identity`) for the `mtls` service whose backends include
+    /// address `backend`: what this node's agent presents for it when no pod runs there.
+    fn backend_identity(&self, _backend: IpAddr) -> Option<String> {
+        None
+    }
+    /// The SPIFFE ID configured (`identity`) for the `mtls` service at `service` (its
+    /// frontend address): what the outbound side expects its backends' agent to present.
+    fn service_identity(&self, _service: SocketAddr) -> Option<String> {
+        None
+    }
 }
 
 /// How the tunnel runs.

@@ -80,4 +80,41 @@ impl LocalServices for SnapshotServices {
                 )
             })
     }
+
+    fn backend_identity(&self, backend: IpAddr) -> Option<String> {
+        // A backend address runs as one workload: the first mtls service (config order)
+        // with it as a backend and an `identity` names it.
+        let snap = self.rx.borrow();
+        snap.services
+            .iter()
+            .filter(|s| s.backends.iter().any(|b| b.key.addr == backend))
+            .find_map(|s| self.configured_identity(&snap.config, &s.name))
+    }
+
+    fn service_identity(&self, service: SocketAddr) -> Option<String> {
+        let snap = self.rx.borrow();
+        snap.services
+            .iter()
+            .filter(|s| s.frontend == Some(service))
+            .find_map(|s| self.configured_identity(&snap.config, &s.name))
+    }
+}
+
+impl SnapshotServices {
+    /// The SPIFFE ID of the `identity` configured for `mtls` service `name`.
+    fn configured_identity(&self, config: &Config, name: &str) -> Option<String> {
+        if !(self.is_mtls)(config, name) {
+            return None;
+        }
+        let w = config
+            .services
+            .iter()
+            .find(|s| s.name == name)?
+            .identity
+            .as_ref()?;
+        Some(format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            config.mesh.trust_domain, w.namespace, w.service_account
+        ))
+    }
 }

@@ -44,7 +44,7 @@ impl TunnelPart {
             tokio::spawn(serve_inbound(
                 inl,
                 auth.clone(),
-                services,
+                services.clone(),
                 settings.clone(),
                 counters.clone(),
                 stop.clone(),
@@ -53,6 +53,7 @@ impl TunnelPart {
                 outl,
                 auth.clone(),
                 origdst,
+                services,
                 settings,
                 counters.clone(),
                 stop,

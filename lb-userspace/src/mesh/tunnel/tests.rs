@@ -109,11 +109,23 @@ impl MeshAuth for TestAuth {
         &self,
         cgroup_id: u64,
         _source: std::net::IpAddr,
+        _expected_server: Option<&str>,
     ) -> Option<(String, Arc<rustls::ClientConfig>)> {
         self.clients.get(&cgroup_id).cloned()
     }
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.server.clone()
+    fn expected_server(
+        &self,
+        _backend: std::net::IpAddr,
+        _configured: Option<&str>,
+    ) -> Option<String> {
+        None
+    }
+    fn server_for(
+        &self,
+        _local: std::net::IpAddr,
+        _configured: Option<&str>,
+    ) -> (String, Arc<rustls::ServerConfig>) {
+        (NODE_ID.into(), self.server.clone())
     }
     fn peer_id(&self, conn: &rustls::CommonState) -> Option<String> {
         let leaf = conn.peer_certificates()?.first()?;
@@ -212,6 +224,7 @@ async fn mesh(ca: &Ca, backend: SocketAddr, cgroup: u64) -> Mesh {
         outl,
         auth.clone(),
         Arc::new(FixedOrig { backend, cgroup }),
+        Arc::new(OneService(backend)),
         settings,
         counters.clone(),
         stop.clone(),

@@ -356,6 +356,7 @@ fn service(
         client_affinity,
         // Kubernetes services join the mesh through the config file only (for now).
         mtls: false,
+        identity: None,
         http,
         maglev_table_size: lb_common::DEFAULT_MAGLEV_SIZE,
         rate_limit: RateLimit::UNLIMITED,

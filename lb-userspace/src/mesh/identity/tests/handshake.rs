@@ -1,5 +1,6 @@
 //! Real TLS 1.3 handshakes between two agents, and the peers they refuse.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -234,4 +235,78 @@ async fn a_wrong_trust_domain_is_refused() {
         .err()
         .unwrap();
     assert_eq!(failure_reason(f.server.as_ref().unwrap()), "unknown_issuer");
+}
+
+#[tokio::test]
+async fn the_client_accepts_only_the_server_identity_it_expects() {
+    let dir = TempDir::new();
+    write_ca(&dir.0, "cluster.local");
+    let (a, b) = two_nodes(&dir.0, HOUR).await;
+    let cart: SpiffeId = "spiffe://cluster.local/ns/shop/sa/cart".parse().unwrap();
+    let pay: SpiffeId = "spiffe://cluster.local/ns/shop/sa/pay".parse().unwrap();
+    // B presents a workload identity, issued on demand (and then held, so it rotates).
+    let cart_server = b.server_config_for(&cart).unwrap();
+    assert!(b.expiry().iter().any(|(id, _)| *id == cart));
+    let pair = handshake(
+        a.client_config_expecting(&web(), Some(&cart)).unwrap(),
+        cart_server.clone(),
+    )
+    .await
+    .expect("the expected identity is accepted");
+    assert_eq!(
+        Identities::peer_id(pair.client.get_ref().1),
+        Some(cart.clone())
+    );
+    // Another identity of the same trust domain and CA: refused by the client, with both
+    // IDs in the reason.
+    let f = handshake(
+        a.client_config_expecting(&web(), Some(&pay)).unwrap(),
+        cart_server.clone(),
+    )
+    .await
+    .err()
+    .expect("the client must refuse a server that is not the expected one");
+    let client = f.client.unwrap();
+    assert_eq!(failure_reason(&client), "wrong_server_identity");
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) = &client else {
+        panic!("{client:?}");
+    };
+    assert_eq!(
+        o.0.downcast_ref::<VerifyFailure>(),
+        Some(&VerifyFailure::WrongServerIdentity {
+            expected: Box::new(pay.clone()),
+            presented: Box::new(cart.clone())
+        })
+    );
+    assert_eq!(failure_reason(f.server.as_ref().unwrap()), "peer_refused");
+    // The node identity when a workload one is expected: refused too.
+    let f = handshake(
+        a.client_config_expecting(&web(), Some(&cart)).unwrap(),
+        b.server_config(),
+    )
+    .await
+    .err()
+    .expect("the node identity is not the workload's");
+    assert_eq!(
+        failure_reason(f.client.as_ref().unwrap()),
+        "wrong_server_identity"
+    );
+    // No expectation: any identity of the trust domain, as before.
+    handshake(a.client_config(&web()).unwrap(), cart_server)
+        .await
+        .expect("no expectation accepts any trusted identity");
+    // One config per (identity, expectation).
+    assert!(Arc::ptr_eq(
+        &a.client_config_expecting(&web(), Some(&cart)).unwrap(),
+        &a.client_config_expecting(&web(), Some(&cart)).unwrap()
+    ));
+    assert!(!Arc::ptr_eq(
+        &a.client_config_expecting(&web(), Some(&cart)).unwrap(),
+        &a.client_config(&web()).unwrap()
+    ));
+    // Not for another trust domain.
+    assert!(
+        b.server_config_for(&"spiffe://other.org/ns/a/sa/b".parse().unwrap())
+            .is_err()
+    );
 }
