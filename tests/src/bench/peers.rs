@@ -25,6 +25,9 @@ use crate::topology::VIP4;
 pub enum Peer {
     /// No load balancer: the client talks to backend 1, routed by the LB namespace.
     Direct,
+    /// `Direct` from a child cgroup with no programs attached, where the socket LB's client
+    /// runs (and where a pod's processes always run): the socket LB's like-for-like baseline.
+    DirectCgroup,
     /// This load balancer: the `lb` agent, native XDP on the LB's veths (`attach = "xdp"`,
     /// `xdp_mode = "native"`: named explicitly, since veths default to tc).
     Lb,
@@ -64,8 +67,9 @@ impl Peer {
     }
 
     /// All of them, in the order they run within a round.
-    pub const ALL: [Peer; 11] = [
+    pub const ALL: [Peer; 12] = [
         Peer::Direct,
+        Peer::DirectCgroup,
         Peer::Lb,
         Peer::LbTc,
         Peer::LbGeneric,
@@ -82,6 +86,7 @@ impl Peer {
     pub fn key(self) -> &'static str {
         match self {
             Peer::Direct => "direct",
+            Peer::DirectCgroup => "direct-cg",
             Peer::Lb => "lb",
             Peer::LbTc => "lb-tc",
             Peer::SockLb => "socket-lb",
@@ -99,6 +104,7 @@ impl Peer {
     pub fn label(self) -> &'static str {
         match self {
             Peer::Direct => "direct (no LB)",
+            Peer::DirectCgroup => "direct (no LB) from a child cgroup",
             Peer::Lb => "this LB (native XDP)",
             Peer::LbTc => "this LB (tc)",
             Peer::SockLb => "this LB (socket LB)",
@@ -120,7 +126,7 @@ impl Peer {
     /// Where the client sends its requests.
     pub fn target(self, lab: &BenchLab) -> Ipv4Addr {
         match self {
-            Peer::Direct => lab.topo.backends[0].ip4(),
+            Peer::Direct | Peer::DirectCgroup => lab.topo.backends[0].ip4(),
             _ => VIP4,
         }
     }
@@ -240,6 +246,12 @@ fn start_with<'a>(peer: Peer, lab: &'a BenchLab, tools: &Tools, extra: &str) -> 
     let lb = &lab.topo.lb;
     match peer {
         Peer::Direct => forwarding_on(&mut active)?,
+        Peer::DirectCgroup => {
+            forwarding_on(&mut active)?;
+            let cg = std::panic::catch_unwind(TestCgroup::new)
+                .map_err(|_| anyhow::anyhow!("cannot mount cgroup2 for the client's cgroup"))?;
+            active.cgroup = Some(cg);
+        }
         Peer::Lb => active.child = Some(start_agent(lab, tools, Attach::Xdp("native"), extra)?),
         Peer::LbGeneric => {
             active.child = Some(start_agent(lab, tools, Attach::Xdp("generic"), extra)?)
@@ -735,6 +747,7 @@ pub fn check_tools(peers: &[Peer], tools: &Tools) -> Result<()> {
     for p in peers {
         let bins: &[&str] = match p {
             Peer::Direct => &[],
+            Peer::DirectCgroup => &["nsenter", "mount"],
             Peer::Lb | Peer::LbTc | Peer::LbGeneric => &[],
             Peer::SockLb | Peer::SockLbOne => &["nsenter", "mount"],
             Peer::Iptables => &["iptables-restore", "nft"],

@@ -11,10 +11,11 @@ use super::peers::Peer;
 use super::report::Target;
 
 /// The configurations of the same-node comparison, in table order.
-pub const PEERS: [Peer; 6] = [
+pub const PEERS: [Peer; 7] = [
     Peer::SockLbOne,
     Peer::SockLb,
     Peer::Direct,
+    Peer::DirectCgroup,
     Peer::Lb,
     Peer::LbTc,
     Peer::Iptables,
@@ -59,6 +60,20 @@ pub fn targets(e2e: &E2eResults) -> Vec<Target> {
         measured,
         met,
     });
+    // Like for like: the socket LB's client runs in a child cgroup (its hooks' scope), and
+    // so does every pod's; `direct-cg` is direct from such a cgroup, no programs attached.
+    if let (Some(a), Some(d)) = (ours, get(&s, Peer::DirectCgroup, Mode::Close))
+        && d.rps > 0.0
+    {
+        t.push(Target {
+            what: format!(
+                "same node, socket LB new-connection req/s ({which}), both from a child cgroup"
+            ),
+            goal: ">= 0.97x direct from a child cgroup".into(),
+            measured: format!("{:.2}x ({:.0} vs {:.0} req/s)", a.rps / d.rps, a.rps, d.rps),
+            met: Some(a.rps / d.rps >= 0.97),
+        });
+    }
     let tc = get(&s, Peer::LbTc, Mode::Close).map(|x| x.cpu_us);
     let xdp = get(&s, Peer::Lb, Mode::Close).map(|x| x.cpu_us);
     let (measured, met) = match (tc, xdp) {
@@ -178,7 +193,7 @@ mod tests {
                 .push(sample(p, Mode::KeepAlive, close * 3.0, cpu / 3.0));
         }
         let t = targets(&r);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 2, "no direct-cg run, no like-for-like row: {t:?}");
         assert_eq!(t[0].met, Some(true), "{:?}", t[0]);
         assert!(t[0].measured.starts_with("0.98x"), "{:?}", t[0]);
         assert!(t[0].what.contains("three backends"), "{:?}", t[0]);
@@ -212,5 +227,28 @@ mod tests {
         r.samples.push(sample(Peer::Lb, Mode::Close, 1.0, 1.0));
         assert!(targets(&r).is_empty());
         assert!(markdown(&r).is_empty());
+    }
+
+    #[test]
+    fn direct_from_a_child_cgroup_adds_a_like_for_like_row() {
+        let mut r = E2eResults::default();
+        for (p, close) in [
+            (Peer::SockLbOne, 9600.0),
+            (Peer::Direct, 10600.0),
+            (Peer::DirectCgroup, 9800.0),
+        ] {
+            r.samples.push(sample(p, Mode::Close, close, 30.0));
+            r.samples
+                .push(sample(p, Mode::KeepAlive, close * 3.0, 10.0));
+        }
+        let t = targets(&r);
+        assert_eq!(t[0].met, Some(false), "0.91x direct: {:?}", t[0]);
+        let cg = t
+            .iter()
+            .find(|x| x.what.contains("child cgroup"))
+            .expect("a like-for-like row");
+        assert_eq!(cg.met, Some(true), "0.98x direct-cg: {cg:?}");
+        assert!(cg.measured.starts_with("0.98x"), "{cg:?}");
+        assert!(markdown(&r).contains("| direct (no LB) from a child cgroup | 29400 |"));
     }
 }

@@ -85,12 +85,12 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// End-to-end configurations, in run order within a round (comma-separated):
-    /// direct, lb (native XDP), lb-tc, lb-generic, socket-lb, socket-lb-one, iptables, nftables,
-    /// nginx-stream, haproxy, envoy.
+    /// direct, direct-cg (direct from a child cgroup), lb (native XDP), lb-tc, lb-generic,
+    /// socket-lb, socket-lb-one, iptables, nftables, nginx-stream, haproxy, envoy.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,lb,lb-tc,lb-generic,socket-lb,socket-lb-one,iptables,nftables,nginx-stream,haproxy,envoy"
+        default_value = "direct,direct-cg,lb,lb-tc,lb-generic,socket-lb,socket-lb-one,iptables,nftables,nginx-stream,haproxy,envoy"
     )]
     configs: Vec<String>,
     /// Gateway-part configurations, in run order within a round (comma-separated): gateway,
