@@ -235,6 +235,17 @@ impl MeshLab {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// `got` (what [`MeshLab::call`] returned) holds the echoed `SECRET`; else panics with
+    /// both agents' output.
+    fn assert_echoed(&self, got: &str) {
+        assert!(
+            got.contains(std::str::from_utf8(SECRET).unwrap()),
+            "echo: {got:?}\nA:\n{}\nB:\n{}",
+            self.lab.agent.output(),
+            self.b_agent.output()
+        );
+    }
+
     /// The hooks attached to node A's workload cgroup (bpftool's names).
     fn attached(&self) -> Vec<String> {
         let out = Command::new("bpftool")
@@ -278,12 +289,7 @@ fn a_workload_reaches_an_mtls_service_through_the_tunnel_only() {
             .expect("capture");
 
     let got = m.call();
-    assert!(
-        got.contains(std::str::from_utf8(SECRET).unwrap()),
-        "echo: {got:?}\nA:\n{}\nB:\n{}",
-        m.lab.agent.output(),
-        m.b_agent.output()
-    );
+    m.assert_echoed(&got);
     assert!(
         got.starts_with(&b.name),
         "the backend's name first: {got:?}"
@@ -378,12 +384,7 @@ fn a_pod_without_a_configured_cgroup_runs_as_its_pods_identity() {
 
     // From the pod's address: carried as the pod's identity, seen so by node B.
     let got = m.call_from(Some(pod_ip));
-    assert!(
-        got.contains(std::str::from_utf8(SECRET).unwrap()),
-        "echo: {got:?}\nA:\n{}\nB:\n{}",
-        m.lab.agent.output(),
-        m.b_agent.output()
-    );
+    m.assert_echoed(&got);
     let peers = m.b_status()["mesh"]["peers"].clone();
     assert!(
         peers.as_array().unwrap().iter().any(|p| p[0] == POD_ID),
@@ -462,12 +463,7 @@ const BACKEND_ID: &str = "spiffe://test.local/ns/shop/sa/backend";
 fn the_server_presents_the_backends_identity_and_the_client_requires_it() {
     let m = MeshLab::start_with_identities(Some("shop/backend"), Some("shop/backend"));
     let got = m.call();
-    assert!(
-        got.contains(std::str::from_utf8(SECRET).unwrap()),
-        "echo: {got:?}\nA:\n{}\nB:\n{}",
-        m.lab.agent.output(),
-        m.b_agent.output()
-    );
+    m.assert_echoed(&got);
     // Node A's agent verified the backend's identity, not node B's own.
     let a = m.lab.wait_for_status();
     let servers = a["mesh"]["servers"].as_array().cloned().unwrap_or_default();

@@ -176,6 +176,16 @@ mod tests {
         }
     }
 
+    /// Identities from a fresh agent CA (the directory must outlive them).
+    async fn identities() -> (TempDir, Arc<Identities>) {
+        let dir = TempDir::new();
+        write_ca(&dir.0, "cluster.local");
+        let ids = Identities::start(&ca_mesh(&dir.0, Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        (dir, ids)
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -197,11 +207,7 @@ mod tests {
             pod("elsewhere", "shop", "node-b", Some("web"), "10.244.2.9"),
         ])
         .await;
-        let dir = TempDir::new();
-        write_ca(&dir.0, "cluster.local");
-        let ids = Identities::start(&ca_mesh(&dir.0, Duration::from_secs(3600)))
-            .await
-            .unwrap();
+        let (_dir, ids) = identities().await;
         let watcher = PodWatcher::new(&source(&api.url))
             .unwrap()
             .with_backoff(Backoff::new(
@@ -310,11 +316,7 @@ mod tests {
             "10.244.1.9",
         )])
         .await;
-        let dir = TempDir::new();
-        write_ca(&dir.0, "cluster.local");
-        let ids = Identities::start(&ca_mesh(&dir.0, Duration::from_secs(3600)))
-            .await
-            .unwrap();
+        let (_dir, ids) = identities().await;
         let (tx, rx) = watch::channel(snapshot(config(&api_a.url, &api_b.url, Some("a"))));
         let stop = CancellationToken::new();
         let task = follow(rx, ids.clone(), stop.clone());

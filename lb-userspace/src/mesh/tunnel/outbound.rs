@@ -7,10 +7,10 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::mesh::identity::VerifyFailure::WrongServerIdentity;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use crate::mesh::identity::VerifyFailure::WrongServerIdentity;
 
 use super::{
     LocalServices, MeshAuth, OrigDstSource, TunnelError, TunnelSettings,
